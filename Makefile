@@ -1,0 +1,35 @@
+# The README's two commands are `make demo` and `make test`; both install
+# what is missing through scripts/setup.sh first.
+
+CARGO ?= cargo
+export RUST_BACKTRACE ?= 1
+
+.PHONY: all setup build test check fmt-check clippy cargo-test demo bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace
+
+## Everything that exists: formatting, lints, Rust tests.
+test: setup fmt-check clippy cargo-test
+	@echo "make test: all checks passed"
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+cargo-test:
+	$(CARGO) test --workspace
+
+## The multi-datacenter demo.
+demo: setup
+	$(CARGO) run --release -p global_distrib_core --example demo
+
+clean:
+	$(CARGO) clean

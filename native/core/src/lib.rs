@@ -1,0 +1,23 @@
+//! global_distrib core: the rules of global distribution of one XMPP domain
+//! over several datacenters, with no knowledge of Erlang or C.
+//!
+//! The flow through the crate:
+//!
+//! ```text
+//! host ──> binding ──> runtime::Runtime
+//!            route(): jid ──> mapping (cache ──> store) ──> decision
+//!            forward: transport outgoing pool ──> frame codec ──> TCP/TLS
+//!            receive: transport listener ──> frame codec ──> origin hint ──> deliver
+//!          bounce, metrics, refreshers: background tasks owned by the Runtime
+//! ```
+
+pub mod config;
+pub mod jid;
+pub mod mapping;
+pub mod metrics;
+pub mod runtime;
+pub mod store;
+pub mod transport;
+
+/// Version of the core crate, reported by both bindings.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

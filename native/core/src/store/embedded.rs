@@ -1,0 +1,1 @@
+//! In-process backend with Redis' expiry semantics.

@@ -1,0 +1,1 @@
+//! Redis backend (through Dynomite or twemproxy too): proxy-safe dialect only.

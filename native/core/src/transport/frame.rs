@@ -1,0 +1,1 @@
+//! Wire frames between datacenters (docs/PROTOCOL.md): codec only, no I/O.

@@ -1,0 +1,3 @@
+//! Inter-datacenter transport: frame codec, listeners, outgoing pools.
+
+pub mod frame;
