@@ -1,0 +1,31 @@
+//! Utilities shared by the integration tests: real servers started on free
+//! ports, certificates generated per test, a fault-injecting TCP proxy.
+//! Each test binary uses a different subset, hence `dead_code` is allowed.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod faultproxy;
+pub mod redis;
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+/// Tests wait for conditions, never for a fixed time.
+pub async fn wait_until<F: FnMut() -> bool>(deadline: Duration, mut cond: F) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
