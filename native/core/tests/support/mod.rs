@@ -1,7 +1,7 @@
 //! Utilities shared by the integration tests: real servers started on free
 //! ports, certificates generated per test, a fault-injecting TCP proxy.
 //! Each test binary uses a different subset, hence `dead_code` is allowed.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod certs;
 pub mod faultproxy;
