@@ -11,10 +11,12 @@
 //!          bounce, metrics, refreshers: background tasks owned by the Runtime
 //! ```
 
+pub mod bounce;
 pub mod config;
 pub mod jid;
 pub mod mapping;
 pub mod metrics;
+pub mod routing;
 pub mod runtime;
 pub mod store;
 pub mod transport;

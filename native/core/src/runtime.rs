@@ -1,2 +1,511 @@
-//! The Runtime: one node of one datacenter, owning its tokio runtime, store,
-//! mapping, metrics and background tasks.
+//! The Runtime: one node of one datacenter. It owns its tokio runtime, the
+//! store, the mapping caches, the metrics, the transport and every
+//! background task (store refresher, hosts refresher, endpoint rebalancing,
+//! disabled-pool GC, bounce retries). Several runtimes can live in one
+//! process; each has its own threads.
+//!
+//! Calls come in two shapes: `async fn`s for hosts that run their own
+//! executor or hand futures to [`Runtime::spawn`], and blocking wrappers
+//! (`*_blocking`) for plain threads. Blocking wrappers must not be called
+//! from a runtime thread (e.g. inside a [`Delivery`] callback).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::bounce::Bounce;
+use crate::config::{BackendKind, Config, ConfigError, Endpoint};
+use crate::jid::Jid;
+use crate::mapping::{Location, Mapping};
+use crate::metrics::Metrics;
+use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
+use crate::store::embedded::EmbeddedBackend;
+use crate::store::redis::RedisBackend;
+use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
+use crate::store::{Backend, Store, StoreError};
+use crate::transport::frame::PayloadKind;
+use crate::transport::listener::{bind_all, Receiver};
+use crate::transport::outgoing::Outgoing;
+use crate::transport::tls::{TlsError, TlsSetup};
+use crate::transport::TransportError;
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("cannot start the runtime's threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// Knobs that are not part of the product configuration.
+#[derive(Clone)]
+pub struct StartOptions {
+    /// Use this store instead of building one from the configuration
+    /// (several runtimes of one process sharing an embedded store).
+    pub backend: Option<Arc<dyn Backend>>,
+    /// Threads of the runtime's tokio runtime.
+    pub worker_threads: usize,
+    /// Dispatch shards for received stanzas.
+    pub dispatch_shards: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            backend: None,
+            worker_threads: 2,
+            dispatch_shards: 4,
+        }
+    }
+}
+
+/// What a stop did with what was still in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Stanzas reported undeliverable because the deadline passed.
+    pub undeliverable: usize,
+}
+
+struct Inner {
+    config: Config,
+    local_host: Arc<str>,
+    store: Store,
+    mapping: Arc<Mapping>,
+    metrics: Arc<Metrics>,
+    owned: Arc<OwnedState>,
+    router: Arc<Router>,
+    outgoing: Arc<Outgoing>,
+    bounce: Arc<Bounce>,
+    listen_addrs: Vec<SocketAddr>,
+    stop_tx: watch::Sender<bool>,
+    refresher: Mutex<Option<RefresherHandle>>,
+}
+
+/// One node of one datacenter.
+pub struct Runtime {
+    inner: Arc<Inner>,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Runtime {
+    /// Starts a runtime: store, listeners, background tasks.
+    pub fn start(config: Config, delivery: Arc<dyn Delivery>) -> Result<Runtime, StartError> {
+        Runtime::start_with(config, delivery, StartOptions::default())
+    }
+
+    pub fn start_with(
+        config: Config,
+        delivery: Arc<dyn Delivery>,
+        opts: StartOptions,
+    ) -> Result<Runtime, StartError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.worker_threads.max(1))
+            .thread_name(format!("gd-{}", config.local_host))
+            .enable_all()
+            .build()
+            .map_err(StartError::Threads)?;
+        let handle = rt.handle().clone();
+        let inner = rt.block_on(build(config, delivery, opts, handle.clone()))?;
+        Ok(Runtime {
+            inner: Arc::new(inner),
+            rt: Mutex::new(Some(rt)),
+            handle,
+        })
+    }
+
+    /// Runs `fut` on this runtime's threads and waits for it. Not from a
+    /// runtime thread.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.handle.block_on(fut)
+    }
+
+    /// Runs `fut` on this runtime's threads.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(fut)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn local_host(&self) -> &str {
+        &self.inner.local_host
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.inner.mapping
+    }
+
+    pub fn outgoing(&self) -> &Arc<Outgoing> {
+        &self.inner.outgoing
+    }
+
+    /// Addresses the listeners are bound to (port 0 resolved).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// Stanzas held by bounce.
+    pub fn bounce_queue_size(&self) -> usize {
+        self.inner.bounce.len()
+    }
+
+    /// A user's session opened here: the newest login wins (plain SET).
+    pub fn session_opened(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let jid = jid.clone();
+        let fut = async move { inner.session_opened(&jid).await };
+        let h = self.handle.spawn(fut);
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    /// A user's session closed here: its keys are removed where still ours.
+    pub fn session_closed(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let jid = jid.clone();
+        let h = self.handle.spawn(async move { inner.session_closed(&jid).await });
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    /// A component/MUC subdomain served here; `public` lists it in disco.
+    pub fn register_subhost(&self, domain: &str, public: bool) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let domain = domain.to_owned();
+        let h = self
+            .handle
+            .spawn(async move { inner.register_subhost(&domain, public).await });
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    pub fn unregister_subhost(&self, domain: &str) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let domain = domain.to_owned();
+        let h = self
+            .handle
+            .spawn(async move { inner.unregister_subhost(&domain).await });
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    /// Public subdomains of every datacenter (disco items).
+    pub async fn public_domains(&self) -> Result<Vec<String>, StoreError> {
+        let store = self.inner.store.clone();
+        match self.handle.spawn(async move { store.domains(true).await }).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Unavailable(format!("task failed: {e}"))),
+        }
+    }
+
+    /// Metadata for a stanza entering global routing here.
+    pub fn new_meta(&self) -> Meta {
+        self.inner.router.new_meta()
+    }
+
+    /// Builds the envelope of a stanza submitted by the host.
+    pub fn envelope(&self, from: Jid, to: Jid, kind: PayloadKind, payload: Bytes) -> Envelope {
+        Envelope::new(from, to, kind, payload, self.new_meta())
+    }
+
+    /// route() without waiting: `Err(env)` when the store or a new
+    /// connection pool is needed; then call [`Runtime::route`].
+    pub fn try_route(&self, env: Envelope) -> Result<RouteResult, Envelope> {
+        self.inner.router.try_route(env)
+    }
+
+    /// route(): local, forwarded, stored or undeliverable.
+    pub fn route(&self, env: Envelope) -> impl Future<Output = RouteResult> + Send + 'static {
+        let env = match self.inner.router.try_route(env) {
+            Ok(r) => return futures::future::Either::Left(std::future::ready(r)),
+            Err(env) => env,
+        };
+        let router = self.inner.router.clone();
+        let h = self.handle.spawn(async move { router.route(env).await });
+        futures::future::Either::Right(async move {
+            h.await
+                .unwrap_or(RouteResult::Undeliverable(Reason::Stopped))
+        })
+    }
+
+    /// Where `to` is, per the lookup rules.
+    pub fn lookup(&self, to: &Jid) -> impl Future<Output = Result<Location, StoreError>> + Send + 'static {
+        let mapping = self.inner.mapping.clone();
+        let to = to.clone();
+        let h = self.handle.spawn(async move { mapping.lookup(&to).await });
+        async move {
+            h.await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("task failed: {e}"))))
+        }
+    }
+
+    /// Rewrites everything this node owns now (the periodic refresh, at once).
+    pub fn refresh_now(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let h = self.handle.spawn(async move {
+            let r = Refresher::new(
+                inner.store.clone(),
+                inner.owned.clone(),
+                refresher_params(&inner.config),
+            );
+            r.run_once(false).await
+        });
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    /// Reads `hosts` now (the periodic hosts refresh, at once).
+    pub fn refresh_hosts_now(&self) -> impl Future<Output = ()> + Send + 'static {
+        let out = self.inner.outgoing.clone();
+        let h = self.handle.spawn(async move { out.refresh_hosts().await });
+        async move {
+            let _ = h.await;
+        }
+    }
+
+    /// Graceful stop: stop accepting and refreshing, flush what is queued
+    /// within `deadline`, report the rest undeliverable. Idempotent.
+    pub fn stop(&self, deadline: Duration) -> StopReport {
+        let Some(rt) = self.rt.lock().take() else {
+            return StopReport::default();
+        };
+        let inner = self.inner.clone();
+        let report = rt.block_on(async move {
+            inner.stop_tx.send_replace(true);
+            if let Some(r) = inner.refresher.lock().take() {
+                r.stop();
+            }
+            let until = tokio::time::Instant::now() + deadline;
+            let mut left = inner.outgoing.drain(until).await;
+            left.extend(inner.bounce.drain());
+            let n = left.len();
+            for env in left {
+                inner.router.delivery.undeliverable(env, Reason::Stopped);
+            }
+            StopReport { undeliverable: n }
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+        report
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.rt.lock().is_some() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Cannot block inside an async context: abandon the threads.
+                if let Some(rt) = self.rt.lock().take() {
+                    self.inner.stop_tx.send_replace(true);
+                    rt.shutdown_background();
+                }
+            } else {
+                self.stop(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn refresher_params(cfg: &Config) -> crate::store::refresher::RefresherConfig {
+    crate::store::refresher::RefresherConfig {
+        local_host: cfg.local_host.clone(),
+        node: cfg.node_name.clone(),
+        expire_after: cfg.expire_after(),
+        refresh_after: cfg.refresh_after(),
+    }
+}
+
+async fn build(
+    config: Config,
+    delivery: Arc<dyn Delivery>,
+    opts: StartOptions,
+    handle: tokio::runtime::Handle,
+) -> Result<Inner, StartError> {
+    let tls = match &config.connections.tls {
+        Some(t) => Some(Arc::new(TlsSetup::from_config(t)?)),
+        None => None,
+    };
+    let addrs = config.resolve_endpoints()?;
+    let backend: Arc<dyn Backend> = match opts.backend.clone() {
+        Some(b) => b,
+        None => match config.backend {
+            BackendKind::Embedded => Arc::new(EmbeddedBackend::new()),
+            BackendKind::Redis => Arc::new(RedisBackend::new(&config.redis)?),
+        },
+    };
+    let store = Store::new(backend);
+    let metrics = Arc::new(Metrics::new());
+    let local_host: Arc<str> = Arc::from(config.local_host.as_str());
+    let global_host: Arc<str> = Arc::from(config.global_host.as_str());
+    let mapping = Arc::new(Mapping::new(
+        &config.global_host,
+        &config.local_host,
+        &config.cache,
+        store.clone(),
+        metrics.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let bounce = Arc::new(Bounce::new(&config.bounce, mapping.clone(), delivery.clone(), &metrics));
+    let outgoing = Arc::new(Outgoing::new(
+        &config,
+        tls.clone(),
+        store.clone(),
+        metrics.clone(),
+        bounce.clone(),
+        stop_rx.clone(),
+        handle.clone(),
+    ));
+    let router = Arc::new(Router::new(
+        local_host.clone(),
+        global_host,
+        u8::try_from(config.message_ttl).unwrap_or(u8::MAX),
+        mapping.clone(),
+        outgoing.clone(),
+        bounce.clone(),
+        delivery,
+        &metrics,
+    ));
+    let receiver = Receiver::start(
+        local_host.clone(),
+        Arc::from(config.node_name.as_str()),
+        tls,
+        config.connections.max_frame_size,
+        metrics.clone(),
+        router.clone(),
+        opts.dispatch_shards,
+        stop_rx.clone(),
+        &handle,
+    );
+    let listeners = bind_all(&addrs).await?;
+    let mut listen_addrs = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        listen_addrs.push(l.local_addr().map_err(TransportError::Io)?);
+        handle.spawn(receiver.clone().accept_loop(l));
+    }
+    let advertised: Vec<String> = match &config.connections.advertised_endpoints {
+        Some(eps) => eps.iter().map(|e| format!("{}#{}", e.host, e.port)).collect(),
+        None => listen_addrs
+            .iter()
+            .map(|a| format!("{}#{}", a.ip(), a.port()))
+            .collect(),
+    };
+    let owned = Arc::new(OwnedState::new());
+    owned.set_endpoints(advertised);
+    let refresher = Refresher::new(store.clone(), owned.clone(), refresher_params(&config));
+    // Make this node known before the first period elapses; a store that is
+    // down now is retried by the refresher.
+    let first = refresher.run_once(false).await;
+    tracing::info!(what = "gd_started", local_host = %local_host, listen = ?listen_addrs, first_refresh = ?first);
+    let refresher = refresher.spawn();
+    handle.spawn(bounce.clone().run(router.clone(), stop_rx.clone()));
+    handle.spawn(outgoing.clone().maintenance_loop());
+    Ok(Inner {
+        config,
+        local_host,
+        store,
+        mapping,
+        metrics,
+        owned,
+        router,
+        outgoing,
+        bounce,
+        listen_addrs,
+        stop_tx,
+        refresher: Mutex::new(Some(refresher)),
+    })
+}
+
+impl Inner {
+    async fn session_opened(&self, jid: &Jid) {
+        let full = jid.to_full_string();
+        let bare = jid.to_bare_string();
+        self.mapping.insert_session(&full, &self.local_host);
+        self.mapping.insert_session(&bare, &self.local_host);
+        let keys = self.owned.session_opened(&full, &bare);
+        if let Err(e) = self
+            .store
+            .open_sessions(&keys, &self.local_host, self.config.redis.expire_after)
+            .await
+        {
+            tracing::warn!(what = "gd_session_write_failed", jid = %full, error = %e);
+            self.owned.add_pending_opens(keys);
+        }
+    }
+
+    async fn session_closed(&self, jid: &Jid) {
+        let full = jid.to_full_string();
+        let bare = jid.to_bare_string();
+        let keys = self.owned.session_closed(&full, &bare);
+        for k in &keys {
+            self.mapping.remove_jid(k);
+        }
+        if let Err(e) = self.store.delete_sessions(&keys, &self.local_host).await {
+            tracing::warn!(what = "gd_session_delete_failed", jid = %full, error = %e);
+        }
+    }
+
+    async fn register_subhost(&self, domain: &str, public: bool) {
+        self.mapping.insert_domain(domain, &self.local_host);
+        self.owned.add_domain(domain, public);
+        if let Err(e) = self
+            .store
+            .register_domain(
+                &self.local_host,
+                &self.config.node_name,
+                domain,
+                public,
+                self.config.redis.expire_after,
+            )
+            .await
+        {
+            tracing::warn!(what = "gd_domain_write_failed", domain, error = %e);
+        }
+    }
+
+    async fn unregister_subhost(&self, domain: &str) {
+        self.mapping.remove_domain(domain);
+        self.owned.remove_domain(domain);
+        if let Err(e) = self
+            .store
+            .unregister_domain(&self.local_host, &self.config.node_name, domain)
+            .await
+        {
+            tracing::warn!(what = "gd_domain_delete_failed", domain, error = %e);
+        }
+    }
+}
+
+/// The endpoint list a runtime advertises, for tests and operators.
+pub fn endpoint_strings(eps: &[Endpoint]) -> Vec<String> {
+    eps.iter().map(|e| format!("{}#{}", e.host, e.port)).collect()
+}

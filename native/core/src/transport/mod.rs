@@ -1,3 +1,32 @@
-//! Inter-datacenter transport: frame codec, listeners, outgoing pools.
+//! Inter-datacenter transport: the frame codec (`frame`), mutual TLS
+//! (`tls`), the receiving side (`listener`) and the sending side with its
+//! pools and rebalancing (`outgoing`).
 
 pub mod frame;
+pub mod listener;
+pub mod outgoing;
+pub mod tls;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connection, plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type BoxedIo = Box<dyn Io>;
+
+/// Why a connection between datacenters ended or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Frame(#[from] frame::FrameError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("connection closed by the peer")]
+    Closed,
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod certs;
+pub mod dc;
 pub mod faultproxy;
 pub mod redis;
 
@@ -28,4 +29,19 @@ pub async fn wait_until<F: FnMut() -> bool>(deadline: Duration, mut cond: F) -> 
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
+}
+
+/// Blocking twin of [`wait_until`] for tests that drive runtimes from a
+/// plain thread.
+pub fn wait_for<F: FnMut() -> bool>(deadline: Duration, mut cond: F) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -1,0 +1,369 @@
+//! route(): the decision taken for every stanza (SPEC 6.1) — local,
+//! forwarded to another datacenter, stored in bounce, or undeliverable —
+//! and the hand-off interface through which the host receives stanzas.
+//!
+//! The same function runs for stanzas the host submits and for stanzas
+//! arriving from another datacenter, so a stanza whose recipient moved is
+//! forwarded again (its TTL bounds how often).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand::RngCore;
+
+use crate::bounce::Bounce;
+use crate::jid::Jid;
+use crate::mapping::{Location, Mapping};
+use crate::metrics::{names, Counter, Histogram, Metrics};
+use crate::transport::frame::PayloadKind;
+use crate::transport::outgoing::{EnqueueError, Outgoing};
+
+/// Metadata travelling with a stanza between datacenters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Unique id (128-bit random), kept across reroutes.
+    pub message_id: u128,
+    /// local_host of the DC where the stanza entered global routing.
+    pub origin: Arc<str>,
+    /// Remaining reroutes; decremented on each forward.
+    pub ttl: u8,
+    /// Route to this DC without looking the recipient up (bounce flushes).
+    pub target: Option<Arc<str>>,
+}
+
+impl Meta {
+    /// Metadata of a stanza entering global routing at this DC.
+    pub fn new(origin: Arc<str>, ttl: u8) -> Meta {
+        Meta {
+            message_id: new_message_id(),
+            origin,
+            ttl,
+            target: None,
+        }
+    }
+}
+
+/// A 128-bit random message id.
+pub fn new_message_id() -> u128 {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    u128::from_be_bytes(b)
+}
+
+/// A stanza with everything route() needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: Jid,
+    pub to: Jid,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+    pub meta: Meta,
+    /// Bounce retries left at this DC (None: never bounced here). Local
+    /// state, not sent on the wire: each DC gives a stanza its own budget.
+    pub bounce_ttl: Option<u32>,
+}
+
+impl Envelope {
+    pub fn new(from: Jid, to: Jid, kind: PayloadKind, payload: Bytes, meta: Meta) -> Envelope {
+        Envelope {
+            from,
+            to,
+            kind,
+            payload,
+            meta,
+            bounce_ttl: None,
+        }
+    }
+}
+
+/// What route() decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteResult {
+    /// The recipient is here: the host continues its own routing.
+    Local,
+    /// Queued towards that datacenter.
+    Forwarded(Arc<str>),
+    /// Held by bounce; the host hears of it again through [`Delivery`].
+    Stored,
+    /// Given up: the host should answer with an error (service-unavailable).
+    Undeliverable(Reason),
+}
+
+/// Why a stanza could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No route found within `bounce.max_retries` retries.
+    RetriesExhausted,
+    /// No route and bounce is disabled.
+    NoRoute,
+    /// The bounce store is full (`bounce.max_stored`).
+    BounceFull,
+    /// The queue towards the remote DC is full (`connections.outgoing_queue_size`).
+    QueueFull,
+    /// The runtime stopped before the stanza could be delivered.
+    Stopped,
+    /// The metadata store could not be read and bounce is disabled.
+    StoreUnavailable,
+    /// The stanza exceeds `connections.max_frame_size`.
+    TooLarge,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::NoRoute => "no_route",
+            Reason::BounceFull => "bounce_full",
+            Reason::QueueFull => "queue_full",
+            Reason::Stopped => "stopped",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A stanza handed to the host for local delivery.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub envelope: Envelope,
+    /// local_host of the DC it came from (None: it was held by bounce here).
+    pub from_host: Option<Arc<str>>,
+    /// Sender wall clock to receiver wall clock, µs (0 when not from the wire).
+    pub transfer_time_us: u64,
+}
+
+/// How stanzas reach the host. Called on runtime threads: implementations
+/// must not block (hand over to a queue, `enif_send`, a C callback that
+/// returns quickly) and must not call back into the runtime synchronously.
+pub trait Delivery: Send + Sync + 'static {
+    /// A stanza whose recipient is local: deliver it, do not route it globally again.
+    fn deliver(&self, delivered: Delivered);
+    /// A stanza given up on: answer the sender with an error.
+    fn undeliverable(&self, envelope: Envelope, reason: Reason);
+}
+
+/// The ordering key: the sender's full JID if it is in the global domain,
+/// otherwise its domain (components, other servers).
+pub fn sender_key(from: &Jid, global_host: &str) -> String {
+    if from.domain() == global_host {
+        from.to_full_string()
+    } else {
+        from.domain().to_owned()
+    }
+}
+
+/// The routing engine of one runtime.
+pub struct Router {
+    pub(crate) local_host: Arc<str>,
+    pub(crate) global_host: Arc<str>,
+    pub(crate) message_ttl: u8,
+    pub(crate) mapping: Arc<Mapping>,
+    pub(crate) outgoing: Arc<Outgoing>,
+    pub(crate) bounce: Arc<Bounce>,
+    pub(crate) delivery: Arc<dyn Delivery>,
+    stop_ttl_zero: Arc<Counter>,
+    delivered_with_ttl: Arc<Histogram>,
+}
+
+/// Where route() must go next once the location is known.
+enum Step {
+    Done(RouteResult),
+    Target(Arc<str>),
+    Lookup,
+}
+
+impl Router {
+    pub(crate) fn new(
+        local_host: Arc<str>,
+        global_host: Arc<str>,
+        message_ttl: u8,
+        mapping: Arc<Mapping>,
+        outgoing: Arc<Outgoing>,
+        bounce: Arc<Bounce>,
+        delivery: Arc<dyn Delivery>,
+        metrics: &Metrics,
+    ) -> Router {
+        Router {
+            local_host,
+            global_host,
+            message_ttl,
+            mapping,
+            outgoing,
+            bounce,
+            delivery,
+            stop_ttl_zero: metrics.counter(names::STOP_TTL_ZERO),
+            delivered_with_ttl: metrics.histogram(names::DELIVERED_WITH_TTL),
+        }
+    }
+
+    /// Metadata for a stanza the host submits without any.
+    pub fn new_meta(&self) -> Meta {
+        Meta::new(self.local_host.clone(), self.message_ttl)
+    }
+
+    /// The decisions that need no lookup: TTL 0, same user, target override.
+    fn pre_lookup(&self, env: &Envelope) -> Step {
+        if env.meta.ttl == 0 {
+            self.stop_ttl_zero.inc();
+            return Step::Done(RouteResult::Local);
+        }
+        if Mapping::is_same_user(&env.from, &env.to) {
+            return Step::Done(RouteResult::Local);
+        }
+        match &env.meta.target {
+            Some(t) if **t == *self.local_host => Step::Done(RouteResult::Local),
+            Some(t) => Step::Target(t.clone()),
+            None => Step::Lookup,
+        }
+    }
+
+    /// route() without waiting: answers when the caches suffice and the
+    /// stanza can be queued at once; `Err(env)` hands it back for
+    /// [`Router::route`]. Never blocks.
+    pub fn try_route(&self, env: Envelope) -> Result<RouteResult, Envelope> {
+        match self.pre_lookup(&env) {
+            Step::Done(r) => Ok(r),
+            Step::Target(t) => self.try_forward(t, env),
+            Step::Lookup => {
+                if self.bounce.busy() {
+                    return Err(env);
+                }
+                match self.mapping.lookup_cached(&env.to) {
+                    Some(Location::Local) => Ok(self.local(&env)),
+                    Some(Location::Remote(host)) => self.try_forward(host, env),
+                    Some(Location::Unknown) | None => Err(env),
+                }
+            }
+        }
+    }
+
+    /// route(): local / forwarded / stored / undeliverable.
+    pub async fn route(&self, env: Envelope) -> RouteResult {
+        let env = match self.try_route(env) {
+            Ok(r) => return r,
+            Err(env) => env,
+        };
+        if let Some(t) = env.meta.target.clone() {
+            return self.forward(t, env).await;
+        }
+        if self.bounce.busy() {
+            // Held stanzas of this pair must leave before this one.
+            let _guard = self.bounce.flush_guard().await;
+            return self.route_looked_up(env).await;
+        }
+        self.route_looked_up(env).await
+    }
+
+    async fn route_looked_up(&self, env: Envelope) -> RouteResult {
+        let location = match self.mapping.lookup(&env.to).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(what = "gd_lookup_failed", to = %env.to, error = %e);
+                return self.bounce.store(env, Reason::StoreUnavailable);
+            }
+        };
+        match location {
+            Location::Local => {
+                self.flush_bounced(&env, &Location::Local).await;
+                self.local(&env)
+            }
+            Location::Remote(host) => {
+                self.flush_bounced(&env, &Location::Remote(host.clone())).await;
+                self.forward(host, env).await
+            }
+            Location::Unknown => self.bounce.store(env, Reason::NoRoute),
+        }
+    }
+
+    fn local(&self, env: &Envelope) -> RouteResult {
+        self.delivered_with_ttl.record(u64::from(env.meta.ttl));
+        RouteResult::Local
+    }
+
+    /// Stanzas of the same (from, to) pair held by bounce go first, in order,
+    /// to the route just learned.
+    async fn flush_bounced(&self, env: &Envelope, location: &Location) {
+        if !self.bounce.has_pending(&env.from, &env.to) {
+            return;
+        }
+        for held in self.bounce.take_pair(&env.from, &env.to) {
+            self.resend_to(held, location).await;
+        }
+    }
+
+    /// Re-sends a held stanza to a known location (bounce flush and retry).
+    pub(crate) async fn resend_to(&self, mut env: Envelope, location: &Location) {
+        let host = match location {
+            Location::Local => {
+                self.deliver_here(env);
+                return;
+            }
+            Location::Unknown => {
+                self.bounce.store_or_report(env, Reason::NoRoute);
+                return;
+            }
+            Location::Remote(host) => host.clone(),
+        };
+        env.meta.target = Some(host.clone());
+        if *host == *self.local_host {
+            self.deliver_here(env);
+            return;
+        }
+        match self.outgoing.enqueue(&host, self.for_wire(env)).await {
+            Ok(()) => {}
+            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
+                self.bounce.store_or_report(self.from_wire(env), Reason::NoRoute)
+            }
+            Err(EnqueueError::QueueFull(env)) => {
+                self.bounce.store_or_report(self.from_wire(env), Reason::QueueFull)
+            }
+        }
+    }
+
+    /// Hands a stanza that is not the caller's own to the host.
+    pub(crate) fn deliver_here(&self, envelope: Envelope) {
+        self.delivered_with_ttl.record(u64::from(envelope.meta.ttl));
+        self.delivery.deliver(Delivered {
+            envelope,
+            from_host: None,
+            transfer_time_us: 0,
+        });
+    }
+
+    fn try_forward(&self, host: Arc<str>, env: Envelope) -> Result<RouteResult, Envelope> {
+        if *host == *self.local_host {
+            return Ok(self.local(&env));
+        }
+        match self.outgoing.try_enqueue(&host, self.for_wire(env)) {
+            Ok(()) => Ok(RouteResult::Forwarded(host)),
+            Err(EnqueueError::NotReady(env)) => Err(self.from_wire(env)),
+            Err(EnqueueError::Unreachable(env)) => Ok(self.bounce.store(self.from_wire(env), Reason::NoRoute)),
+            Err(EnqueueError::QueueFull(env)) => Ok(self.bounce.store(self.from_wire(env), Reason::QueueFull)),
+        }
+    }
+
+    async fn forward(&self, host: Arc<str>, env: Envelope) -> RouteResult {
+        if *host == *self.local_host {
+            return self.local(&env);
+        }
+        match self.outgoing.enqueue(&host, self.for_wire(env)).await {
+            Ok(()) => RouteResult::Forwarded(host),
+            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
+                self.bounce.store(self.from_wire(env), Reason::NoRoute)
+            }
+            Err(EnqueueError::QueueFull(env)) => self.bounce.store(self.from_wire(env), Reason::QueueFull),
+        }
+    }
+
+    /// The TTL is spent when the stanza leaves.
+    fn for_wire(&self, mut env: Envelope) -> Envelope {
+        env.meta.ttl = env.meta.ttl.saturating_sub(1);
+        env
+    }
+
+    /// Undo [`Router::for_wire`] for a stanza that never left.
+    fn from_wire(&self, mut env: Envelope) -> Envelope {
+        env.meta.ttl = env.meta.ttl.saturating_add(1);
+        env
+    }
+}

@@ -1,0 +1,356 @@
+//! Receiving side of the transport (SPEC 6.4): listeners on the configured
+//! endpoints, one task per incoming connection, and the dispatch shards
+//! that run route() again for every received stanza.
+//!
+//! A connection reads frames, checks their sequence numbers (duplicates
+//! after a resumed connection are skipped, a gap is a protocol error),
+//! acknowledges what it has taken, and hands each stanza to the shard chosen
+//! by its sender key: one shard handles a sender's stanzas one after the
+//! other, so they reach the host in connection order. A malformed frame
+//! closes that connection and is counted in `incoming.errored.<host>`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::jid::Jid;
+use crate::metrics::{names, Counter, Histogram, Metrics};
+use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
+use crate::transport::frame::{self, Ack, Frame, HandshakeAck, PayloadKind, PROTOCOL_VERSION};
+use crate::transport::outgoing::{frame_name, read_frame};
+use crate::transport::tls::TlsSetup;
+use crate::transport::{BoxedIo, TransportError};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Sequence sessions remembered for resumption (one per sending connection).
+const MAX_SESSIONS: usize = 65_536;
+/// Stanzas waiting in one dispatch shard before the readers feeding it pause.
+const SHARD_QUEUE: usize = 4096;
+
+/// Binds every endpoint, retrying a while on address-in-use (a restarting
+/// node may find its previous socket still closing).
+pub(crate) async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, TransportError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let until = Instant::now() + BIND_RETRY_FOR;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    out.push(l);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < until => {
+                    tracing::warn!(what = "gd_listen_addr_in_use", addr = %addr);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(TransportError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr}: {e}"),
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Incoming {
+    envelope: Envelope,
+    from_host: Arc<str>,
+    transfer_time_us: u64,
+    received: Instant,
+}
+
+/// State shared by every incoming connection of one runtime.
+pub(crate) struct Receiver {
+    local_host: Arc<str>,
+    node: Arc<str>,
+    tls: Option<Arc<TlsSetup>>,
+    max_frame: usize,
+    metrics: Arc<Metrics>,
+    established: Arc<Counter>,
+    /// Sending connection's session id → last sequence number taken.
+    sessions: Mutex<HashMap<u64, (u64, Instant)>>,
+    shards: Vec<mpsc::Sender<Incoming>>,
+    stop: watch::Receiver<bool>,
+}
+
+struct PeerMetrics {
+    messages: Arc<Counter>,
+    transfer_time: Arc<Histogram>,
+    closed: Arc<Counter>,
+    errored: Arc<Counter>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Receiver {
+    /// Creates the receiver and starts `shards` dispatch tasks on `rt`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        local_host: Arc<str>,
+        node: Arc<str>,
+        tls: Option<Arc<TlsSetup>>,
+        max_frame: usize,
+        metrics: Arc<Metrics>,
+        router: Arc<Router>,
+        shards: usize,
+        stop: watch::Receiver<bool>,
+        rt: &tokio::runtime::Handle,
+    ) -> Arc<Receiver> {
+        let mut txs = Vec::with_capacity(shards);
+        let queue_time = metrics.histogram(names::INCOMING_QUEUE_TIME);
+        for _ in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            txs.push(tx);
+            rt.spawn(dispatch(rx, router.clone(), queue_time.clone()));
+        }
+        Arc::new(Receiver {
+            established: metrics.counter(names::INCOMING_ESTABLISHED),
+            local_host,
+            node,
+            tls,
+            max_frame,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            shards: txs,
+            stop,
+        })
+    }
+
+    /// Accepts connections until stop.
+    pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(self.clone().serve(tcp, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(what = "gd_accept_failed", error = %e);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    fn peer_metrics(&self, host: &str) -> PeerMetrics {
+        PeerMetrics {
+            messages: self.metrics.counter(&names::incoming_messages(host)),
+            transfer_time: self.metrics.histogram(&names::incoming_transfer_time(host)),
+            closed: self.metrics.counter(&names::incoming_closed(host)),
+            errored: self.metrics.counter(&names::incoming_errored(host)),
+        }
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        self.established.inc();
+        let _ = tcp.set_nodelay(true);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(tcp, &mut buf)).await;
+        let (io, hello) = match opened {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                // The peer's host is unknown before the handshake.
+                self.metrics.counter(&names::incoming_errored("unknown")).inc();
+                tracing::warn!(what = "gd_incoming_handshake_failed", peer = %peer, error = %e);
+                return;
+            }
+            Err(_) => {
+                self.metrics.counter(&names::incoming_errored("unknown")).inc();
+                tracing::warn!(what = "gd_incoming_handshake_timeout", peer = %peer);
+                return;
+            }
+        };
+        let host: Arc<str> = Arc::from(hello.local_host.as_str());
+        let m = self.peer_metrics(&host);
+        self.metrics.counter(&names::incoming_first_packet(&host)).inc();
+        match self.read_loop(io, buf, &host, hello.conn_id, &m).await {
+            Ok(()) => m.closed.inc(),
+            Err(e) => {
+                m.errored.inc();
+                tracing::warn!(what = "gd_incoming_conn_error", host = %host, peer = %peer, error = %e);
+            }
+        }
+    }
+
+    /// TLS (when configured), then the handshake and its answer.
+    async fn open(&self, tcp: TcpStream, buf: &mut BytesMut) -> Result<(BoxedIo, frame::Handshake), TransportError> {
+        let mut io: BoxedIo = match &self.tls {
+            Some(tls) => Box::new(tls.acceptor().accept(tcp).await?),
+            None => Box::new(tcp),
+        };
+        let hello = match read_frame(&mut io, buf, self.max_frame).await? {
+            Some(Frame::Handshake(h)) => h,
+            Some(other) => {
+                return Err(TransportError::Protocol(format!(
+                    "expected a handshake, got {}",
+                    frame_name(&other)
+                )))
+            }
+            None => return Err(TransportError::Closed),
+        };
+        if hello.version != PROTOCOL_VERSION {
+            return Err(TransportError::Protocol(format!(
+                "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
+                hello.version
+            )));
+        }
+        let resume_seq = self.sessions.lock().get(&hello.conn_id).map(|(seq, _)| *seq);
+        let ack = Frame::HandshakeAck(HandshakeAck {
+            version: PROTOCOL_VERSION,
+            local_host: self.local_host.to_string(),
+            node: self.node.to_string(),
+            resume_seq,
+        });
+        let mut out = BytesMut::with_capacity(256);
+        frame::encode(&ack, &mut out, self.max_frame)?;
+        io.write_all(&out).await?;
+        io.flush().await?;
+        Ok((io, hello))
+    }
+
+    fn remember(&self, session: u64, seq: u64) {
+        let mut s = self.sessions.lock();
+        if s.len() >= MAX_SESSIONS && !s.contains_key(&session) {
+            if let Some(oldest) = s.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                s.remove(&oldest);
+            }
+        }
+        s.insert(session, (seq, Instant::now()));
+    }
+
+    async fn read_loop(
+        &self,
+        mut io: BoxedIo,
+        mut buf: BytesMut,
+        host: &Arc<str>,
+        session: u64,
+        m: &PeerMetrics,
+    ) -> Result<(), TransportError> {
+        let mut last = self.sessions.lock().get(&session).map(|(seq, _)| *seq);
+        let mut acked = last;
+        let mut out = BytesMut::with_capacity(64);
+        let mut stop = self.stop.clone();
+        loop {
+            while let Some(f) = frame::decode(&mut buf, self.max_frame)? {
+                let Frame::Stanza(s) = f else {
+                    return Err(TransportError::Protocol(format!(
+                        "unexpected {} after the handshake",
+                        frame_name(&f)
+                    )));
+                };
+                match last {
+                    Some(l) if s.seq <= l => continue,
+                    Some(l) if s.seq != l + 1 => {
+                        return Err(TransportError::Protocol(format!(
+                            "sequence gap: expected {}, got {}",
+                            l + 1,
+                            s.seq
+                        )))
+                    }
+                    _ => {}
+                }
+                last = Some(s.seq);
+                m.messages.inc();
+                let transfer = now_us().saturating_sub(s.sent_at_us);
+                m.transfer_time.record(transfer);
+                let shard = shard_of(&s.sender_key, self.shards.len());
+                let incoming = Incoming {
+                    envelope: envelope_of(s)?,
+                    from_host: host.clone(),
+                    transfer_time_us: transfer,
+                    received: Instant::now(),
+                };
+                if self.shards[shard].send(incoming).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if last != acked {
+                if let Some(seq) = last {
+                    self.remember(session, seq);
+                    out.clear();
+                    frame::encode(&Frame::Ack(Ack { seq }), &mut out, self.max_frame)?;
+                    io.write_all(&out).await?;
+                    acked = last;
+                }
+            }
+            tokio::select! {
+                r = io.read_buf(&mut buf) => {
+                    if r? == 0 {
+                        return if buf.is_empty() { Ok(()) } else { Err(TransportError::Closed) };
+                    }
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+fn shard_of(key: &str, n: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+/// A received stanza as route() takes it; a malformed address is a
+/// malformed frame.
+fn envelope_of(s: frame::Stanza) -> Result<Envelope, TransportError> {
+    let from = Jid::parse(&s.from).map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
+    let to = Jid::parse(&s.to).map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
+    Ok(Envelope::new(
+        from,
+        to,
+        s.kind,
+        s.payload,
+        Meta {
+            message_id: s.message_id,
+            origin: Arc::from(s.origin.as_str()),
+            ttl: s.ttl,
+            target: s.target.map(|t| Arc::from(t.as_str())),
+        },
+    ))
+}
+
+/// One dispatch shard: origin hint, route() again, hand-off to the host.
+async fn dispatch(mut rx: mpsc::Receiver<Incoming>, router: Arc<Router>, queue_time: Arc<Histogram>) {
+    while let Some(inc) = rx.recv().await {
+        queue_time.record(inc.received.elapsed().as_micros() as u64);
+        let env = inc.envelope;
+        if env.kind != PayloadKind::PresenceUnavailable {
+            router.mapping.insert_origin_hint(&env.from, &env.meta.origin);
+        }
+        match router.route(env.clone()).await {
+            RouteResult::Local => router.delivery.deliver(Delivered {
+                envelope: env,
+                from_host: Some(inc.from_host),
+                transfer_time_us: inc.transfer_time_us,
+            }),
+            RouteResult::Undeliverable(reason) => router.delivery.undeliverable(env, reason),
+            RouteResult::Forwarded(_) | RouteResult::Stored => {}
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Datacenters for tests: runtimes on loopback with ephemeral ports,
+//! sharing one store, and a host stand-in that records what it is handed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gd_core::config::{Config, Endpoint};
+use gd_core::jid::Jid;
+use gd_core::routing::{Delivered, Delivery, Envelope, Reason, RouteResult};
+use gd_core::runtime::{Runtime, StartOptions};
+use gd_core::store::Backend;
+use gd_core::transport::frame::PayloadKind;
+use parking_lot::Mutex;
+
+pub const GLOBAL: &str = "example.com";
+
+/// The host: records deliveries and undeliverable reports.
+#[derive(Default)]
+pub struct Inbox {
+    pub delivered: Mutex<Vec<Delivered>>,
+    pub undeliverable: Mutex<Vec<(Envelope, Reason)>>,
+}
+
+impl Delivery for Inbox {
+    fn deliver(&self, d: Delivered) {
+        self.delivered.lock().push(d);
+    }
+    fn undeliverable(&self, e: Envelope, r: Reason) {
+        self.undeliverable.lock().push((e, r));
+    }
+}
+
+impl Inbox {
+    pub fn delivered_count(&self) -> usize {
+        self.delivered.lock().len()
+    }
+    pub fn undeliverable_count(&self) -> usize {
+        self.undeliverable.lock().len()
+    }
+    /// Payloads delivered to `to`, in arrival order.
+    pub fn bodies_to(&self, to: &str) -> Vec<String> {
+        self.delivered
+            .lock()
+            .iter()
+            .filter(|d| d.envelope.to.to_full_string() == to)
+            .map(|d| String::from_utf8_lossy(&d.envelope.payload).into_owned())
+            .collect()
+    }
+    pub fn all_bodies(&self) -> Vec<String> {
+        self.delivered
+            .lock()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.envelope.payload).into_owned())
+            .collect()
+    }
+}
+
+pub fn host(n: u32) -> String {
+    format!("dc{n}.{GLOBAL}")
+}
+
+/// A configuration for DC number `n` with test-friendly intervals.
+pub fn config(n: u32) -> Config {
+    let mut c = Config::minimal(GLOBAL, &host(n)).expect("minimal config");
+    c.node_name = format!("node{n}@localhost");
+    c.connections.endpoints = vec![Endpoint {
+        host: "127.0.0.1".into(),
+        port: 0,
+    }];
+    c.hosts_refresh_interval = 200;
+    c.connections.endpoint_refresh_interval = 1;
+    c.connections.endpoint_refresh_interval_when_empty = 1;
+    c.connections.disabled_gc_interval = 1;
+    c.bounce.resend_after_ms = 100;
+    c.bounce.max_retries = 4;
+    c.cache.jid_lifetime_seconds = 1;
+    c
+}
+
+pub struct Dc {
+    pub rt: Runtime,
+    pub inbox: Arc<Inbox>,
+}
+
+pub fn start(cfg: Config, backend: Arc<dyn Backend>) -> Dc {
+    let inbox = Arc::new(Inbox::default());
+    let rt = Runtime::start_with(
+        cfg,
+        inbox.clone(),
+        StartOptions {
+            backend: Some(backend),
+            ..StartOptions::default()
+        },
+    )
+    .expect("runtime starts");
+    Dc { rt, inbox }
+}
+
+pub fn jid(s: &str) -> Jid {
+    Jid::parse(s).expect("valid jid")
+}
+
+impl Dc {
+    pub fn login(&self, j: &str) {
+        self.rt.block_on(self.rt.session_opened(&jid(j)));
+    }
+    pub fn logout(&self, j: &str) {
+        self.rt.block_on(self.rt.session_closed(&jid(j)));
+    }
+    pub fn send(&self, from: &str, to: &str, body: &str) -> RouteResult {
+        let env = self.rt.envelope(
+            jid(from),
+            jid(to),
+            PayloadKind::Message,
+            Bytes::from(body.to_owned()),
+        );
+        self.rt.block_on(self.rt.route(env))
+    }
+    pub fn counter(&self, name: &str) -> u64 {
+        self.rt.metrics().counter(name).get()
+    }
+    /// Reads `hosts` and waits until the pools towards `other` are ready.
+    pub fn know(&self, other: &Dc) {
+        self.rt.block_on(self.rt.refresh_hosts_now());
+        let h = other.rt.local_host().to_owned();
+        assert!(
+            super::wait_for(Duration::from_secs(5), || !self
+                .rt
+                .outgoing()
+                .endpoints_of(&h)
+                .is_empty()),
+            "{} never learned the endpoints of {h}",
+            self.rt.local_host()
+        );
+    }
+}
