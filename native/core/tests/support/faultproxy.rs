@@ -138,6 +138,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let mut conns = shared.connections.lock().unwrap();
         conns.retain(|c| !c.is_finished());
         conns.push(task.abort_handle());
+        // A `cut` between the check above and the push would have missed
+        // this connection; under the lock the flag is settled.
+        if shared.cut.load(Ordering::SeqCst) {
+            task.abort();
+        }
     }
 }
 
