@@ -23,11 +23,19 @@ pub enum Cmd {
     /// `GET key`
     Get { key: String },
     /// `SET key value EX ttl` — unconditional (newest login wins).
-    SetEx { key: String, value: String, ttl_secs: u64 },
+    SetEx {
+        key: String,
+        value: String,
+        ttl_secs: u64,
+    },
     /// Write `value` with `ttl` only if the key is absent or already holds
     /// `value` (`EVAL` of a one-key script on Redis). Replies `Int(1)` when
     /// written, `Int(0)` when the key belongs to someone else.
-    RefreshIfOurs { key: String, value: String, ttl_secs: u64 },
+    RefreshIfOurs {
+        key: String,
+        value: String,
+        ttl_secs: u64,
+    },
     /// Delete the key only if it holds `value`. Replies `Int(1|0)`.
     DeleteIfOurs { key: String, value: String },
     /// `DEL key`
@@ -41,7 +49,11 @@ pub enum Cmd {
     /// `SMEMBERS key`
     SMembers { key: String },
     /// `HSET key field value` (exactly one field: proxy-safe).
-    HSet { key: String, field: String, value: String },
+    HSet {
+        key: String,
+        field: String,
+        value: String,
+    },
     /// `HDEL key field`
     HDel { key: String, field: String },
     /// `HGETALL key`
