@@ -1164,7 +1164,14 @@ fn toml_to_json(value: toml::Value) -> Value {
 }
 
 fn toml_syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
-    let message = error.message().trim();
+    // toml's messages span lines; keep the error on one line for logs.
+    let lines: Vec<&str> = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = lines.join("; ");
     let Some(span) = error.span() else {
         return ConfigError::new(DOCUMENT, format!("invalid TOML: {message}"));
     };
