@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use gd_core::config::RedisConfig;
 use gd_core::store::{
-    keys, Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, Refresher, Reply, Store,
+    Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, Refresher, Reply, Store,
     StoreError,
 };
 use support::redis::{Nutcracker, RawClient, RedisServer, Resp};
