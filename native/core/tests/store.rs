@@ -537,6 +537,148 @@ async fn pending_opens_retried_as_plain_set(t: Setup) {
     handle.stop().await;
 }
 
+/// The embedded backend answers exactly as Redis does, TTL rules included.
+async fn backend_semantics_match_redis(t: Setup) {
+    let b = t.backend();
+    let k = |s: &str| s.to_string();
+    let run = |cmds: Vec<Cmd>| {
+        let b = b.clone();
+        async move { b.exec(&cmds).await.unwrap() }
+    };
+    let set_ex = |key: &str, value: &str| Cmd::SetEx {
+        key: k(key),
+        value: k(value),
+        ttl_secs: 100,
+    };
+    assert_eq!(
+        run(vec![
+            set_ex("k", "v"),
+            Cmd::Get { key: k("k") },
+            Cmd::Get { key: k("nope") }
+        ])
+        .await,
+        vec![Reply::Ok, Reply::Str(k("v")), Reply::Nil]
+    );
+    let sadd = |key: &str, m: &[&str]| Cmd::SAdd {
+        key: k(key),
+        members: m.iter().map(|x| k(x)).collect(),
+    };
+    assert_eq!(
+        run(vec![
+            sadd("s", &["a", "b"]),
+            Cmd::Expire {
+                key: k("s"),
+                ttl_secs: 100
+            },
+            sadd("s", &["b", "c"]),
+            Cmd::Expire {
+                key: k("missing"),
+                ttl_secs: 100
+            },
+        ])
+        .await,
+        vec![Reply::Int(2), Reply::Int(1), Reply::Int(1), Reply::Int(0)]
+    );
+    let ttl = t.ttl("s").await;
+    assert!((1..=100).contains(&ttl), "SADD kept the TTL: {ttl}");
+    assert_eq!(t.smembers("s").await, s(&["a", "b", "c"]));
+    let r = run(vec![Cmd::Get { key: k("s") }]).await;
+    assert!(
+        matches!(&r[0], Reply::Error(e) if e.starts_with("WRONGTYPE")),
+        "{r:?}"
+    );
+    assert_eq!(
+        run(vec![
+            Cmd::SRem {
+                key: k("s"),
+                members: vec![k("a"), k("b"), k("c"), k("z")]
+            },
+            Cmd::SMembers { key: k("s") },
+        ])
+        .await,
+        vec![Reply::Int(3), Reply::List(vec![])]
+    );
+    assert_eq!(
+        t.ttl("s").await,
+        -2,
+        "SREM of the last member deletes the set"
+    );
+    let hset = |v: &str| Cmd::HSet {
+        key: k("h"),
+        field: k("f"),
+        value: k(v),
+    };
+    assert_eq!(
+        run(vec![hset("1"), hset("2"), Cmd::HGetAll { key: k("h") }]).await,
+        vec![
+            Reply::Int(1),
+            Reply::Int(0),
+            Reply::Pairs(vec![(k("f"), k("2"))])
+        ]
+    );
+    assert_eq!(t.ttl("h").await, -1);
+    assert_eq!(
+        run(vec![
+            Cmd::HDel {
+                key: k("h"),
+                field: k("f")
+            },
+            Cmd::HDel {
+                key: k("h"),
+                field: k("f")
+            },
+        ])
+        .await,
+        vec![Reply::Int(1), Reply::Int(0)]
+    );
+    assert_eq!(t.ttl("h").await, -2);
+    let refresh = |v: &str| Cmd::RefreshIfOurs {
+        key: k("m"),
+        value: k(v),
+        ttl_secs: 100,
+    };
+    let delete = |v: &str| Cmd::DeleteIfOurs {
+        key: k("m"),
+        value: k(v),
+    };
+    assert_eq!(
+        run(vec![
+            refresh("dc1"),
+            refresh("dc1"),
+            refresh("dc2"),
+            delete("dc2"),
+            delete("dc1")
+        ])
+        .await,
+        vec![
+            Reply::Int(1),
+            Reply::Int(1),
+            Reply::Int(0),
+            Reply::Int(0),
+            Reply::Int(1)
+        ]
+    );
+    assert_eq!(
+        run(vec![
+            set_ex("d", "x"),
+            Cmd::Del { key: k("d") },
+            Cmd::Del { key: k("d") }
+        ])
+        .await,
+        vec![Reply::Ok, Reply::Int(1), Reply::Int(0)]
+    );
+    // SET replaces a key of another type, with the new TTL.
+    assert_eq!(
+        run(vec![
+            sadd("t", &["a"]),
+            set_ex("t", "v"),
+            Cmd::Get { key: k("t") }
+        ])
+        .await,
+        vec![Reply::Int(1), Reply::Ok, Reply::Str(k("v"))]
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         $(mod $case {
@@ -552,6 +694,7 @@ macro_rules! suite {
 }
 
 suite!(
+    backend_semantics_match_redis,
     layout_is_mongooseims,
     reconnection_race_keeps_newest,
     keys_expire,
@@ -562,3 +705,25 @@ suite!(
     bare_key_kept_while_a_resource_remains,
     pending_opens_retried_as_plain_set,
 );
+
+/// A paced pass spreads its batches over three quarters of the period
+/// (a lower bound guaranteed by construction, not a timing guess); an
+/// unpaced one sends the same batches.
+#[tokio::test]
+async fn paced_pass_spreads_batches_over_the_period() {
+    let t = Setup::start(Kind::Embedded);
+    let me = NodeId::new("dc1", "n1").unwrap();
+    let period = Duration::from_millis(800);
+    let r = Refresher::new(t.store(), Arc::new(OwnedState::new()), me, LONG, period);
+    for i in 0..2500 {
+        r.state()
+            .session_opened(&format!("u{i}@g/r"), &format!("u{i}@g"));
+    }
+    let unpaced = r.run_once(false).await;
+    assert_eq!((unpaced.batches, unpaced.written), (5, 5000));
+    let paced = r.run_once(true).await;
+    assert_eq!((paced.batches, paced.written), (5, 5000));
+    // Batch i starts at i * (3/4 period / 5): the last one at 4 * 120 ms.
+    assert!(paced.elapsed >= Duration::from_millis(480), "{paced:?}");
+    assert_eq!(t.get("u2499@g/r").await.as_deref(), Some("dc1"));
+}

@@ -272,10 +272,18 @@ fn unexpected(cmd: &Cmd, v: &Value) -> Reply {
     Reply::Error(format!("unexpected reply to {cmd:?}: {v:?}"))
 }
 
+/// The error line as the server sent it (`WRONGTYPE Operation against…`).
+fn server_error_text(e: &redis::ServerError) -> String {
+    match e.details() {
+        Some(d) => format!("{} {d}", e.code()),
+        None => e.code().to_owned(),
+    }
+}
+
 /// Interprets a reply according to the command that produced it.
 fn reply(cmd: &Cmd, v: Value) -> Reply {
     if let Value::ServerError(e) = v {
-        return Reply::Error(e.to_string());
+        return Reply::Error(server_error_text(&e));
     }
     match cmd {
         Cmd::Get { .. } => match v {
@@ -325,7 +333,7 @@ fn raw_reply(v: Value) -> Reply {
         Value::Nil => Reply::Nil,
         Value::Okay => Reply::Ok,
         Value::Int(i) => Reply::Int(i),
-        Value::ServerError(e) => Reply::Error(e.to_string()),
+        Value::ServerError(e) => Reply::Error(server_error_text(&e)),
         Value::Array(items) | Value::Set(items) => {
             Reply::List(items.into_iter().filter_map(text).collect())
         }
