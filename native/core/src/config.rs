@@ -1,15 +1,22 @@
 //! Configuration: one type for every option of SPEC 2, whatever the input
-//! form (MongooseIM TOML section, JSON, or the Erlang binding's terms).
+//! form (a MongooseIM TOML document or bare `[modules.mod_global_distrib]`
+//! section, JSON text, or the seed's proplists/maps that the Erlang binding
+//! turns into a JSON value).
 //!
-//! Parsing and validation (error messages naming the option path, the bad
-//! value and the expectation) are completed by the config work item; the
-//! shape below is what every other module relies on.
+//! Reading is hand-written over a JSON value tree instead of derived with
+//! serde so that every error names the full option path, the value given and
+//! what was expected (`connections.endpoints[1].port: must be at most 65535,
+//! got 70000`). The structs keep their serde derives: their serialized form is
+//! itself an accepted input, so `Config::to_json` reads back unchanged.
+//! `docs/CONFIG.md` lists every option, its default and the accepted forms.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Where the session/routing table lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +118,139 @@ pub struct Config {
     pub global_distrib_addr: BTreeMap<String, Vec<Endpoint>>,
 }
 
+/// An invalid configuration: the dotted path of the offending option (`[i]`
+/// for list elements) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    /// Dotted option path, e.g. `connections.endpoints[1].port`; `document`
+    /// when the text as a whole cannot be read.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// Defaults of SPEC 2 (plus the options beyond MongooseIM).
+mod defaults {
+    pub const MESSAGE_TTL: u32 = 4;
+    pub const HOSTS_REFRESH_INTERVAL_MS: u64 = 3000;
+    pub const ENDPOINT_PORT: u16 = 5555;
+    pub const CONNECTIONS_PER_ENDPOINT: u32 = 1;
+    pub const ENDPOINT_REFRESH_INTERVAL: u64 = 60;
+    pub const ENDPOINT_REFRESH_INTERVAL_WHEN_EMPTY: u64 = 3;
+    pub const DISABLED_GC_INTERVAL: u64 = 60;
+    pub const OUTGOING_QUEUE_SIZE: usize = 100_000;
+    pub const MAX_FRAME_SIZE: usize = 4 * 1024 * 1024;
+    pub const REDIS_SERVER: &str = "127.0.0.1";
+    pub const REDIS_PORT: u16 = 8102;
+    pub const REDIS_POOL_SIZE: u32 = 1;
+    pub const EXPIRE_AFTER: u64 = 120;
+    pub const REFRESH_AFTER: u64 = 60;
+    /// MongooseIM's default `redis.pool` name.
+    pub const REDIS_POOL: &str = "global_distrib";
+    pub const DOMAIN_LIFETIME: u64 = 600;
+    pub const JID_LIFETIME: u64 = 5;
+    pub const MAX_JIDS: u64 = 10_000;
+    pub const RESEND_AFTER_MS: u64 = 200;
+    pub const MAX_RETRIES: u32 = 4;
+    pub const MAX_STORED: usize = 100_000;
+}
+
+/// Longest interval accepted, so that `Instant + interval` and Redis `EX`
+/// can never overflow: ten years.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+const MAX_MILLISECONDS: u64 = MAX_SECONDS * 1000;
+const MIN_FRAME_SIZE: u64 = 1024;
+const MAX_FRAME_SIZE: u64 = 1024 * 1024 * 1024;
+/// Longest host name accepted (bytes); XMPP domain parts are at most 1023 bytes.
+const MAX_HOST_LEN: usize = 1023;
+
+/// Path used for errors about the text as a whole.
+const DOCUMENT: &str = "document";
+
 impl Config {
+    /// Reads a MongooseIM TOML document (only `[modules.mod_global_distrib]`
+    /// and the Redis pool it names under `[outgoing_pools.redis]` are read)
+    /// or the keys of that section at top level.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        let table: toml::Table = text.parse().map_err(|e| toml_syntax_error(text, &e))?;
+        Self::from_json_value(toml_to_json(toml::Value::Table(table)))
+    }
+
+    /// Reads JSON text; same shape as the TOML section (see `from_json_value`).
+    pub fn from_json_str(text: &str) -> Result<Config> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new(DOCUMENT, format!("invalid JSON: {e}")))?;
+        Self::from_json_value(value)
+    }
+
+    /// Reads a value tree: the section's options as a map (or a list of
+    /// `[key, value]` pairs, as an Erlang proplist converts), optionally
+    /// wrapped in a whole MongooseIM document (`{"modules": {"mod_global_distrib": ..}}`).
+    pub fn from_json_value(value: Value) -> Result<Config> {
+        read_document(&value)
+    }
+
+    /// All defaults around the two required hosts (tests, other modules).
+    pub fn minimal(global_host: &str, local_host: &str) -> Result<Config> {
+        Self::from_json_value(serde_json::json!({
+            "global_host": global_host,
+            "local_host": local_host,
+        }))
+    }
+
+    /// The configuration as JSON text, accepted back by `from_json_str`.
+    pub fn to_json(&self) -> String {
+        // Plain structs with string map keys: serde_json cannot fail on them.
+        #[allow(clippy::expect_used)]
+        serde_json::to_string_pretty(self).expect("Config serializes to JSON")
+    }
+
+    /// Resolves the listen endpoints (at start, not while parsing, so that a
+    /// configuration can be checked on a machine without the target's DNS).
+    /// Every address a host name resolves to is returned once, in order.
+    pub fn resolve_endpoints(&self) -> Result<Vec<SocketAddr>> {
+        let mut resolved = Vec::new();
+        for (i, endpoint) in self.connections.endpoints.iter().enumerate() {
+            let path = format!("connections.endpoints[{i}]");
+            let addrs = (endpoint.host.as_str(), endpoint.port)
+                .to_socket_addrs()
+                .map_err(|e| {
+                    ConfigError::new(
+                        &path,
+                        format!("cannot resolve {}: {e}", quote(&endpoint.host)),
+                    )
+                })?
+                .collect::<Vec<_>>();
+            if addrs.is_empty() {
+                let message = format!("{} resolves to no address", quote(&endpoint.host));
+                return Err(ConfigError::new(path, message));
+            }
+            for addr in addrs {
+                if !resolved.contains(&addr) {
+                    resolved.push(addr);
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
     pub fn hosts_refresh_interval(&self) -> Duration {
         Duration::from_millis(self.hosts_refresh_interval)
     }
@@ -121,6 +260,18 @@ impl Config {
     pub fn refresh_after(&self) -> Duration {
         Duration::from_secs(self.redis.refresh_after)
     }
+    pub fn endpoint_refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.connections.endpoint_refresh_interval)
+    }
+    pub fn endpoint_refresh_interval_when_empty(&self) -> Duration {
+        Duration::from_secs(self.connections.endpoint_refresh_interval_when_empty)
+    }
+    pub fn disabled_gc_interval(&self) -> Duration {
+        Duration::from_secs(self.connections.disabled_gc_interval)
+    }
+    pub fn resend_after(&self) -> Duration {
+        Duration::from_millis(self.bounce.resend_after_ms)
+    }
     /// Endpoints this node advertises in the store.
     pub fn advertised_endpoints(&self) -> &[Endpoint] {
         self.connections
@@ -128,4 +279,907 @@ impl Config {
             .as_deref()
             .unwrap_or(&self.connections.endpoints)
     }
+}
+
+/// `global_distrib@<hostname>`: the hostname from `/etc/hostname`, else
+/// `$HOSTNAME`, else `localhost`.
+pub fn default_node_name() -> String {
+    let non_empty = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .and_then(non_empty)
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(non_empty))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("global_distrib@{host}")
+}
+
+// ---------------------------------------------------------------------------
+// The document and its sections.
+// ---------------------------------------------------------------------------
+
+const TOP_KEYS: &[&str] = &[
+    "backend",
+    "bounce",
+    "cache",
+    "connections",
+    "global_distrib_addr",
+    "global_host",
+    "hosts_refresh_interval",
+    "local_host",
+    "message_ttl",
+    "node_name",
+    "redis",
+];
+const CONNECTIONS_KEYS: &[&str] = &[
+    "advertised_endpoints",
+    "connections_per_endpoint",
+    "disabled_gc_interval",
+    "endpoint_refresh_interval",
+    "endpoint_refresh_interval_when_empty",
+    "endpoints",
+    "max_frame_size",
+    "outgoing_queue_size",
+    "tls",
+];
+/// The seed's names for options MongooseIM later renamed.
+const CONNECTIONS_ALIASES: &[(&str, &str)] = &[
+    ("num_of_connections", "connections_per_endpoint"),
+    ("tls_opts", "tls"),
+];
+const TLS_KEYS: &[&str] = &["cacertfile", "certfile", "ciphers", "enabled", "keyfile"];
+const TLS_ALIASES: &[(&str, &str)] = &[("cafile", "cacertfile")];
+const REDIS_KEYS: &[&str] = &[
+    "expire_after",
+    "password",
+    "pool",
+    "pool_size",
+    "port",
+    "refresh_after",
+    "server",
+    "url",
+];
+const CACHE_KEYS: &[&str] = &[
+    "cache_missed",
+    "domain_lifetime_seconds",
+    "jid_lifetime_seconds",
+    "max_jids",
+];
+const BOUNCE_KEYS: &[&str] = &["enabled", "max_retries", "max_stored", "resend_after_ms"];
+
+/// Finds the section: a whole MongooseIM document has a `modules` table.
+fn read_document(root: &Value) -> Result<Config> {
+    let root = Field::new(DOCUMENT, root);
+    let top = root.map()?;
+    let Some(modules) = top.get("modules") else {
+        return read_section(&Field::new("", root.value), &Map::new());
+    };
+    let modules = Field::new("modules", modules);
+    let section = modules
+        .map()?
+        .get("mod_global_distrib")
+        .cloned()
+        .ok_or_else(|| {
+            ConfigError::new("modules.mod_global_distrib", "required section missing")
+        })?;
+    let redis_pools = match top
+        .get("outgoing_pools")
+        .and_then(|pools| pools.get("redis"))
+    {
+        Some(pools) => Field::new("outgoing_pools.redis", pools).map()?,
+        None => Map::new(),
+    };
+    read_section(&Field::new("", &section), &redis_pools)
+}
+
+fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Config> {
+    let s = Section::new(field, TOP_KEYS, &[])?;
+    let global_host = s.required("global_host")?.host()?;
+    let local_host = s.required("local_host")?.host()?;
+    if local_host.eq_ignore_ascii_case(&global_host) {
+        let message = format!(
+            "must differ from global_host ({}): every datacenter needs a domain of its own",
+            quote(&global_host)
+        );
+        return Err(ConfigError::new("local_host", message));
+    }
+    let node_name = s.opt("node_name", Field::node_name, default_node_name)?;
+    let message_ttl = s.opt(
+        "message_ttl",
+        |f| f.int_hint(0, 255, "it travels as one byte"),
+        || defaults::MESSAGE_TTL,
+    )?;
+    let hosts_refresh_interval = s.opt(
+        "hosts_refresh_interval",
+        |f| f.int(1, MAX_MILLISECONDS),
+        || defaults::HOSTS_REFRESH_INTERVAL_MS,
+    )?;
+    let connections = match s.get("connections")? {
+        Some(f) => read_connections(&f, &local_host)?,
+        None => default_connections(&local_host),
+    };
+    let (redis, redis_given) = read_redis(&s, redis_pools)?;
+    let cache = read_cache(s.get("cache")?)?;
+    let bounce = read_bounce(s.get("bounce")?)?;
+    let global_distrib_addr = s.opt("global_distrib_addr", read_addr_overrides, BTreeMap::new)?;
+    let inferred = if redis_given {
+        BackendKind::Redis
+    } else {
+        BackendKind::Embedded
+    };
+    let backend = s.opt("backend", read_backend, || inferred)?;
+    Ok(Config {
+        global_host,
+        local_host,
+        node_name,
+        message_ttl,
+        hosts_refresh_interval,
+        backend,
+        connections,
+        redis,
+        cache,
+        bounce,
+        global_distrib_addr,
+    })
+}
+
+fn read_backend(f: &Field) -> Result<BackendKind> {
+    match f.value.as_str() {
+        Some("embedded") => Ok(BackendKind::Embedded),
+        Some("redis") => Ok(BackendKind::Redis),
+        _ => Err(f.expected("\"embedded\" or \"redis\"")),
+    }
+}
+
+fn default_connections(local_host: &str) -> ConnectionsConfig {
+    ConnectionsConfig {
+        endpoints: vec![Endpoint {
+            host: local_host.to_owned(),
+            port: defaults::ENDPOINT_PORT,
+        }],
+        advertised_endpoints: None,
+        connections_per_endpoint: defaults::CONNECTIONS_PER_ENDPOINT,
+        endpoint_refresh_interval: defaults::ENDPOINT_REFRESH_INTERVAL,
+        endpoint_refresh_interval_when_empty: defaults::ENDPOINT_REFRESH_INTERVAL_WHEN_EMPTY,
+        disabled_gc_interval: defaults::DISABLED_GC_INTERVAL,
+        tls: None,
+        outgoing_queue_size: defaults::OUTGOING_QUEUE_SIZE,
+        max_frame_size: defaults::MAX_FRAME_SIZE,
+    }
+}
+
+fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
+    let s = Section::new(f, CONNECTIONS_KEYS, CONNECTIONS_ALIASES)?;
+    let d = default_connections(local_host);
+    Ok(ConnectionsConfig {
+        // Port 0 asks the OS for an ephemeral port at bind time.
+        endpoints: s.opt("endpoints", |f| read_endpoints(f, 0), || d.endpoints)?,
+        advertised_endpoints: match s.get("advertised_endpoints")? {
+            Some(f) if f.value == &Value::Bool(false) => None,
+            Some(f) => Some(read_endpoints(&f, 1)?),
+            None => None,
+        },
+        connections_per_endpoint: s.opt(
+            "connections_per_endpoint",
+            |f| f.int(1, u64::from(u32::MAX)),
+            || d.connections_per_endpoint,
+        )?,
+        endpoint_refresh_interval: s.opt("endpoint_refresh_interval", seconds, || {
+            d.endpoint_refresh_interval
+        })?,
+        endpoint_refresh_interval_when_empty: s.opt(
+            "endpoint_refresh_interval_when_empty",
+            seconds,
+            || d.endpoint_refresh_interval_when_empty,
+        )?,
+        disabled_gc_interval: s.opt("disabled_gc_interval", seconds, || d.disabled_gc_interval)?,
+        tls: match s.get("tls")? {
+            Some(f) => read_tls(&f)?,
+            None => None,
+        },
+        outgoing_queue_size: s.opt(
+            "outgoing_queue_size",
+            |f| f.int(1, u64::MAX),
+            || d.outgoing_queue_size,
+        )?,
+        max_frame_size: s.opt(
+            "max_frame_size",
+            |f| f.int(MIN_FRAME_SIZE, MAX_FRAME_SIZE),
+            || d.max_frame_size,
+        )?,
+    })
+}
+
+fn seconds(f: &Field) -> Result<u64> {
+    f.int(1, MAX_SECONDS)
+}
+
+fn read_endpoints(f: &Field, min_port: u64) -> Result<Vec<Endpoint>> {
+    let items = f.list("a list of endpoints")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| read_endpoint(&f.index(i, item), min_port))
+        .collect()
+}
+
+/// `{host, port}` map or `[host, port]` pair (the seed's tuple).
+fn read_endpoint(f: &Field, min_port: u64) -> Result<Endpoint> {
+    let (host, port) = match f.value {
+        Value::Array(pair) if pair.len() == 2 => (f.index(0, &pair[0]), f.index(1, &pair[1])),
+        Value::Object(_) => {
+            let s = Section::new(f, &["host", "port"], &[])?;
+            let host = s.required("host")?.endpoint_host()?;
+            let port = s.required("port")?.int(min_port, u64::from(u16::MAX))?;
+            return Ok(Endpoint { host, port });
+        }
+        _ => return Err(f.expected("an endpoint {host, port} or [host, port]")),
+    };
+    Ok(Endpoint {
+        host: host.endpoint_host()?,
+        port: port.int(min_port, u64::from(u16::MAX))?,
+    })
+}
+
+fn read_tls(f: &Field) -> Result<Option<TlsConfig>> {
+    if f.value == &Value::Bool(false) {
+        return Ok(None);
+    }
+    let s = Section::new(f, TLS_KEYS, TLS_ALIASES)?;
+    if !s.opt("enabled", Field::boolean, || true)? {
+        return Ok(None);
+    }
+    Ok(Some(TlsConfig {
+        certfile: s.required("certfile")?.readable_file()?,
+        keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
+        cacertfile: s.required("cacertfile")?.readable_file()?,
+        ciphers: s.get("ciphers")?.map(|f| read_ciphers(&f)).transpose()?,
+    }))
+}
+
+/// Cipher suites ring-backed rustls offers, with their OpenSSL names
+/// (MongooseIM passes an OpenSSL cipher string to fast_tls).
+const CIPHER_SUITES: &[(&str, &str)] = &[
+    ("TLS13_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+    ("TLS13_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
+    (
+        "TLS13_CHACHA20_POLY1305_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ),
+];
+
+/// A list of names or one OpenSSL-style `A:B:C` string; stored as rustls names.
+fn read_ciphers(f: &Field) -> Result<Vec<String>> {
+    let names: Vec<(Field, &str)> = match f.value {
+        Value::String(list) => list
+            .split(':')
+            .map(|name| (f.clone(), name.trim()))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let field = f.index(i, item);
+                field.string().map(|name| (field.clone(), name))
+            })
+            .collect::<Result<_>>()?,
+        _ => return Err(f.expected("a list of cipher suite names")),
+    };
+    if names.is_empty() || names.iter().all(|(_, name)| name.is_empty()) {
+        return Err(f.err("must name at least one cipher suite"));
+    }
+    names
+        .into_iter()
+        .filter(|(_, name)| !name.is_empty())
+        .map(|(field, name)| {
+            CIPHER_SUITES
+                .iter()
+                .find(|(rustls, openssl)| name == *rustls || name == *openssl)
+                .map(|(rustls, _)| (*rustls).to_owned())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = CIPHER_SUITES.iter().map(|(r, _)| *r).collect();
+                    field.err(format!(
+                        "unknown cipher suite {} (expected one of: {})",
+                        quote(name),
+                        known.join(", ")
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Returns the Redis options and whether Redis was configured at all (which
+/// makes `redis` the default backend).
+fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig, bool)> {
+    let mut redis = RedisConfig {
+        url: None,
+        server: defaults::REDIS_SERVER.to_owned(),
+        port: defaults::REDIS_PORT,
+        password: String::new(),
+        pool_size: defaults::REDIS_POOL_SIZE,
+        expire_after: defaults::EXPIRE_AFTER,
+        refresh_after: defaults::REFRESH_AFTER,
+    };
+    let field = top.get("redis")?;
+    let section = field
+        .as_ref()
+        .map(|f| Section::new(f, REDIS_KEYS, &[]))
+        .transpose()?;
+    let empty = Section::empty("redis");
+    let s = section.as_ref().unwrap_or(&empty);
+
+    let pool_given = s.get("pool")?;
+    let pool_name = match &pool_given {
+        Some(f) => f.string()?.to_owned(),
+        None => defaults::REDIS_POOL.to_owned(),
+    };
+    let pool = pools.get(&pool_name);
+    if let (Some(f), None) = (&pool_given, pool) {
+        let message = format!(
+            "names the outgoing pool {}, but the document has no [outgoing_pools.redis.{pool_name}]",
+            quote(&pool_name)
+        );
+        return Err(f.err(message));
+    }
+    if let Some(pool) = pool {
+        let path = format!("outgoing_pools.redis.{pool_name}");
+        read_mongooseim_pool(&Field::new(&path, pool), &mut redis)?;
+    }
+
+    if let Some(f) = s.get("url")? {
+        if let Some(other) = ["server", "port", "password"].iter().find(|k| s.has(k)) {
+            let message =
+                format!("conflicts with redis.{other}; give either a URL or server/port/password");
+            return Err(f.err(message));
+        }
+        let url = f.string()?;
+        let parsed = parse_redis_url(url).map_err(|why| {
+            f.err(format!(
+                "expected redis://[:password@]host[:port][/0], got {} ({why})",
+                quote(url)
+            ))
+        })?;
+        redis.server = parsed.host;
+        redis.port = parsed.port;
+        redis.password = parsed.password;
+        redis.url = Some(url.to_owned());
+    }
+    redis.server = s.opt("server", Field::host, || redis.server.clone())?;
+    redis.port = s.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
+    redis.password = s.opt(
+        "password",
+        |f| f.string().map(str::to_owned),
+        || redis.password.clone(),
+    )?;
+    redis.pool_size = s.opt(
+        "pool_size",
+        |f| f.int(1, u64::from(u32::MAX)),
+        || redis.pool_size,
+    )?;
+    redis.expire_after = s.opt("expire_after", seconds, || redis.expire_after)?;
+    redis.refresh_after = s.opt("refresh_after", seconds, || redis.refresh_after)?;
+    if redis.refresh_after >= redis.expire_after {
+        let message = format!(
+            "must be less than redis.expire_after ({}), got {}: keys would expire before this node rewrites them",
+            redis.expire_after, redis.refresh_after
+        );
+        return Err(ConfigError::new("redis.refresh_after", message));
+    }
+    Ok((redis, field.is_some() || pool.is_some()))
+}
+
+/// MongooseIM keeps the Redis address in `[outgoing_pools.redis.<pool>]`;
+/// only the keys meaning something here are read, the rest is MongooseIM's.
+fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
+    let pool_map = pool.map()?;
+    if let Some(v) = pool_map.get("workers") {
+        redis.pool_size = pool.child("workers", v).int(1, u64::from(u32::MAX))?;
+    }
+    let Some(connection) = pool_map.get("connection") else {
+        return Ok(());
+    };
+    let connection = pool.child("connection", connection);
+    let connection_map = connection.map()?;
+    if let Some(v) = connection_map.get("host") {
+        redis.server = connection.child("host", v).host()?;
+    }
+    if let Some(v) = connection_map.get("port") {
+        redis.port = connection.child("port", v).int(1, u64::from(u16::MAX))?;
+    }
+    if let Some(v) = connection_map.get("password") {
+        redis.password = connection.child("password", v).string()?.to_owned();
+    }
+    if let Some(v) = connection_map.get("database") {
+        let database = connection.child("database", v);
+        if database.int::<u64>(0, u64::MAX)? != 0 {
+            return Err(database.err(NO_SELECT));
+        }
+    }
+    Ok(())
+}
+
+const NO_SELECT: &str =
+    "only database 0 is supported: selecting another needs SELECT, which Dynomite and twemproxy refuse";
+
+struct RedisUrl {
+    host: String,
+    port: u16,
+    password: String,
+}
+
+/// `redis://[[user]:password@]host[:port][/0]`; the error says what is wrong.
+fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| "the scheme must be redis://".to_owned())?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() && path != "0" {
+        return Err(NO_SELECT.to_owned());
+    }
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => (Some(userinfo), hostport),
+        None => (None, authority),
+    };
+    let password = match userinfo {
+        Some(userinfo) => percent_decode(userinfo.split_once(':').map_or(userinfo, |(_, p)| p))?,
+        None => String::new(),
+    };
+    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| "unclosed [ in the host".to_owned())?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing".to_owned());
+    }
+    if let Some(bad) = check_host(host) {
+        return Err(format!("the host {bad}"));
+    }
+    let port = match port {
+        None => 6379,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("the port must be 1..65535, got {}", quote(port))),
+        },
+    };
+    Ok(RedisUrl {
+        host: host.to_owned(),
+        port,
+        password,
+    })
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).unwrap_or("");
+            let byte = u8::from_str_radix(hex, 16)
+                .map_err(|_| format!("bad percent-escape in the password at byte {i}"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the password is not UTF-8 once decoded".to_owned())
+}
+
+fn read_cache(field: Option<Field>) -> Result<CacheConfig> {
+    let empty = Section::empty("cache");
+    let section = field
+        .map(|f| Section::new(&f, CACHE_KEYS, &[]))
+        .transpose()?;
+    let s = section.as_ref().unwrap_or(&empty);
+    Ok(CacheConfig {
+        cache_missed: s.opt("cache_missed", Field::boolean, || true)?,
+        domain_lifetime_seconds: s.opt("domain_lifetime_seconds", seconds, || {
+            defaults::DOMAIN_LIFETIME
+        })?,
+        jid_lifetime_seconds: s.opt("jid_lifetime_seconds", seconds, || defaults::JID_LIFETIME)?,
+        max_jids: s.opt("max_jids", |f| f.int(1, u64::MAX), || defaults::MAX_JIDS)?,
+    })
+}
+
+/// `false` (the seed's way to disable bouncing), `true`, or a map.
+fn read_bounce(field: Option<Field>) -> Result<BounceConfig> {
+    let mut enabled = true;
+    let empty = Section::empty("bounce");
+    let section = match &field {
+        Some(f) if f.value.is_boolean() => {
+            enabled = f.boolean()?;
+            None
+        }
+        Some(f) => Some(Section::new(f, BOUNCE_KEYS, &[])?),
+        None => None,
+    };
+    let s = section.as_ref().unwrap_or(&empty);
+    Ok(BounceConfig {
+        enabled: s.opt("enabled", Field::boolean, || enabled)?,
+        resend_after_ms: s.opt(
+            "resend_after_ms",
+            |f| f.int(1, MAX_MILLISECONDS),
+            || defaults::RESEND_AFTER_MS,
+        )?,
+        max_retries: s.opt(
+            "max_retries",
+            |f| f.int(0, u64::from(u32::MAX)),
+            || defaults::MAX_RETRIES,
+        )?,
+        max_stored: s.opt(
+            "max_stored",
+            |f| f.int(1, u64::MAX),
+            || defaults::MAX_STORED,
+        )?,
+    })
+}
+
+/// Remote DC (its local_host) → fixed endpoints, the seed's
+/// `{{global_distrib_addr, Host}, [{IP, Port}]}`.
+fn read_addr_overrides(f: &Field) -> Result<BTreeMap<String, Vec<Endpoint>>> {
+    let map = f.map()?;
+    let mut overrides = BTreeMap::new();
+    for (host, endpoints) in &map {
+        // Host names contain dots: quote them so the path stays unambiguous.
+        let entry = Field::new(format!("{}.{}", f.path, quote(host)), endpoints);
+        if let Some(bad) = check_host(host) {
+            return Err(entry.err(format!("the host name {bad}")));
+        }
+        let endpoints = read_endpoints(&entry, 1)?;
+        if endpoints.is_empty() {
+            return Err(entry.err("must list at least one endpoint"));
+        }
+        overrides.insert(host.clone(), endpoints);
+    }
+    Ok(overrides)
+}
+
+// ---------------------------------------------------------------------------
+// Reading values with their paths.
+// ---------------------------------------------------------------------------
+
+/// One value and the dotted path it was found at.
+#[derive(Clone)]
+struct Field<'a> {
+    path: String,
+    value: &'a Value,
+}
+
+impl<'a> Field<'a> {
+    fn new(path: impl Into<String>, value: &'a Value) -> Self {
+        Self {
+            path: path.into(),
+            value,
+        }
+    }
+    fn child<'b>(&self, key: &str, value: &'b Value) -> Field<'b> {
+        Field::new(join(&self.path, key), value)
+    }
+    fn index<'b>(&self, i: usize, value: &'b Value) -> Field<'b> {
+        Field::new(format!("{}[{i}]", self.path), value)
+    }
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.path.clone(), message)
+    }
+    fn expected(&self, what: &str) -> ConfigError {
+        self.err(format!("expected {what}, got {}", describe(self.value)))
+    }
+
+    /// A map, or a list of `[key, value]` pairs (an Erlang proplist).
+    fn map(&self) -> Result<Map<String, Value>> {
+        match self.value {
+            Value::Object(map) => Ok(map.clone()),
+            Value::Array(items) => {
+                let mut map = Map::new();
+                for (i, item) in items.iter().enumerate() {
+                    let pair = match item.as_array().map(Vec::as_slice) {
+                        Some([Value::String(key), value]) => (key, value),
+                        _ => return Err(self.expected("a map of options")),
+                    };
+                    if map.insert(pair.0.clone(), pair.1.clone()).is_some() {
+                        return Err(self
+                            .index(i, item)
+                            .err(format!("option {} given twice", quote(pair.0))));
+                    }
+                }
+                Ok(map)
+            }
+            _ => Err(self.expected("a map of options")),
+        }
+    }
+    fn list(&self, what: &str) -> Result<&'a Vec<Value>> {
+        self.value.as_array().ok_or_else(|| self.expected(what))
+    }
+    fn string(&self) -> Result<&'a str> {
+        self.value.as_str().ok_or_else(|| self.expected("a string"))
+    }
+    fn boolean(&self) -> Result<bool> {
+        self.value
+            .as_bool()
+            .ok_or_else(|| self.expected("true or false"))
+    }
+
+    /// An integer within `min..=max`, converted to the field's type.
+    fn int<T: TryFrom<u64>>(&self, min: u64, max: u64) -> Result<T> {
+        self.int_hint(min, max, "")
+    }
+    fn int_hint<T: TryFrom<u64>>(&self, min: u64, max: u64, hint: &str) -> Result<T> {
+        let n = self
+            .value
+            .as_u64()
+            .ok_or_else(|| self.expected("a non-negative integer"))?;
+        let hint = if hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({hint})")
+        };
+        if n < min {
+            return Err(self.err(format!("must be at least {min}{hint}, got {n}")));
+        }
+        if n > max {
+            return Err(self.err(format!("must be at most {max}{hint}, got {n}")));
+        }
+        T::try_from(n).map_err(|_| self.err(format!("{n} does not fit on this platform")))
+    }
+
+    fn host(&self) -> Result<String> {
+        let host = self.string()?;
+        match check_host(host) {
+            Some(bad) => Err(self.err(bad)),
+            None => Ok(host.to_owned()),
+        }
+    }
+    /// A host name, or an IP address as the Erlang binding converts an
+    /// `inet:ip_address()` tuple: a list of 4 bytes or 8 16-bit groups.
+    fn endpoint_host(&self) -> Result<String> {
+        let Value::Array(parts) = self.value else {
+            return self.host();
+        };
+        let numbers: Option<Vec<u64>> = parts.iter().map(Value::as_u64).collect();
+        let ip = match numbers.as_deref() {
+            Some(&[a, b, c, d]) if [a, b, c, d].iter().all(|&n| n <= 0xff) => {
+                Some(Ipv4Addr::new(a as u8, b as u8, c as u8, d as u8).to_string())
+            }
+            Some(groups) if groups.len() == 8 && groups.iter().all(|&n| n <= 0xffff) => {
+                let mut segments = [0u16; 8];
+                for (segment, &n) in segments.iter_mut().zip(groups) {
+                    *segment = n as u16;
+                }
+                Some(Ipv6Addr::from(segments).to_string())
+            }
+            _ => None,
+        };
+        ip.ok_or_else(|| self.expected("a host name or an IP address"))
+    }
+    fn node_name(&self) -> Result<String> {
+        let name = self.string()?;
+        if name.is_empty() {
+            return Err(self.err("must not be empty"));
+        }
+        if let Some(c) = name.chars().find(|c| matches!(c, '{' | '}' | '#')) {
+            return Err(self.err(format!(
+                "must not contain '{c}' (reserved by the store's key layout), got {}",
+                quote(name)
+            )));
+        }
+        Ok(name.to_owned())
+    }
+    /// A path to a file that exists and can be read now, so a typo fails at
+    /// start rather than at the first TLS handshake.
+    fn readable_file(&self) -> Result<PathBuf> {
+        let path = PathBuf::from(self.string()?);
+        let shown = quote(&path.display().to_string());
+        let metadata =
+            std::fs::metadata(&path).map_err(|e| self.err(format!("cannot read {shown}: {e}")))?;
+        if !metadata.is_file() {
+            return Err(self.err(format!("cannot read {shown}: not a regular file")));
+        }
+        std::fs::File::open(&path).map_err(|e| self.err(format!("cannot read {shown}: {e}")))?;
+        Ok(path)
+    }
+}
+
+/// Why `host` is not an acceptable host name, if it is not.
+fn check_host(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Some(format!(
+            "is {} bytes long, at most {MAX_HOST_LEN} allowed",
+            host.len()
+        ));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "must not contain whitespace or control characters, got {}",
+            quote(host)
+        ));
+    }
+    let reason = |c| match c {
+        '{' | '}' | '#' => Some("reserved by the store's key layout"),
+        '@' | '/' => Some("a JID separator"),
+        _ => None,
+    };
+    host.chars().find_map(|c| {
+        reason(c).map(|why| format!("must not contain '{c}' ({why}), got {}", quote(host)))
+    })
+}
+
+/// The options of one section: unknown keys are rejected up front, and the
+/// seed's alias names are read under their canonical name.
+struct Section {
+    path: String,
+    map: Map<String, Value>,
+    aliases: &'static [(&'static str, &'static str)],
+}
+
+impl Section {
+    fn new(
+        field: &Field,
+        keys: &[&str],
+        aliases: &'static [(&'static str, &'static str)],
+    ) -> Result<Self> {
+        let map = field.map()?;
+        let known = |k: &str| keys.contains(&k) || aliases.iter().any(|(alias, _)| *alias == k);
+        if let Some(unknown) = map.keys().find(|k| !known(k)) {
+            let message = format!("unknown option (expected one of: {})", keys.join(", "));
+            return Err(ConfigError::new(join(&field.path, unknown), message));
+        }
+        Ok(Self {
+            path: field.path.clone(),
+            map,
+            aliases,
+        })
+    }
+    /// A section that was not given: every option takes its default.
+    fn empty(path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            map: Map::new(),
+            aliases: &[],
+        }
+    }
+    fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+    /// The option under its name or an alias; `null` counts as absent (it is
+    /// how `to_json` writes an unset optional value).
+    fn get(&self, key: &str) -> Result<Option<Field<'_>>> {
+        let names = std::iter::once(key).chain(
+            self.aliases
+                .iter()
+                .filter(|(_, canonical)| *canonical == key)
+                .map(|(alias, _)| *alias),
+        );
+        let mut found: Option<Field> = None;
+        for name in names {
+            let Some(value) = self.map.get(name).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let field = Field::new(join(&self.path, name), value);
+            if let Some(first) = &found {
+                let message = format!("same option as {}; give only one of them", first.path);
+                return Err(field.err(message));
+            }
+            found = Some(field);
+        }
+        Ok(found)
+    }
+    fn required(&self, key: &str) -> Result<Field<'_>> {
+        self.get(key)?
+            .ok_or_else(|| ConfigError::new(join(&self.path, key), "required option missing"))
+    }
+    fn opt<'s, T>(
+        &'s self,
+        key: &str,
+        read: impl FnOnce(&Field<'s>) -> Result<T>,
+        default: impl FnOnce() -> T,
+    ) -> Result<T> {
+        match self.get(key)? {
+            Some(field) => read(&field),
+            None => Ok(default()),
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A string as it would be written in JSON (quoted, escaped).
+fn quote(text: &str) -> String {
+    Value::String(text.to_owned()).to_string()
+}
+
+/// A value as shown after "got" in an error.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "a map".to_owned(),
+        Value::String(s) if s.len() > 80 => {
+            let cut = (0..=77).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            format!(
+                "{}... ({} bytes)",
+                quote(&s[..cut]).trim_end_matches('"'),
+                s.len()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map_or_else(|| Value::String(f.to_string()), Value::Number),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => Value::Object(
+            table
+                .into_iter()
+                .map(|(k, v)| (k, toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn toml_syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    // toml's messages span lines; keep the error on one line for logs.
+    let lines: Vec<&str> = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = lines.join("; ");
+    let Some(span) = error.span() else {
+        return ConfigError::new(DOCUMENT, format!("invalid TOML: {message}"));
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::new(
+        DOCUMENT,
+        format!("invalid TOML at line {line}, column {column}: {message}"),
+    )
 }

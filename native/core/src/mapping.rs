@@ -1,1 +1,301 @@
 //! Recipient lookup (SPEC 5) over two caches (SPEC 4) in front of the store.
+//!
+//! The rules decide which key tells where a recipient lives; the caches
+//! answer for that key when they can, the store otherwise:
+//!
+//! ```text
+//! to ──> rules ──> Local                       (no key needed)
+//!              └─> domain key ──> domain cache ──> store
+//!              └─> full, then bare JID key ──> JID cache ──> store
+//! ```
+//!
+//! Cache values are `Option<Arc<str>>`: `Some(local_host of the owning DC)`,
+//! or `None` for a cached miss (only with `cache_missed`), so a JID nobody
+//! is logged in as does not cost a store round trip per stanza.
+//!
+//! Metrics: each lookup counts one `mapping_fetches` and records its
+//! duration in `mapping_fetch_time` (µs); a lookup that had to ask the store
+//! (once or twice) counts one `mapping_cache_misses`. [`Mapping::lookup_cached`]
+//! counts only when it answers: when it cannot, the caller goes on with
+//! [`Mapping::lookup`], which counts then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+use crate::config::CacheConfig;
+use crate::jid::Jid;
+use crate::metrics::{names, Counter, Histogram, Metrics};
+use crate::store::{Store, StoreError};
+
+/// Bound on cached domains. Domains are subdomains of components and MUC
+/// services of all DCs: thousands at most, so this is a safety net against
+/// a flood of lookups for made-up domains rather than a tuning knob.
+pub const DOMAIN_CACHE_CAPACITY: u64 = 100_000;
+
+/// Where a recipient lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// This DC: the host routes the stanza itself.
+    Local,
+    /// Another DC, by its local_host.
+    Remote(Arc<str>),
+    /// No mapping anywhere (→ bounce).
+    Unknown,
+}
+
+type MapCache = Cache<Arc<str>, Option<Arc<str>>>;
+
+/// Which key decides, per the rules of SPEC 5.
+enum Plan<'a> {
+    Local,
+    Domain(&'a str),
+    /// Full JID key, then bare JID key (equal for a bare recipient).
+    Jid {
+        full: &'a str,
+        bare: &'a str,
+    },
+}
+
+/// The session/routing table as seen through the caches.
+#[derive(Clone)]
+pub struct Mapping {
+    global_host: Arc<str>,
+    local_host: Arc<str>,
+    cache_missed: bool,
+    jids: MapCache,
+    domains: MapCache,
+    store: Store,
+    fetches: Arc<Counter>,
+    cache_misses: Arc<Counter>,
+    fetch_time: Arc<Histogram>,
+}
+
+impl Mapping {
+    pub fn new(
+        global_host: &str,
+        local_host: &str,
+        cache: &CacheConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Mapping {
+        let jids = Cache::builder()
+            .max_capacity(cache.max_jids)
+            .time_to_live(Duration::from_secs(cache.jid_lifetime_seconds))
+            .build();
+        let domains = Cache::builder()
+            .max_capacity(DOMAIN_CACHE_CAPACITY)
+            .time_to_live(Duration::from_secs(cache.domain_lifetime_seconds))
+            .build();
+        Mapping {
+            global_host: Arc::from(global_host),
+            local_host: Arc::from(local_host),
+            cache_missed: cache.cache_missed,
+            jids,
+            domains,
+            store,
+            fetches: metrics.counter(names::MAPPING_FETCHES),
+            cache_misses: metrics.counter(names::MAPPING_CACHE_MISSES),
+            fetch_time: metrics.histogram(names::MAPPING_FETCH_TIME),
+        }
+    }
+
+    pub fn global_host(&self) -> &str {
+        &self.global_host
+    }
+
+    pub fn local_host(&self) -> &str {
+        &self.local_host
+    }
+
+    /// MongooseIM's guard against poisoning the cache: a stanza between two
+    /// sessions of one user is never routed globally.
+    pub fn is_same_user(from: &Jid, to: &Jid) -> bool {
+        from.same_user(to)
+    }
+
+    /// Answers from the rules and the caches alone (no I/O, no allocation on
+    /// a hit); `None` means the store must be asked through [`lookup`].
+    ///
+    /// [`lookup`]: Mapping::lookup
+    pub fn lookup_cached(&self, to: &Jid) -> Option<Location> {
+        let start = Instant::now();
+        let location = match self.plan(to) {
+            Plan::Local => Location::Local,
+            // `?`: not in the cache, only the store can tell. A cached
+            // `None` is a cached miss.
+            Plan::Domain(d) => self.resolve(self.domains.get(d)?),
+            Plan::Jid { full, bare } => match self.jids.get(full)? {
+                Some(host) => self.location_of(host),
+                None if full == bare => Location::Unknown,
+                None => self.resolve(self.jids.get(bare)?),
+            },
+        };
+        self.count_fetch(start);
+        Some(location)
+    }
+
+    /// The six rules of SPEC 5, asking the store for what the caches do not
+    /// know. Store errors are returned as they are: the router decides.
+    pub async fn lookup(&self, to: &Jid) -> Result<Location, StoreError> {
+        let start = Instant::now();
+        let mut asked_store = false;
+        let result = self.lookup_inner(to, &mut asked_store).await;
+        if asked_store {
+            self.cache_misses.inc();
+        }
+        self.count_fetch(start);
+        result
+    }
+
+    async fn lookup_inner(&self, to: &Jid, asked: &mut bool) -> Result<Location, StoreError> {
+        match self.plan(to) {
+            Plan::Local => Ok(Location::Local),
+            Plan::Domain(d) => {
+                let host = self.fetch(&self.domains, d, asked).await?;
+                Ok(self.resolve(host))
+            }
+            Plan::Jid { full, bare } => {
+                if let Some(host) = self.fetch(&self.jids, full, asked).await? {
+                    return Ok(self.location_of(host));
+                }
+                if full == bare {
+                    return Ok(Location::Unknown);
+                }
+                let host = self.fetch(&self.jids, bare, asked).await?;
+                Ok(self.resolve(host))
+            }
+        }
+    }
+
+    fn plan<'a>(&self, to: &'a Jid) -> Plan<'a> {
+        let domain = to.domain();
+        let is_local = domain == &*self.local_host;
+        let is_global = domain == &*self.global_host;
+        match to.user() {
+            None if is_local || is_global => Plan::Local, // rule 1
+            None => Plan::Domain(domain),                 // rule 2
+            Some(_) if is_local => Plan::Local,           // rule 3
+            Some(_) if is_global => Plan::Jid {
+                full: to.as_full_str(),
+                bare: to.as_bare_str(),
+            }, // rule 4
+            Some(_) => Plan::Domain(domain),              // rule 5
+        }
+    }
+
+    /// The mapping of one key, from the cache or else the store; fills the
+    /// cache with what the store said (a miss only with `cache_missed`).
+    async fn fetch(
+        &self,
+        cache: &MapCache,
+        key: &str,
+        asked: &mut bool,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(v) = cache.get(key) {
+            return Ok(v);
+        }
+        *asked = true;
+        let value: Option<Arc<str>> = self.store.get(key).await?.map(Arc::from);
+        if value.is_some() || self.cache_missed {
+            // Only into a gap: a session opened (or an origin hint taken)
+            // while the GET was in flight is newer than what the store said,
+            // and overwriting it would misroute that user for a lifetime.
+            cache.entry(Arc::from(key)).or_insert(value.clone());
+        }
+        Ok(value)
+    }
+
+    /// Rule 6 for a missing mapping, else the location of the owning DC.
+    fn resolve(&self, host: Option<Arc<str>>) -> Location {
+        match host {
+            Some(h) => self.location_of(h),
+            None => Location::Unknown,
+        }
+    }
+
+    fn location_of(&self, host: Arc<str>) -> Location {
+        if *host == *self.local_host {
+            Location::Local
+        } else {
+            Location::Remote(host)
+        }
+    }
+
+    fn count_fetch(&self, start: Instant) {
+        self.fetches.inc();
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.fetch_time.record(micros);
+    }
+
+    /// A session was opened (here or, learned otherwise, elsewhere): `key`
+    /// (full or bare JID) lives at `host`. Called before the store write so
+    /// that routing sees the session at once.
+    pub fn insert_session(&self, key: &str, host: &str) {
+        self.jids.insert(Arc::from(key), Some(Arc::from(host)));
+    }
+
+    /// Forgets `key` so that the next lookup reads the store (bounce does
+    /// this before each retry).
+    pub fn remove_jid(&self, key: &str) {
+        self.jids.invalidate(key);
+    }
+
+    pub fn insert_domain(&self, domain: &str, host: &str) {
+        self.domains
+            .insert(Arc::from(domain), Some(Arc::from(host)));
+    }
+
+    pub fn remove_domain(&self, domain: &str) {
+        self.domains.invalidate(domain);
+    }
+
+    /// Origin hint (SPEC 6.4): a stanza from `sender` arrived from the DC
+    /// `origin_host`, so that is where the sender lives, even before the
+    /// store has replicated its session. Applied only when the local cache
+    /// has no mapping for the sender (absent or a cached miss): a known
+    /// mapping is fresher than a hint, and the store is not asked on the
+    /// receive path. Only users of global_host are hinted, since those are
+    /// the only JIDs looked up by JID (rule 4); a hint naming this DC says
+    /// nothing new, as our own sessions are inserted when they open.
+    /// Returns whether the cache was changed.
+    pub fn insert_origin_hint(&self, sender: &Jid, origin_host: &str) -> bool {
+        if sender.user().is_none()
+            || sender.domain() != &*self.global_host
+            || origin_host.is_empty()
+            || origin_host == &*self.local_host
+        {
+            return false;
+        }
+        let known = |key: &str| matches!(self.jids.get(key), Some(Some(_)));
+        if known(sender.as_full_str()) {
+            return false;
+        }
+        let origin: Arc<str> = Arc::from(origin_host);
+        self.jids
+            .insert(Arc::from(sender.as_full_str()), Some(Arc::clone(&origin)));
+        if !sender.is_bare() && !known(sender.as_bare_str()) {
+            self.jids
+                .insert(Arc::from(sender.as_bare_str()), Some(origin));
+        }
+        true
+    }
+
+    /// Runs the caches' pending maintenance (evictions, expirations), so
+    /// that the entry counts below are exact.
+    pub fn run_pending_tasks(&self) {
+        self.jids.run_pending_tasks();
+        self.domains.run_pending_tasks();
+    }
+
+    /// Approximate number of cached JID entries (exact after
+    /// [`Mapping::run_pending_tasks`]).
+    pub fn cached_jids(&self) -> u64 {
+        self.jids.entry_count()
+    }
+
+    pub fn cached_domains(&self) -> u64 {
+        self.domains.entry_count()
+    }
+}

@@ -9,13 +9,24 @@
 //!   open a session, compare-and-set to refresh or delete) and is what the
 //!   rest of the runtime uses.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub mod embedded;
 pub mod keys;
 pub mod redis;
+pub mod refresher;
+
+pub use embedded::EmbeddedBackend;
+pub use redis::RedisBackend;
+pub use refresher::{OwnedState, RefreshStats, Refresher, RefresherHandle};
+
+/// Commands per pipeline: large inputs are cut into batches of this size so
+/// that one reply never grows without bound and a proxy is never flooded.
+pub const BATCH: usize = 1000;
 
 /// One command of the proxy-safe dialect. Every command touches one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +34,19 @@ pub enum Cmd {
     /// `GET key`
     Get { key: String },
     /// `SET key value EX ttl` — unconditional (newest login wins).
-    SetEx { key: String, value: String, ttl_secs: u64 },
+    SetEx {
+        key: String,
+        value: String,
+        ttl_secs: u64,
+    },
     /// Write `value` with `ttl` only if the key is absent or already holds
     /// `value` (`EVAL` of a one-key script on Redis). Replies `Int(1)` when
     /// written, `Int(0)` when the key belongs to someone else.
-    RefreshIfOurs { key: String, value: String, ttl_secs: u64 },
+    RefreshIfOurs {
+        key: String,
+        value: String,
+        ttl_secs: u64,
+    },
     /// Delete the key only if it holds `value`. Replies `Int(1|0)`.
     DeleteIfOurs { key: String, value: String },
     /// `DEL key`
@@ -41,7 +60,11 @@ pub enum Cmd {
     /// `SMEMBERS key`
     SMembers { key: String },
     /// `HSET key field value` (exactly one field: proxy-safe).
-    HSet { key: String, field: String, value: String },
+    HSet {
+        key: String,
+        field: String,
+        value: String,
+    },
     /// `HDEL key field`
     HDel { key: String, field: String },
     /// `HGETALL key`
@@ -114,4 +137,384 @@ impl Store {
             ))),
         }
     }
+}
+
+/// Who writes: this DC's local_host and this node's name, both checked
+/// against the key layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId {
+    pub local_host: String,
+    pub node: String,
+}
+
+impl NodeId {
+    pub fn new(local_host: &str, node: &str) -> Result<Self, StoreError> {
+        keys::check_name("local_host", local_host)?;
+        keys::check_name("node name", node)?;
+        Ok(NodeId {
+            local_host: local_host.to_owned(),
+            node: node.to_owned(),
+        })
+    }
+}
+
+/// Outcome of a compare-and-set refresh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshCount {
+    /// Keys that were ours or gone and were (re)written.
+    pub written: u64,
+    /// Keys found holding another DC's name: left alone.
+    pub foreign: u64,
+}
+
+/// TTL in whole seconds, at least one (Redis refuses `EX 0`).
+pub fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs().max(1)
+}
+
+fn int_of(key: &str, r: &Reply) -> Result<i64, StoreError> {
+    match r {
+        Reply::Int(i) => Ok(*i),
+        other => Err(StoreError::Protocol(format!(
+            "{key}: expected an integer reply, got {other:?}"
+        ))),
+    }
+}
+
+fn check_replies(replies: &[Reply]) -> Result<(), StoreError> {
+    match replies.iter().find_map(|r| match r {
+        Reply::Error(e) => Some(e),
+        _ => None,
+    }) {
+        Some(e) => Err(StoreError::Protocol(format!("command refused: {e}"))),
+        None => Ok(()),
+    }
+}
+
+impl Store {
+    /// Runs `cmds` in pipelines of at most [`BATCH`] commands.
+    pub async fn exec_batched(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
+        let mut out = Vec::with_capacity(cmds.len());
+        for chunk in cmds.chunks(BATCH) {
+            out.extend(self.backend.exec(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// A user logged in here: plain `SET k local_host EX ttl` for each key
+    /// (full and bare JID). The newest login wins, wherever it happened.
+    pub async fn open_sessions(
+        &self,
+        keys: &[String],
+        local_host: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| Cmd::SetEx {
+                key: k.clone(),
+                value: local_host.to_owned(),
+                ttl_secs: ttl_secs(ttl),
+            })
+            .collect();
+        check_replies(&self.exec_batched(&cmds).await?)
+    }
+
+    /// Re-writes keys only where they are still ours or gone, so a refresh
+    /// from the DC a user left never overwrites the newer entry (MongooseIM
+    /// issue #2392).
+    pub async fn refresh_sessions(
+        &self,
+        keys: &[String],
+        local_host: &str,
+        ttl: Duration,
+    ) -> Result<RefreshCount, StoreError> {
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| Cmd::RefreshIfOurs {
+                key: k.clone(),
+                value: local_host.to_owned(),
+                ttl_secs: ttl_secs(ttl),
+            })
+            .collect();
+        let replies = self.exec_batched(&cmds).await?;
+        count_cas(keys, &replies)
+    }
+
+    /// Deletes keys only where they are ours; returns how many were deleted.
+    pub async fn delete_sessions(
+        &self,
+        keys: &[String],
+        local_host: &str,
+    ) -> Result<u64, StoreError> {
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| Cmd::DeleteIfOurs {
+                key: k.clone(),
+                value: local_host.to_owned(),
+            })
+            .collect();
+        let replies = self.exec_batched(&cmds).await?;
+        Ok(count_cas(keys, &replies)?.written)
+    }
+
+    /// A subdomain (component, MUC…) now lives on this node: its mapping key
+    /// and its membership in the node's `{domains}` (and, unless hidden,
+    /// `{public_domains}`) sets, all with the TTL.
+    pub async fn register_domain(
+        &self,
+        me: &NodeId,
+        domain: &str,
+        public: bool,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut cmds = vec![Cmd::SetEx {
+            key: domain.to_owned(),
+            value: me.local_host.clone(),
+            ttl_secs: ttl_secs(ttl),
+        }];
+        push_domain_sets(&mut cmds, me, &[(domain.to_owned(), public)], ttl);
+        check_replies(&self.backend.exec(&cmds).await?)
+    }
+
+    /// Re-writes this node's domains: CAS on each mapping key (never
+    /// overwriting another DC's), then the sets and their TTL.
+    pub async fn refresh_domains(
+        &self,
+        me: &NodeId,
+        domains: &[(String, bool)],
+        ttl: Duration,
+    ) -> Result<RefreshCount, StoreError> {
+        if domains.is_empty() {
+            return Ok(RefreshCount::default());
+        }
+        let names: Vec<String> = domains.iter().map(|(d, _)| d.clone()).collect();
+        let count = self.refresh_sessions(&names, &me.local_host, ttl).await?;
+        for chunk in domains.chunks(BATCH) {
+            let mut cmds = Vec::new();
+            push_domain_sets(&mut cmds, me, chunk, ttl);
+            check_replies(&self.backend.exec(&cmds).await?)?;
+        }
+        Ok(count)
+    }
+
+    /// The subdomain is gone: delete its mapping where ours, leave the sets.
+    pub async fn unregister_domain(&self, me: &NodeId, domain: &str) -> Result<(), StoreError> {
+        let members = vec![domain.to_owned()];
+        let cmds = [
+            Cmd::DeleteIfOurs {
+                key: domain.to_owned(),
+                value: me.local_host.clone(),
+            },
+            Cmd::SRem {
+                key: keys::domains(&me.local_host, &me.node),
+                members: members.clone(),
+            },
+            Cmd::SRem {
+                key: keys::public_domains(&me.local_host, &me.node),
+                members,
+            },
+        ];
+        check_replies(&self.backend.exec(&cmds).await?)
+    }
+
+    /// Advertises this node's endpoints (`addr#port` members) with the TTL.
+    pub async fn publish_endpoints(
+        &self,
+        me: &NodeId,
+        endpoints: &[(String, u16)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let key = keys::endpoints(&me.local_host, &me.node);
+        let cmds = [
+            Cmd::SAdd {
+                key: key.clone(),
+                members: endpoints
+                    .iter()
+                    .map(|(a, p)| keys::endpoint_member(a, *p))
+                    .collect(),
+            },
+            Cmd::Expire {
+                key,
+                ttl_secs: ttl_secs(ttl),
+            },
+        ];
+        check_replies(&self.backend.exec(&cmds).await?)
+    }
+
+    /// Stamps this node alive in `<local_host>#{nodes}`, makes sure
+    /// local_host is in `hosts`, and prunes the fields of nodes that have not
+    /// refreshed for `expire_after` (dead nodes). Returns the pruned nodes.
+    pub async fn heartbeat(
+        &self,
+        me: &NodeId,
+        now_unix: u64,
+        expire_after: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let nodes_key = keys::nodes(&me.local_host);
+        let cmds = [
+            Cmd::HSet {
+                key: nodes_key.clone(),
+                field: me.node.clone(),
+                value: now_unix.to_string(),
+            },
+            Cmd::SAdd {
+                key: keys::HOSTS.to_owned(),
+                members: vec![me.local_host.clone()],
+            },
+            Cmd::HGetAll {
+                key: nodes_key.clone(),
+            },
+        ];
+        let replies = self.backend.exec(&cmds).await?;
+        check_replies(&replies)?;
+        let dead: Vec<String> = match replies.last() {
+            Some(Reply::Pairs(pairs)) => pairs
+                .iter()
+                .filter(|(node, stamp)| {
+                    *node != me.node
+                        && stamp
+                            .parse::<u64>()
+                            .is_ok_and(|s| now_unix.saturating_sub(s) > expire_after.as_secs())
+                })
+                .map(|(node, _)| node.clone())
+                .collect(),
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "HGETALL {nodes_key}: unexpected reply {other:?}"
+                )))
+            }
+        };
+        let prune: Vec<Cmd> = dead
+            .iter()
+            .map(|n| Cmd::HDel {
+                key: nodes_key.clone(),
+                field: n.clone(),
+            })
+            .collect();
+        if !prune.is_empty() {
+            check_replies(&self.exec_batched(&prune).await?)?;
+            tracing::info!(what = "dead_nodes_pruned", host = %me.local_host, nodes = ?dead);
+        }
+        Ok(dead)
+    }
+
+    /// Every known local_host (the `hosts` set).
+    pub async fn hosts(&self) -> Result<Vec<String>, StoreError> {
+        let mut v = self.smembers_union(vec![keys::HOSTS.to_owned()]).await?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Names of the nodes of `host` (fields of `<host>#{nodes}`).
+    pub async fn nodes_of(&self, host: &str) -> Result<Vec<String>, StoreError> {
+        let key = keys::nodes(host);
+        let cmd = Cmd::HGetAll { key: key.clone() };
+        match self.backend.exec(std::slice::from_ref(&cmd)).await?.pop() {
+            Some(Reply::Pairs(p)) => Ok(p.into_iter().map(|(n, _)| n).collect()),
+            other => Err(StoreError::Protocol(format!(
+                "HGETALL {key}: unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Endpoints advertised by every node of `host`, deduplicated; malformed
+    /// members are skipped with a warning.
+    pub async fn endpoints_of(&self, host: &str) -> Result<Vec<(String, u16)>, StoreError> {
+        let set_keys = self
+            .nodes_of(host)
+            .await?
+            .iter()
+            .map(|n| keys::endpoints(host, n))
+            .collect();
+        let mut out: Vec<(String, u16)> = Vec::new();
+        for m in self.smembers_union(set_keys).await? {
+            match keys::parse_endpoint_member(&m) {
+                Some(ep) => out.push(ep),
+                None => tracing::warn!(what = "bad_endpoint_member", host = %host, member = %m),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Subdomains registered by any node of any host (only the public ones
+    /// when `public_only`), deduplicated and sorted.
+    pub async fn domains(&self, public_only: bool) -> Result<Vec<String>, StoreError> {
+        let mut set_keys = Vec::new();
+        for host in self.hosts().await? {
+            for node in self.nodes_of(&host).await? {
+                set_keys.push(if public_only {
+                    keys::public_domains(&host, &node)
+                } else {
+                    keys::domains(&host, &node)
+                });
+            }
+        }
+        self.smembers_union(set_keys).await
+    }
+
+    /// One pipelined `SMEMBERS` per key, merged here: multi-key set commands
+    /// are not proxy-safe across different hash tags.
+    async fn smembers_union(&self, set_keys: Vec<String>) -> Result<Vec<String>, StoreError> {
+        let cmds: Vec<Cmd> = set_keys
+            .into_iter()
+            .map(|key| Cmd::SMembers { key })
+            .collect();
+        let mut all = BTreeSet::new();
+        for r in self.exec_batched(&cmds).await? {
+            match r {
+                Reply::List(items) => all.extend(items),
+                other => {
+                    return Err(StoreError::Protocol(format!(
+                        "SMEMBERS: unexpected reply {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+}
+
+fn push_domain_sets(cmds: &mut Vec<Cmd>, me: &NodeId, domains: &[(String, bool)], ttl: Duration) {
+    let all_key = keys::domains(&me.local_host, &me.node);
+    let pub_key = keys::public_domains(&me.local_host, &me.node);
+    let public: Vec<String> = domains
+        .iter()
+        .filter(|(_, p)| *p)
+        .map(|(d, _)| d.clone())
+        .collect();
+    cmds.push(Cmd::SAdd {
+        key: all_key.clone(),
+        members: domains.iter().map(|(d, _)| d.clone()).collect(),
+    });
+    cmds.push(Cmd::Expire {
+        key: all_key,
+        ttl_secs: ttl_secs(ttl),
+    });
+    if !public.is_empty() {
+        cmds.push(Cmd::SAdd {
+            key: pub_key.clone(),
+            members: public,
+        });
+        cmds.push(Cmd::Expire {
+            key: pub_key,
+            ttl_secs: ttl_secs(ttl),
+        });
+    }
+}
+
+fn count_cas(keys: &[String], replies: &[Reply]) -> Result<RefreshCount, StoreError> {
+    let mut c = RefreshCount::default();
+    for (k, r) in keys.iter().zip(replies) {
+        if int_of(k, r)? == 1 {
+            c.written += 1;
+        } else {
+            c.foreign += 1;
+        }
+    }
+    Ok(c)
 }

@@ -1,0 +1,550 @@
+//! What this node owns in the store, and the task that keeps it there.
+//!
+//! Every key a node writes carries a TTL (`expire_after`), so a node that
+//! dies disappears by itself; a live node must therefore re-write all it owns
+//! every `refresh_after` (SPEC 3). [`OwnedState`] is the one place that
+//! remembers what that is; [`Refresher`] writes through it (session
+//! open/close, domain register/unregister) and runs the periodic passes.
+//!
+//! A pass writes the node's meta first (nodes-hash stamp with dead-node
+//! pruning, `hosts` member, endpoints, domains), then refreshes sessions with
+//! compare-and-set in pipelined batches paced over most of the period, so the
+//! store sees a steady trickle instead of one burst. Opens that failed
+//! because the store was down are "pending" and retried every second as plain
+//! `SET`s: a CAS refresh would be blocked forever by a stale foreign entry
+//! that the lost open was meant to replace. Failures are logged and retried;
+//! the next pass after the store returns restores everything owned.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{NodeId, RefreshCount, Store, StoreError, BATCH};
+
+const SESSION_SHARDS: usize = 64;
+/// How often pending opens are retried while there are any.
+pub const PENDING_RETRY: Duration = Duration::from_secs(1);
+/// Share of the period a paced pass spreads its session batches over.
+const PACE_NUM: u32 = 3;
+const PACE_DEN: u32 = 4;
+/// Separates resources in one bare JID's entry; XMPP forbids NUL in JIDs.
+const SEP: char = '\0';
+/// Marks an entry that is a whole key rather than a resource of the bare JID.
+const WHOLE: char = '\u{1}';
+
+/// Sessions, domains and endpoints this node owns. Thread-safe.
+///
+/// Sessions are stored per bare JID as one boxed string of resources, which
+/// keeps a typical session (one resource per bare JID) near 120 bytes: one
+/// hash-table slot, the bare JID and the resource, no per-session `String`.
+pub struct OwnedState {
+    sessions: Vec<Mutex<HashMap<Box<str>, Box<str>>>>,
+    hasher: RandomState,
+    /// Number of distinct keys (full + bare) the sessions stand for.
+    session_keys: AtomicU64,
+    domains: Mutex<BTreeMap<String, bool>>,
+    endpoints: Mutex<Vec<(String, u16)>>,
+    pending: Mutex<HashSet<Box<str>>>,
+}
+
+impl Default for OwnedState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The token stored for `full` under `bare`, and back.
+fn token_of<'a>(full: &'a str, bare: &str) -> std::borrow::Cow<'a, str> {
+    match full.strip_prefix(bare).and_then(|r| r.strip_prefix('/')) {
+        Some(resource) if !resource.starts_with(WHOLE) => resource.into(),
+        _ => format!("{WHOLE}{full}").into(),
+    }
+}
+
+fn full_of(token: &str, bare: &str) -> String {
+    match token.strip_prefix(WHOLE) {
+        Some(whole) => whole.to_owned(),
+        None => format!("{bare}/{token}"),
+    }
+}
+
+impl OwnedState {
+    pub fn new() -> Self {
+        OwnedState {
+            sessions: (0..SESSION_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+            session_keys: AtomicU64::new(0),
+            domains: Mutex::new(BTreeMap::new()),
+            endpoints: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn shard(&self, bare: &str) -> &Mutex<HashMap<Box<str>, Box<str>>> {
+        &self.sessions[(self.hasher.hash_one(bare) as usize) % SESSION_SHARDS]
+    }
+
+    /// Records a local session; returns the keys to write (full, bare).
+    pub fn session_opened(&self, full: &str, bare: &str) -> Vec<String> {
+        let token = token_of(full, bare);
+        let mut shard = self.shard(bare).lock();
+        let added = match shard.entry(bare.into()) {
+            Entry::Vacant(v) => {
+                v.insert(token.as_ref().into());
+                1 + u64::from(full != bare)
+            }
+            Entry::Occupied(mut o) => {
+                if o.get().split(SEP).any(|t| t == token) {
+                    0
+                } else {
+                    let joined = format!("{}{SEP}{token}", o.get());
+                    o.insert(joined.into_boxed_str());
+                    u64::from(full != bare)
+                }
+            }
+        };
+        drop(shard);
+        self.session_keys.fetch_add(added, Ordering::Relaxed);
+        let mut keys = vec![full.to_owned()];
+        if full != bare {
+            keys.push(bare.to_owned());
+        }
+        keys
+    }
+
+    /// Forgets a local session; returns the keys to delete: the full JID,
+    /// plus the bare JID when its last local resource closed. Empty when the
+    /// session was not known.
+    pub fn session_closed(&self, full: &str, bare: &str) -> Vec<String> {
+        let token = token_of(full, bare);
+        let mut shard = self.shard(bare).lock();
+        let Entry::Occupied(mut o) = shard.entry(bare.into()) else {
+            return Vec::new();
+        };
+        let rest: Vec<&str> = o.get().split(SEP).filter(|t| *t != token).collect();
+        if rest.len() == o.get().split(SEP).count() {
+            return Vec::new();
+        }
+        let mut keys = vec![full.to_owned()];
+        let mut removed = u64::from(full != bare);
+        if rest.is_empty() {
+            o.remove();
+            if full != bare {
+                keys.push(bare.to_owned());
+            }
+            removed += 1;
+        } else {
+            let joined = rest.join(&SEP.to_string());
+            o.insert(joined.into_boxed_str());
+        }
+        drop(shard);
+        self.session_keys.fetch_sub(removed, Ordering::Relaxed);
+        let mut pending = self.pending.lock();
+        for k in &keys {
+            pending.remove(k.as_str());
+        }
+        keys
+    }
+
+    /// Number of session keys (full and bare JIDs) owned.
+    pub fn session_key_count(&self) -> u64 {
+        self.session_keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether `key` (a full or bare JID) is owned.
+    pub fn owns_session_key(&self, key: &str) -> bool {
+        let bare = key.split_once('/').map_or(key, |(b, _)| b);
+        let shard = self.shard(bare).lock();
+        shard
+            .get(bare)
+            .is_some_and(|tokens| key == bare || tokens.split(SEP).any(|t| full_of(t, bare) == key))
+    }
+
+    /// Appends the keys of sessions shard `i` to `out`.
+    fn shard_keys(&self, i: usize, out: &mut Vec<String>) {
+        let shard = self.sessions[i].lock();
+        for (bare, tokens) in shard.iter() {
+            let mut bare_listed = false;
+            for t in tokens.split(SEP) {
+                let full = full_of(t, bare);
+                bare_listed |= full.as_str() == bare.as_ref();
+                out.push(full);
+            }
+            if !bare_listed {
+                out.push(bare.to_string());
+            }
+        }
+    }
+
+    pub fn domain_registered(&self, domain: &str, public: bool) {
+        self.domains.lock().insert(domain.to_owned(), public);
+    }
+
+    /// Returns whether the domain was owned.
+    pub fn domain_unregistered(&self, domain: &str) -> bool {
+        self.pending.lock().remove(domain);
+        self.domains.lock().remove(domain).is_some()
+    }
+
+    /// Owned domains with their public flag.
+    pub fn domains(&self) -> Vec<(String, bool)> {
+        self.domains
+            .lock()
+            .iter()
+            .map(|(d, p)| (d.clone(), *p))
+            .collect()
+    }
+
+    pub fn set_endpoints(&self, endpoints: Vec<(String, u16)>) {
+        *self.endpoints.lock() = endpoints;
+    }
+
+    pub fn endpoints(&self) -> Vec<(String, u16)> {
+        self.endpoints.lock().clone()
+    }
+
+    /// Keys whose plain `SET` failed and must be retried as plain `SET`s.
+    pub fn add_pending(&self, keys: &[String]) {
+        let mut pending = self.pending.lock();
+        pending.extend(keys.iter().map(|k| k.as_str().into()));
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    fn pending_snapshot(&self) -> Vec<String> {
+        self.pending.lock().iter().map(|k| k.to_string()).collect()
+    }
+
+    fn pending_done(&self, keys: &[String]) {
+        let mut pending = self.pending.lock();
+        for k in keys {
+            pending.remove(k.as_str());
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshStats {
+    /// Keys written (sessions and domains refreshed by CAS, pending opens).
+    pub written: u64,
+    /// Keys left alone because another DC owns them now.
+    pub foreign: u64,
+    /// Session pipelines sent.
+    pub batches: u64,
+    /// Steps (meta parts or session batches) that failed; retried next pass.
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl RefreshStats {
+    fn add(&mut self, c: RefreshCount) {
+        self.written += c.written;
+        self.foreign += c.foreign;
+    }
+}
+
+/// Writes this node's state through to the store and keeps it refreshed.
+/// Cheap to clone: clones share the state.
+#[derive(Clone)]
+pub struct Refresher {
+    store: Store,
+    state: Arc<OwnedState>,
+    me: NodeId,
+    expire_after: Duration,
+    refresh_after: Duration,
+}
+
+/// Stops the background tasks of [`Refresher::spawn`] when told or dropped.
+pub struct RefresherHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RefresherHandle {
+    /// Stops both tasks and waits for them to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Resolves when a stop was requested or the handle is gone.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Refresher {
+    pub fn new(
+        store: Store,
+        state: Arc<OwnedState>,
+        me: NodeId,
+        expire_after: Duration,
+        refresh_after: Duration,
+    ) -> Self {
+        Refresher {
+            store,
+            state,
+            me,
+            expire_after,
+            refresh_after,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<OwnedState> {
+        &self.state
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// A session opened here: own it and `SET` its keys (newest login wins).
+    /// If the store is down the keys become pending and are retried.
+    pub async fn open_session(&self, full: &str, bare: &str) -> Result<(), StoreError> {
+        let keys = self.state.session_opened(full, bare);
+        self.open_keys(keys).await
+    }
+
+    /// A session closed here: disown it and delete its keys where ours.
+    pub async fn close_session(&self, full: &str, bare: &str) -> Result<(), StoreError> {
+        let keys = self.state.session_closed(full, bare);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .delete_sessions(&keys, &self.me.local_host)
+            .await
+            .map(|_| ())
+    }
+
+    /// A subdomain registered here; on failure its key is pending and the
+    /// next pass rewrites the sets.
+    pub async fn register_domain(&self, domain: &str, public: bool) -> Result<(), StoreError> {
+        self.state.domain_registered(domain, public);
+        let res = self
+            .store
+            .register_domain(&self.me, domain, public, self.expire_after)
+            .await;
+        if res.is_err() {
+            self.state.add_pending(&[domain.to_owned()]);
+        }
+        res
+    }
+
+    pub async fn unregister_domain(&self, domain: &str) -> Result<(), StoreError> {
+        self.state.domain_unregistered(domain);
+        self.store.unregister_domain(&self.me, domain).await
+    }
+
+    /// Replaces the advertised endpoints and publishes them.
+    pub async fn set_endpoints(&self, endpoints: Vec<(String, u16)>) -> Result<(), StoreError> {
+        self.state.set_endpoints(endpoints.clone());
+        self.store
+            .publish_endpoints(&self.me, &endpoints, self.expire_after)
+            .await
+    }
+
+    async fn open_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        let res = self
+            .store
+            .open_sessions(&keys, &self.me.local_host, self.expire_after)
+            .await;
+        if let Err(e) = &res {
+            tracing::warn!(what = "session_open_deferred", keys = keys.len(), error = %e);
+            self.state.add_pending(&keys);
+        }
+        res
+    }
+
+    /// Retries pending opens as plain `SET`s; returns how many succeeded.
+    pub async fn retry_pending(&self) -> Result<u64, StoreError> {
+        let keys = self.state.pending_snapshot();
+        let mut done = 0;
+        for chunk in keys.chunks(BATCH) {
+            self.store
+                .open_sessions(chunk, &self.me.local_host, self.expire_after)
+                .await?;
+            self.state.pending_done(chunk);
+            done += chunk.len() as u64;
+        }
+        Ok(done)
+    }
+
+    /// Writes the node's meta: heartbeat (and dead-node pruning), endpoints,
+    /// domains. Each part is attempted even if an earlier one failed.
+    async fn refresh_meta(&self, stats: &mut RefreshStats) {
+        let ttl = self.expire_after;
+        if let Err(e) = self.store.heartbeat(&self.me, unix_now(), ttl).await {
+            stats.errors += 1;
+            tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
+        }
+        let endpoints = self.state.endpoints();
+        if let Err(e) = self
+            .store
+            .publish_endpoints(&self.me, &endpoints, ttl)
+            .await
+        {
+            stats.errors += 1;
+            tracing::warn!(what = "refresh_endpoints_failed", error = %e);
+        }
+        match self
+            .store
+            .refresh_domains(&self.me, &self.state.domains(), ttl)
+            .await
+        {
+            Ok(c) => stats.add(c),
+            Err(e) => {
+                stats.errors += 1;
+                tracing::warn!(what = "refresh_domains_failed", error = %e);
+            }
+        }
+    }
+
+    /// One full pass. `paced` spreads the session batches over three
+    /// quarters of `refresh_after`; unpaced sends them back to back.
+    pub async fn run_once(&self, paced: bool) -> RefreshStats {
+        let started = Instant::now();
+        let mut stats = RefreshStats::default();
+        if self.state.pending_count() > 0 {
+            match self.retry_pending().await {
+                Ok(n) => stats.written += n,
+                Err(_) => stats.errors += 1,
+            }
+        }
+        self.refresh_meta(&mut stats).await;
+
+        let expected = self.state.session_key_count().div_ceil(BATCH as u64).max(1);
+        let gap = if paced {
+            self.refresh_after * PACE_NUM / PACE_DEN / u32::try_from(expected).unwrap_or(u32::MAX)
+        } else {
+            Duration::ZERO
+        };
+        let mut buf = Vec::with_capacity(BATCH);
+        for shard in 0..SESSION_SHARDS {
+            self.state.shard_keys(shard, &mut buf);
+            while buf.len() >= BATCH || (shard + 1 == SESSION_SHARDS && !buf.is_empty()) {
+                let rest = buf.split_off(buf.len().min(BATCH));
+                self.session_batch(&buf, &mut stats, started, gap).await;
+                buf = rest;
+            }
+        }
+        stats.elapsed = started.elapsed();
+        stats
+    }
+
+    async fn session_batch(
+        &self,
+        keys: &[String],
+        stats: &mut RefreshStats,
+        started: Instant,
+        gap: Duration,
+    ) {
+        if !gap.is_zero() {
+            let n = u32::try_from(stats.batches).unwrap_or(u32::MAX);
+            tokio::time::sleep_until((started + gap * n).into()).await;
+        }
+        stats.batches += 1;
+        let res = self
+            .store
+            .refresh_sessions(keys, &self.me.local_host, self.expire_after)
+            .await;
+        match res {
+            Ok(c) => stats.add(c),
+            Err(e) => {
+                stats.errors += 1;
+                tracing::warn!(what = "refresh_sessions_failed", keys = keys.len(), error = %e);
+            }
+        }
+    }
+
+    /// Starts the periodic passes (the first one at once) and the pending
+    /// retry loop on the current tokio runtime.
+    pub fn spawn(&self) -> RefresherHandle {
+        let (tx, rx) = watch::channel(false);
+        let passes = tokio::spawn(self.clone().pass_loop(rx.clone()));
+        let pending = tokio::spawn(self.clone().pending_loop(rx));
+        RefresherHandle {
+            stop: tx,
+            tasks: vec![passes, pending],
+        }
+    }
+
+    async fn pass_loop(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let next = Instant::now() + self.refresh_after;
+            tokio::select! {
+                stats = self.run_once(true) => log_pass(&stats),
+                _ = stopped(&mut stop) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    async fn pending_loop(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PENDING_RETRY) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            if self.state.pending_count() == 0 {
+                continue;
+            }
+            match self.retry_pending().await {
+                Ok(n) => tracing::info!(what = "pending_opens_written", keys = n),
+                Err(e) => tracing::debug!(what = "pending_opens_retry_failed", error = %e),
+            }
+        }
+    }
+}
+
+fn log_pass(s: &RefreshStats) {
+    if s.errors > 0 {
+        tracing::warn!(
+            what = "refresh_pass_incomplete",
+            written = s.written,
+            foreign = s.foreign,
+            batches = s.batches,
+            errors = s.errors,
+            elapsed_ms = s.elapsed.as_millis() as u64
+        );
+    } else {
+        tracing::debug!(
+            what = "refresh_pass_done",
+            written = s.written,
+            foreign = s.foreign,
+            batches = s.batches,
+            elapsed_ms = s.elapsed.as_millis() as u64
+        );
+    }
+}

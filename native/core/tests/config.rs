@@ -1,0 +1,976 @@
+//! Configuration (SPEC 2): defaults, the three accepted forms, the seed's
+//! idioms, and the exact error text for every invalid option.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gd_core::config::{
+    default_node_name, BackendKind, BounceConfig, CacheConfig, Config, ConnectionsConfig, Endpoint,
+    RedisConfig,
+};
+use serde_json::{json, Value};
+
+const GLOBAL: &str = "example.com";
+const LOCAL: &str = "dc1.example.com";
+
+/// The two required hosts plus `extra` (its keys replace or add top-level options).
+fn with(extra: Value) -> Value {
+    let mut doc = json!({"global_host": GLOBAL, "local_host": LOCAL});
+    for (k, v) in extra.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    doc
+}
+
+fn parse(extra: Value) -> Config {
+    Config::from_json_value(with(extra)).unwrap()
+}
+
+/// The error text for `extra` added to a valid configuration.
+fn error(extra: Value) -> String {
+    Config::from_json_value(with(extra))
+        .unwrap_err()
+        .to_string()
+}
+
+fn endpoint(host: &str, port: u16) -> Endpoint {
+    Endpoint {
+        host: host.to_owned(),
+        port,
+    }
+}
+
+/// A temporary file with some content, kept alive by the returned guard.
+fn temp_file(content: &str) -> (tempfile::NamedTempFile, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(content.as_bytes()).unwrap();
+    let path = file.path().display().to_string();
+    (file, path)
+}
+
+#[test]
+fn minimal_config_has_every_default_of_spec_2() {
+    let c = Config::minimal(GLOBAL, LOCAL).unwrap();
+    assert_eq!(c.global_host, GLOBAL);
+    assert_eq!(c.local_host, LOCAL);
+    assert_eq!(c.message_ttl, 4);
+    assert_eq!(c.hosts_refresh_interval, 3000);
+    assert_eq!(c.hosts_refresh_interval(), Duration::from_millis(3000));
+    assert_eq!(c.backend, BackendKind::Embedded);
+    assert_eq!(
+        c.connections,
+        ConnectionsConfig {
+            endpoints: vec![endpoint(LOCAL, 5555)],
+            advertised_endpoints: None,
+            connections_per_endpoint: 1,
+            endpoint_refresh_interval: 60,
+            endpoint_refresh_interval_when_empty: 3,
+            disabled_gc_interval: 60,
+            tls: None,
+            outgoing_queue_size: 100_000,
+            max_frame_size: 4 * 1024 * 1024,
+        }
+    );
+    assert_eq!(c.advertised_endpoints(), &[endpoint(LOCAL, 5555)]);
+    assert_eq!(
+        c.redis,
+        RedisConfig {
+            url: None,
+            server: "127.0.0.1".to_owned(),
+            port: 8102,
+            password: String::new(),
+            pool_size: 1,
+            expire_after: 120,
+            refresh_after: 60,
+        }
+    );
+    assert_eq!(c.expire_after(), Duration::from_secs(120));
+    assert_eq!(c.refresh_after(), Duration::from_secs(60));
+    assert_eq!(
+        c.cache,
+        CacheConfig {
+            cache_missed: true,
+            domain_lifetime_seconds: 600,
+            jid_lifetime_seconds: 5,
+            max_jids: 10_000,
+        }
+    );
+    assert_eq!(
+        c.bounce,
+        BounceConfig {
+            enabled: true,
+            resend_after_ms: 200,
+            max_retries: 4,
+            max_stored: 100_000,
+        }
+    );
+    assert_eq!(c.resend_after(), Duration::from_millis(200));
+    assert!(c.global_distrib_addr.is_empty());
+    assert_eq!(c.node_name, default_node_name());
+}
+
+#[test]
+fn default_node_name_is_global_distrib_at_the_hostname() {
+    let from_file = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let from_env = std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty());
+    let host = from_file
+        .or(from_env)
+        .unwrap_or_else(|| "localhost".to_owned());
+    assert_eq!(default_node_name(), format!("global_distrib@{host}"));
+    assert_eq!(
+        parse(json!({"node_name": "mim1@dc1"})).node_name,
+        "mim1@dc1"
+    );
+}
+
+#[test]
+fn backend_is_redis_when_redis_is_configured_and_explicit_choice_wins() {
+    assert_eq!(parse(json!({"redis": {}})).backend, BackendKind::Redis);
+    assert_eq!(
+        parse(json!({"redis": {"server": "10.0.0.1"}})).backend,
+        BackendKind::Redis
+    );
+    let c = parse(json!({"redis": {"url": "redis://:s3cret@10.0.0.9:7000"}}));
+    assert_eq!(c.backend, BackendKind::Redis);
+    assert_eq!(
+        c.redis.url.as_deref(),
+        Some("redis://:s3cret@10.0.0.9:7000")
+    );
+    assert_eq!((c.redis.server.as_str(), c.redis.port), ("10.0.0.9", 7000));
+    assert_eq!(c.redis.password, "s3cret");
+    let c = parse(json!({"backend": "embedded", "redis": {"server": "10.0.0.1"}}));
+    assert_eq!(c.backend, BackendKind::Embedded);
+    assert_eq!(
+        parse(json!({"backend": "redis"})).backend,
+        BackendKind::Redis
+    );
+}
+
+#[test]
+fn redis_url_forms() {
+    let c = parse(json!({"redis": {"url": "redis://redis.local"}}));
+    assert_eq!(
+        (c.redis.server.as_str(), c.redis.port),
+        ("redis.local", 6379)
+    );
+    assert_eq!(c.redis.password, "");
+    let c = parse(json!({"redis": {"url": "redis://user:p%40ss@[::1]:7001/0"}}));
+    assert_eq!((c.redis.server.as_str(), c.redis.port), ("::1", 7001));
+    assert_eq!(c.redis.password, "p@ss");
+}
+
+const MONGOOSEIM_SECTION: &str = r#"
+  global_host = "example.com"
+  local_host = "datacenter1.example.com"
+  message_ttl = 5
+  hosts_refresh_interval = 1000
+  connections.endpoints = [{host = "172.16.0.2", port = 5555}]
+  connections.advertised_endpoints = [{host = "dc1.example.net", port = 5556}]
+  connections.connections_per_endpoint = 30
+  connections.endpoint_refresh_interval = 30
+  connections.endpoint_refresh_interval_when_empty = 2
+  connections.disabled_gc_interval = 45
+  cache.domain_lifetime_seconds = 60
+  cache.cache_missed = false
+  bounce.resend_after_ms = 300
+  bounce.max_retries = 3
+  redis.expire_after = 100
+  redis.refresh_after = 50
+"#;
+
+#[test]
+fn toml_full_document_and_bare_section_read_the_same() {
+    let document = format!(
+        "[general]\n  hosts = [\"example.com\"]\n\n[modules.mod_disco]\n  users_can_see_hidden_services = false\n\n[modules.mod_global_distrib]\n{MONGOOSEIM_SECTION}"
+    );
+    let full = Config::from_toml_str(&document).unwrap();
+    let bare = Config::from_toml_str(MONGOOSEIM_SECTION).unwrap();
+    assert_eq!(full, bare);
+    assert_eq!(bare.local_host, "datacenter1.example.com");
+    assert_eq!(bare.message_ttl, 5);
+    assert_eq!(bare.hosts_refresh_interval, 1000);
+    assert_eq!(
+        bare.connections.endpoints,
+        vec![endpoint("172.16.0.2", 5555)]
+    );
+    assert_eq!(
+        bare.advertised_endpoints(),
+        &[endpoint("dc1.example.net", 5556)]
+    );
+    assert_eq!(bare.connections.connections_per_endpoint, 30);
+    assert_eq!(bare.connections.endpoint_refresh_interval, 30);
+    assert_eq!(bare.connections.endpoint_refresh_interval_when_empty, 2);
+    assert_eq!(bare.connections.disabled_gc_interval, 45);
+    assert_eq!(bare.cache.domain_lifetime_seconds, 60);
+    assert!(!bare.cache.cache_missed);
+    assert_eq!(bare.bounce.resend_after_ms, 300);
+    assert_eq!(bare.bounce.max_retries, 3);
+    assert_eq!(
+        (bare.redis.expire_after, bare.redis.refresh_after),
+        (100, 50)
+    );
+    assert_eq!(bare.backend, BackendKind::Redis);
+}
+
+#[test]
+fn toml_document_takes_the_redis_address_from_the_named_outgoing_pool() {
+    let document = r#"
+[outgoing_pools.redis.global_distrib]
+  scope = "global"
+  workers = 10
+  connection.host = "172.16.0.3"
+  connection.port = 8103
+  connection.password = "pw"
+
+[modules.mod_global_distrib]
+  global_host = "example.com"
+  local_host = "dc1.example.com"
+"#;
+    let c = Config::from_toml_str(document).unwrap();
+    assert_eq!(c.backend, BackendKind::Redis);
+    assert_eq!(c.redis.server, "172.16.0.3");
+    assert_eq!(c.redis.port, 8103);
+    assert_eq!(c.redis.password, "pw");
+    assert_eq!(c.redis.pool_size, 10);
+
+    let named = document.replace("redis.global_distrib]", "redis.gd]")
+        + "  redis.pool = \"gd\"\n  redis.port = 9000\n";
+    let c = Config::from_toml_str(&named).unwrap();
+    assert_eq!(
+        (c.redis.server.as_str(), c.redis.port),
+        ("172.16.0.3", 9000)
+    );
+
+    let missing =
+        document.replace("redis.global_distrib]", "redis.other]") + "  redis.pool = \"gd\"\n";
+    assert_eq!(
+        Config::from_toml_str(&missing).unwrap_err().to_string(),
+        "redis.pool: names the outgoing pool \"gd\", but the document has no [outgoing_pools.redis.gd]"
+    );
+    let database = document.replace("connection.port = 8103", "connection.database = 2");
+    assert_eq!(
+        Config::from_toml_str(&database).unwrap_err().to_string(),
+        "outgoing_pools.redis.global_distrib.connection.database: only database 0 is supported: \
+         selecting another needs SELECT, which Dynomite and twemproxy refuse"
+    );
+}
+
+#[test]
+fn toml_with_tls_files() {
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    let (_key, key) = temp_file("key");
+    let text = format!(
+        "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\n\
+         connections.tls.certfile = \"{cert}\"\nconnections.tls.cacertfile = \"{ca}\"\n\
+         connections.tls.keyfile = \"{key}\"\n\
+         connections.tls.ciphers = \"ECDHE-RSA-AES256-GCM-SHA384:TLS_AES_128_GCM_SHA256\"\n"
+    );
+    let tls = Config::from_toml_str(&text)
+        .unwrap()
+        .connections
+        .tls
+        .unwrap();
+    assert_eq!(tls.certfile, PathBuf::from(&cert));
+    assert_eq!(tls.cacertfile, PathBuf::from(&ca));
+    assert_eq!(tls.keyfile, Some(PathBuf::from(&key)));
+    assert_eq!(
+        tls.ciphers,
+        Some(vec![
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_owned(),
+            "TLS13_AES_128_GCM_SHA256".to_owned()
+        ])
+    );
+    let disabled = text + "connections.tls.enabled = false\n";
+    assert_eq!(
+        Config::from_toml_str(&disabled).unwrap().connections.tls,
+        None
+    );
+}
+
+#[test]
+fn json_form_reads_every_section_and_round_trips() {
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    let text = json!({
+        "global_host": GLOBAL,
+        "local_host": LOCAL,
+        "node_name": "n1@dc1",
+        "message_ttl": 7,
+        "backend": "redis",
+        "connections": {
+            "endpoints": [{"host": "127.0.0.1", "port": 0}, {"host": "::1", "port": 6000}],
+            "advertised_endpoints": [{"host": "dc1.example.net", "port": 5555}],
+            "outgoing_queue_size": 10,
+            "max_frame_size": 1024,
+            "tls": {"certfile": cert, "cacertfile": ca, "ciphers": ["TLS13_AES_256_GCM_SHA384"]}
+        },
+        "redis": {"server": "10.1.1.1", "port": 6379, "password": "x", "pool_size": 4},
+        "cache": {"max_jids": 5, "jid_lifetime_seconds": 9},
+        "bounce": {"enabled": false, "max_stored": 7},
+        "global_distrib_addr": {"dc2.example.com": [{"host": "124.12.4.3", "port": 5556}]}
+    })
+    .to_string();
+    let c = Config::from_json_str(&text).unwrap();
+    assert_eq!(c.node_name, "n1@dc1");
+    assert_eq!(c.message_ttl, 7);
+    assert_eq!(
+        c.connections.endpoints,
+        vec![endpoint("127.0.0.1", 0), endpoint("::1", 6000)]
+    );
+    assert_eq!(c.connections.outgoing_queue_size, 10);
+    assert_eq!(c.connections.max_frame_size, 1024);
+    assert_eq!(
+        (c.redis.server.as_str(), c.redis.port, c.redis.pool_size),
+        ("10.1.1.1", 6379, 4)
+    );
+    assert_eq!((c.cache.max_jids, c.cache.jid_lifetime_seconds), (5, 9));
+    assert!(!c.bounce.enabled);
+    assert_eq!(c.bounce.max_stored, 7);
+    assert_eq!(
+        c.global_distrib_addr,
+        BTreeMap::from([(
+            "dc2.example.com".to_owned(),
+            vec![endpoint("124.12.4.3", 5556)]
+        )])
+    );
+    assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
+    let minimal = Config::minimal(GLOBAL, LOCAL).unwrap();
+    assert_eq!(Config::from_json_str(&minimal.to_json()).unwrap(), minimal);
+}
+
+#[test]
+fn seed_idioms_are_accepted() {
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    // The seed's example as the Erlang binding converts it: proplists become
+    // lists of [key, value] pairs, tuples become lists.
+    let seed = json!([
+        ["global_host", "example.com"],
+        ["local_host", "datacenter1.example.com"],
+        [
+            "connections",
+            [
+                ["endpoints", [["172.16.0.2", 5555]]],
+                ["num_of_connections", 22],
+                ["tls_opts", [["certfile", cert], ["cafile", ca]]]
+            ]
+        ],
+        ["cache", [["domain_lifetime_seconds", 60]]],
+        ["bounce", [["resend_after_ms", 300], ["max_retries", 3]]],
+        ["redis", [["pool_size", 24], ["server", "172.16.0.3"]]],
+        [
+            "global_distrib_addr",
+            [[
+                "datacenter2.example.com",
+                [[[124, 12, 4, 3], 5556], ["182.172.23.55", 5555]]
+            ]]
+        ]
+    ]);
+    let c = Config::from_json_value(seed).unwrap();
+    assert_eq!(c.connections.endpoints, vec![endpoint("172.16.0.2", 5555)]);
+    assert_eq!(c.connections.connections_per_endpoint, 22);
+    let tls = c.connections.tls.unwrap();
+    assert_eq!(
+        (tls.certfile, tls.cacertfile),
+        (PathBuf::from(cert), PathBuf::from(ca))
+    );
+    assert_eq!(c.cache.domain_lifetime_seconds, 60);
+    assert_eq!((c.bounce.resend_after_ms, c.bounce.max_retries), (300, 3));
+    assert_eq!(
+        (c.redis.pool_size, c.redis.server.as_str()),
+        (24, "172.16.0.3")
+    );
+    assert_eq!(c.backend, BackendKind::Redis);
+    assert_eq!(
+        c.global_distrib_addr["datacenter2.example.com"],
+        vec![
+            endpoint("124.12.4.3", 5556),
+            endpoint("182.172.23.55", 5555)
+        ]
+    );
+
+    let c = parse(json!({"bounce": false, "connections": {"tls_opts": false}}));
+    assert!(!c.bounce.enabled);
+    assert_eq!(c.bounce.resend_after_ms, 200);
+    assert_eq!(c.connections.tls, None);
+    assert_eq!(
+        parse(json!({"connections": {"tls": false}}))
+            .connections
+            .tls,
+        None
+    );
+    assert!(parse(json!({"bounce": true})).bounce.enabled);
+    let c = parse(json!({"connections": {"advertised_endpoints": false}}));
+    assert_eq!(c.connections.advertised_endpoints, None);
+    let ipv6 = parse(json!({"connections": {"endpoints": [[[0, 0, 0, 0, 0, 0, 0, 1], 5555]]}}));
+    assert_eq!(ipv6.connections.endpoints, vec![endpoint("::1", 5555)]);
+}
+
+#[test]
+fn required_hosts_and_their_rules() {
+    let no_local = Config::from_json_value(json!({"global_host": GLOBAL})).unwrap_err();
+    assert_eq!(no_local.to_string(), "local_host: required option missing");
+    assert_eq!(no_local.path(), "local_host");
+    assert_eq!(no_local.message(), "required option missing");
+    assert_eq!(
+        Config::from_json_value(json!({"local_host": LOCAL}))
+            .unwrap_err()
+            .to_string(),
+        "global_host: required option missing"
+    );
+    assert_eq!(
+        Config::from_toml_str("global_host = \"example.com\"")
+            .unwrap_err()
+            .to_string(),
+        "local_host: required option missing"
+    );
+    assert_eq!(
+        error(json!({"local_host": "Example.COM"})),
+        "local_host: must differ from global_host (\"example.com\"): every datacenter needs a domain of its own"
+    );
+    assert_eq!(
+        Config::minimal("example.com", "example.com").unwrap_err().to_string(),
+        "local_host: must differ from global_host (\"example.com\"): every datacenter needs a domain of its own"
+    );
+    let cases = [
+        (json!({"global_host": ""}), "global_host: must not be empty"),
+        (
+            json!({"global_host": 5}),
+            "global_host: expected a string, got 5",
+        ),
+        (
+            json!({"local_host": "dc 1"}),
+            "local_host: must not contain whitespace or control characters, got \"dc 1\"",
+        ),
+        (
+            json!({"local_host": "dc\u{1}"}),
+            "local_host: must not contain whitespace or control characters, got \"dc\\u0001\"",
+        ),
+        (
+            json!({"local_host": "dc#1"}),
+            "local_host: must not contain '#' (reserved by the store's key layout), got \"dc#1\"",
+        ),
+        (
+            json!({"local_host": "{dc1}"}),
+            "local_host: must not contain '{' (reserved by the store's key layout), got \"{dc1}\"",
+        ),
+        (
+            json!({"global_host": "a@example.com"}),
+            "global_host: must not contain '@' (a JID separator), got \"a@example.com\"",
+        ),
+        (
+            json!({"global_host": "example.com/r"}),
+            "global_host: must not contain '/' (a JID separator), got \"example.com/r\"",
+        ),
+        (
+            json!({"local_host": "a".repeat(1024)}),
+            "local_host: is 1024 bytes long, at most 1023 allowed",
+        ),
+        (json!({"node_name": ""}), "node_name: must not be empty"),
+        (
+            json!({"node_name": "n#1"}),
+            "node_name: must not contain '#' (reserved by the store's key layout), got \"n#1\"",
+        ),
+        (
+            json!({"node_name": "n}"}),
+            "node_name: must not contain '}' (reserved by the store's key layout), got \"n}\"",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(error(extra), expected);
+    }
+    assert_eq!(
+        parse(json!({"local_host": "a".repeat(1023)}))
+            .local_host
+            .len(),
+        1023
+    );
+}
+
+#[test]
+fn invalid_top_level_values() {
+    let cases = [
+        (
+            json!({"message_ttl": "four"}),
+            "message_ttl: expected a non-negative integer, got \"four\"",
+        ),
+        (
+            json!({"message_ttl": -1}),
+            "message_ttl: expected a non-negative integer, got -1",
+        ),
+        (
+            json!({"message_ttl": 1.5}),
+            "message_ttl: expected a non-negative integer, got 1.5",
+        ),
+        (
+            json!({"message_ttl": 256}),
+            "message_ttl: must be at most 255 (it travels as one byte), got 256",
+        ),
+        (
+            json!({"hosts_refresh_interval": 0}),
+            "hosts_refresh_interval: must be at least 1, got 0",
+        ),
+        (
+            json!({"hosts_refresh_interval": 315_360_000_001_u64}),
+            "hosts_refresh_interval: must be at most 315360000000, got 315360000001",
+        ),
+        (
+            json!({"backend": "mysql"}),
+            "backend: expected \"embedded\" or \"redis\", got \"mysql\"",
+        ),
+        (
+            json!({"connections": 3}),
+            "connections: expected a map of options, got 3",
+        ),
+        (
+            json!({"cache": [1]}),
+            "cache: expected a map of options, got a list",
+        ),
+        (
+            json!({"bounce": "no"}),
+            "bounce: expected a map of options, got \"no\"",
+        ),
+        (
+            json!({"redis": true}),
+            "redis: expected a map of options, got true",
+        ),
+        (
+            json!({"node_name": ["a"]}),
+            "node_name: expected a string, got a list",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(error(extra), expected);
+    }
+    assert_eq!(parse(json!({"message_ttl": 0})).message_ttl, 0);
+    assert_eq!(parse(json!({"message_ttl": 255})).message_ttl, 255);
+}
+
+#[test]
+fn invalid_connections_values() {
+    let cases = [
+        (
+            json!({"connections_per_endpoint": -1}),
+            "connections.connections_per_endpoint: expected a non-negative integer, got -1",
+        ),
+        (
+            json!({"connections_per_endpoint": 0}),
+            "connections.connections_per_endpoint: must be at least 1, got 0",
+        ),
+        (
+            json!({"num_of_connections": 0}),
+            "connections.num_of_connections: must be at least 1, got 0",
+        ),
+        (
+            json!({"connections_per_endpoint": 2, "num_of_connections": 3}),
+            "connections.num_of_connections: same option as connections.connections_per_endpoint; give only one of them",
+        ),
+        (
+            json!({"endpoint_refresh_interval": 0}),
+            "connections.endpoint_refresh_interval: must be at least 1, got 0",
+        ),
+        (
+            json!({"endpoint_refresh_interval_when_empty": 0}),
+            "connections.endpoint_refresh_interval_when_empty: must be at least 1, got 0",
+        ),
+        (
+            json!({"disabled_gc_interval": 0}),
+            "connections.disabled_gc_interval: must be at least 1, got 0",
+        ),
+        (
+            json!({"disabled_gc_interval": 315_360_001}),
+            "connections.disabled_gc_interval: must be at most 315360000, got 315360001",
+        ),
+        (
+            json!({"outgoing_queue_size": 0}),
+            "connections.outgoing_queue_size: must be at least 1, got 0",
+        ),
+        (
+            json!({"max_frame_size": 1023}),
+            "connections.max_frame_size: must be at least 1024, got 1023",
+        ),
+        (
+            json!({"max_frame_size": 1_073_741_825}),
+            "connections.max_frame_size: must be at most 1073741824, got 1073741825",
+        ),
+        (
+            json!({"endpoints": {"host": "a", "port": 1}}),
+            "connections.endpoints: expected a list of endpoints, got a map",
+        ),
+        (
+            json!({"endpoints": [{"host": "a", "port": 1}, {"host": "b", "port": 70000}]}),
+            "connections.endpoints[1].port: must be at most 65535, got 70000",
+        ),
+        (
+            json!({"endpoints": [{"host": "a", "port": -1}]}),
+            "connections.endpoints[0].port: expected a non-negative integer, got -1",
+        ),
+        (
+            json!({"endpoints": [{"host": "a"}]}),
+            "connections.endpoints[0].port: required option missing",
+        ),
+        (
+            json!({"endpoints": [{"host": "a#b", "port": 1}]}),
+            "connections.endpoints[0].host: must not contain '#' (reserved by the store's key layout), got \"a#b\"",
+        ),
+        (
+            json!({"endpoints": [{"host": "a", "port": 1, "ip": "x"}]}),
+            "connections.endpoints[0].ip: unknown option (expected one of: host, port)",
+        ),
+        (
+            json!({"endpoints": [["a", 1, 2]]}),
+            "connections.endpoints[0]: expected an endpoint {host, port} or [host, port], got a list",
+        ),
+        (
+            json!({"endpoints": [["a", 70000]]}),
+            "connections.endpoints[0][1]: must be at most 65535, got 70000",
+        ),
+        (
+            json!({"endpoints": [[[300, 0, 0, 1], 1]]}),
+            "connections.endpoints[0][0]: expected a host name or an IP address, got a list",
+        ),
+        (
+            json!({"advertised_endpoints": [{"host": "a", "port": 0}]}),
+            "connections.advertised_endpoints[0].port: must be at least 1, got 0",
+        ),
+        (
+            json!({"advertised_endpoints": true}),
+            "connections.advertised_endpoints: expected a list of endpoints, got true",
+        ),
+        (
+            json!({"tls": true}),
+            "connections.tls: expected a map of options, got true",
+        ),
+    ];
+    for (connections, expected) in cases {
+        assert_eq!(error(json!({ "connections": connections })), expected);
+    }
+    // Port 0 on a listen endpoint means "ephemeral port chosen at bind time".
+    let c = parse(json!({"connections": {"endpoints": [{"host": "127.0.0.1", "port": 0}]}}));
+    assert_eq!(c.connections.endpoints, vec![endpoint("127.0.0.1", 0)]);
+    let c = parse(json!({"connections": {"endpoints": []}}));
+    assert!(c.connections.endpoints.is_empty());
+}
+
+#[test]
+fn invalid_tls_values() {
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let dir_path = dir.path().display().to_string();
+    let cases = [
+        (
+            json!({"cacertfile": ca}),
+            "connections.tls.certfile: required option missing".to_owned(),
+        ),
+        (
+            json!({"certfile": cert}),
+            "connections.tls.cacertfile: required option missing".to_owned(),
+        ),
+        (
+            json!({"certfile": missing, "cacertfile": ca}),
+            format!("connections.tls.certfile: cannot read \"{missing}\": No such file or directory (os error 2)"),
+        ),
+        (
+            json!({"certfile": cert, "cafile": missing}),
+            format!("connections.tls.cafile: cannot read \"{missing}\": No such file or directory (os error 2)"),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "keyfile": dir_path}),
+            format!("connections.tls.keyfile: cannot read \"{dir_path}\": not a regular file"),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "cafile": ca}),
+            "connections.tls.cafile: same option as connections.tls.cacertfile; give only one of them".to_owned(),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "dhfile": ca}),
+            "connections.tls.dhfile: unknown option (expected one of: cacertfile, certfile, ciphers, enabled, keyfile)".to_owned(),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "ciphers": "RC4-MD5"}),
+            "connections.tls.ciphers: unknown cipher suite \"RC4-MD5\" (expected one of: TLS13_AES_256_GCM_SHA384, \
+             TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, \
+             TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, \
+             TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, \
+             TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256)".to_owned(),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "ciphers": []}),
+            "connections.tls.ciphers: must name at least one cipher suite".to_owned(),
+        ),
+        (
+            json!({"certfile": cert, "cacertfile": ca, "ciphers": [1]}),
+            "connections.tls.ciphers[0]: expected a string, got 1".to_owned(),
+        ),
+        (
+            json!({"enabled": "yes"}),
+            "connections.tls.enabled: expected true or false, got \"yes\"".to_owned(),
+        ),
+    ];
+    for (tls, expected) in cases {
+        assert_eq!(error(json!({"connections": {"tls": tls}})), expected);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn unreadable_tls_file_names_the_os_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::File::open(&cert).is_ok() {
+        return; // running as root: permissions are not enforced
+    }
+    assert_eq!(
+        error(json!({"connections": {"tls": {"certfile": cert, "cacertfile": ca}}})),
+        format!(
+            "connections.tls.certfile: cannot read \"{cert}\": Permission denied (os error 13)"
+        )
+    );
+}
+
+#[test]
+fn invalid_redis_values() {
+    let cases = [
+        (json!({"port": 0}), "redis.port: must be at least 1, got 0"),
+        (json!({"port": 70000}), "redis.port: must be at most 65535, got 70000"),
+        (json!({"port": -1}), "redis.port: expected a non-negative integer, got -1"),
+        (json!({"port": "6379"}), "redis.port: expected a non-negative integer, got \"6379\""),
+        (json!({"server": ""}), "redis.server: must not be empty"),
+        (json!({"password": 1}), "redis.password: expected a string, got 1"),
+        (json!({"pool_size": 0}), "redis.pool_size: must be at least 1, got 0"),
+        (json!({"expire_after": 0}), "redis.expire_after: must be at least 1, got 0"),
+        (json!({"refresh_after": 0}), "redis.refresh_after: must be at least 1, got 0"),
+        (
+            json!({"expire_after": 60}),
+            "redis.refresh_after: must be less than redis.expire_after (60), got 60: keys would expire before this node rewrites them",
+        ),
+        (
+            json!({"refresh_after": 200}),
+            "redis.refresh_after: must be less than redis.expire_after (120), got 200: keys would expire before this node rewrites them",
+        ),
+        (
+            json!({"url": "http://localhost"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"http://localhost\" (the scheme must be redis://)",
+        ),
+        (
+            json!({"url": "redis://:pw@"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://:pw@\" (the host is missing)",
+        ),
+        (
+            json!({"url": "redis://localhost:0"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost:0\" (the port must be 1..65535, got \"0\")",
+        ),
+        (
+            json!({"url": "redis://localhost:x"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost:x\" (the port must be 1..65535, got \"x\")",
+        ),
+        (
+            json!({"url": "redis://localhost/3"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost/3\" (only database 0 is supported: \
+             selecting another needs SELECT, which Dynomite and twemproxy refuse)",
+        ),
+        (
+            json!({"url": "redis://:%zz@localhost"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://:%zz@localhost\" (bad percent-escape in the password at byte 0)",
+        ),
+        (
+            json!({"url": "redis://a#b"}),
+            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://a#b\" (the host must not contain '#' (reserved by the store's key layout), got \"a#b\")",
+        ),
+        (
+            json!({"url": "redis://localhost", "port": 1}),
+            "redis.url: conflicts with redis.port; give either a URL or server/port/password",
+        ),
+        (
+            json!({"pool": "gd"}),
+            "redis.pool: names the outgoing pool \"gd\", but the document has no [outgoing_pools.redis.gd]",
+        ),
+    ];
+    for (redis, expected) in cases {
+        assert_eq!(error(json!({ "redis": redis })), expected);
+    }
+}
+
+#[test]
+fn invalid_cache_and_bounce_values() {
+    let cases = [
+        (
+            json!({"cache": {"cache_missed": 1}}),
+            "cache.cache_missed: expected true or false, got 1",
+        ),
+        (
+            json!({"cache": {"domain_lifetime_seconds": 0}}),
+            "cache.domain_lifetime_seconds: must be at least 1, got 0",
+        ),
+        (
+            json!({"cache": {"jid_lifetime_seconds": -5}}),
+            "cache.jid_lifetime_seconds: expected a non-negative integer, got -5",
+        ),
+        (
+            json!({"cache": {"max_jids": 0}}),
+            "cache.max_jids: must be at least 1, got 0",
+        ),
+        (
+            json!({"bounce": {"enabled": "false"}}),
+            "bounce.enabled: expected true or false, got \"false\"",
+        ),
+        (
+            json!({"bounce": {"resend_after_ms": 0}}),
+            "bounce.resend_after_ms: must be at least 1, got 0",
+        ),
+        (
+            json!({"bounce": {"max_retries": 4_294_967_296_u64}}),
+            "bounce.max_retries: must be at most 4294967295, got 4294967296",
+        ),
+        (
+            json!({"bounce": {"max_stored": 0}}),
+            "bounce.max_stored: must be at least 1, got 0",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(error(extra), expected);
+    }
+    assert_eq!(
+        parse(json!({"bounce": {"max_retries": 0}}))
+            .bounce
+            .max_retries,
+        0
+    );
+}
+
+#[test]
+fn invalid_global_distrib_addr_values() {
+    let cases = [
+        (json!([1]), "global_distrib_addr: expected a map of options, got a list"),
+        (
+            json!({"dc2.example.com": [["124.12.4.3", 0]]}),
+            "global_distrib_addr.\"dc2.example.com\"[0][1]: must be at least 1, got 0",
+        ),
+        (
+            json!({"dc2.example.com": [{"host": "124.12.4.3", "port": 70000}]}),
+            "global_distrib_addr.\"dc2.example.com\"[0].port: must be at most 65535, got 70000",
+        ),
+        (
+            json!({"dc2.example.com": []}),
+            "global_distrib_addr.\"dc2.example.com\": must list at least one endpoint",
+        ),
+        (
+            json!({"dc#2": [["124.12.4.3", 1]]}),
+            "global_distrib_addr.\"dc#2\": the host name must not contain '#' (reserved by the store's key layout), got \"dc#2\"",
+        ),
+    ];
+    for (addr, expected) in cases {
+        assert_eq!(error(json!({ "global_distrib_addr": addr })), expected);
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_accepted_ones() {
+    assert_eq!(
+        error(json!({"message_tl": 4})),
+        "message_tl: unknown option (expected one of: backend, bounce, cache, connections, \
+         global_distrib_addr, global_host, hosts_refresh_interval, local_host, message_ttl, node_name, redis)"
+    );
+    assert_eq!(
+        error(json!({"cache": {"max_jid": 1}})),
+        "cache.max_jid: unknown option (expected one of: cache_missed, domain_lifetime_seconds, \
+         jid_lifetime_seconds, max_jids)"
+    );
+    assert_eq!(
+        error(json!({"connections": {"endpoint": []}})),
+        "connections.endpoint: unknown option (expected one of: advertised_endpoints, connections_per_endpoint, \
+         disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
+         max_frame_size, outgoing_queue_size, tls)"
+    );
+    assert_eq!(
+        error(json!({"bounce": {"retries": 1}})),
+        "bounce.retries: unknown option (expected one of: enabled, max_retries, max_stored, resend_after_ms)"
+    );
+    assert_eq!(
+        error(json!({"redis": {"host": "x"}})),
+        "redis.host: unknown option (expected one of: expire_after, password, pool, pool_size, port, \
+         refresh_after, server, url)"
+    );
+    let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
+    assert_eq!(
+        Config::from_toml_str(toml).unwrap_err().to_string(),
+        "connections.tls.verify: unknown option (expected one of: cacertfile, certfile, ciphers, enabled, keyfile)"
+    );
+}
+
+#[test]
+fn malformed_documents() {
+    assert_eq!(
+        Config::from_toml_str("global_host = \"example.com\"\nlocal_host = \n")
+            .unwrap_err()
+            .to_string(),
+        "document: invalid TOML at line 2, column 14: invalid string; expected `\"`, `'`"
+    );
+    assert_eq!(
+        Config::from_json_str("{\"global_host\": ")
+            .unwrap_err()
+            .to_string(),
+        "document: invalid JSON: EOF while parsing a value at line 1 column 16"
+    );
+    assert_eq!(
+        Config::from_json_value(json!("example.com"))
+            .unwrap_err()
+            .to_string(),
+        "document: expected a map of options, got \"example.com\""
+    );
+    assert_eq!(
+        Config::from_toml_str("[modules.mod_muc]\nhost = \"muc.example.com\"\n")
+            .unwrap_err()
+            .to_string(),
+        "modules.mod_global_distrib: required section missing"
+    );
+    assert_eq!(
+        Config::from_json_value(json!([["global_host", "a"], ["global_host", "b"]]))
+            .unwrap_err()
+            .to_string(),
+        "document[1]: option \"global_host\" given twice"
+    );
+}
+
+#[test]
+fn resolve_endpoints_resolves_names_and_reports_failures() {
+    let c = parse(json!({"connections": {"endpoints": [
+        {"host": "127.0.0.1", "port": 0},
+        {"host": "127.0.0.1", "port": 0},
+        ["::1", 5555]
+    ]}}));
+    let addrs = c.resolve_endpoints().unwrap();
+    assert_eq!(
+        addrs,
+        vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "[::1]:5555".parse().unwrap()
+        ]
+    );
+    let localhost = parse(json!({"connections": {"endpoints": [["localhost", 5555]]}}));
+    assert!(localhost
+        .resolve_endpoints()
+        .unwrap()
+        .iter()
+        .all(|a| a.ip().is_loopback()));
+
+    let c = parse(
+        json!({"connections": {"endpoints": [["127.0.0.1", 1], ["something.invalid", 5555]]}}),
+    );
+    let err = c.resolve_endpoints().unwrap_err();
+    assert_eq!(err.path(), "connections.endpoints[1]");
+    let prefix = "cannot resolve \"something.invalid\": ";
+    assert!(err.message().starts_with(prefix), "{err}");
+    assert!(err.message().len() > prefix.len(), "{err}");
+}
