@@ -1,1 +1,551 @@
 //! Wire frames between datacenters (docs/PROTOCOL.md): codec only, no I/O.
+//!
+//! This module turns [`Frame`]s into bytes and back, nothing else: the
+//! listener and the outgoing pool own the sockets and the read/write buffers
+//! (the mini-redis split between `frame.rs` and `connection.rs`). Every frame
+//! is `u8 type | u32 BE body length | body`. The type comes first so that a
+//! peer speaking something else (a TLS ClientHello on a plain port, HTTP) is
+//! rejected on its very first byte, and the length is checked against the
+//! configured maximum before the caller is asked to buffer the body.
+//!
+//! [`decode`] only ever reads bytes that are already in the buffer: it never
+//! reserves or allocates according to a declared length, never panics, and
+//! leaves the buffer untouched unless it returns a complete frame.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Protocol version this node speaks (and the highest it offers).
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Oldest protocol version this node still accepts from a peer.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every handshake body: they tell a global_distrib peer from
+/// any other program that happens to start with a valid frame type.
+pub const MAGIC: [u8; 3] = *b"GDv";
+/// Bytes before the body of every frame: type (1) + body length (4).
+pub const HEADER_LEN: usize = 5;
+/// Cap on every string field, in bytes: the largest JID allowed by RFC 7622
+/// (1023-byte localpart, domain and resource plus `@` and `/`). Host and node
+/// names are far below it; a larger value can only be garbage or abuse.
+pub const MAX_STRING_LEN: usize = 3071;
+
+const TYPE_HANDSHAKE: u8 = 0x01;
+const TYPE_HANDSHAKE_ACK: u8 = 0x02;
+const TYPE_STANZA: u8 = 0x03;
+
+const TARGET_ABSENT: u8 = 0;
+const TARGET_PRESENT: u8 = 1;
+
+/// What the payload is, so the receiver can apply rules (the origin hint of
+/// SPEC 6.4 is skipped for unavailable presence) without parsing XML.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    Other = 0,
+    Message = 1,
+    Presence = 2,
+    PresenceUnavailable = 3,
+    Iq = 4,
+}
+
+impl PayloadKind {
+    /// The kind with wire value `value`, or `None` for a value this version
+    /// does not know.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Other),
+            1 => Some(Self::Message),
+            2 => Some(Self::Presence),
+            3 => Some(Self::PresenceUnavailable),
+            4 => Some(Self::Iq),
+            _ => None,
+        }
+    }
+}
+
+/// First frame on every connection, client → server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// Highest protocol version the client speaks.
+    pub version: u16,
+    pub local_host: String,
+    pub node: String,
+    pub conn_id: u64,
+}
+
+/// The server's answer to a [`Handshake`]: the version both sides now use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeAck {
+    pub version: u16,
+    pub local_host: String,
+    pub node: String,
+}
+
+/// One routed stanza with its global_distrib metadata (SPEC 6.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    /// Sender wall clock, µs since the Unix epoch.
+    pub sent_at_us: u64,
+    pub ttl: u8,
+    pub message_id: u128,
+    /// local_host of the DC where the stanza entered global routing.
+    pub origin: String,
+    /// Target-host override (set by bounce).
+    pub target: Option<String>,
+    /// Ordering key: the sender's full JID, or its domain.
+    pub sender_key: String,
+    pub from: String,
+    pub to: String,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Handshake(Handshake),
+    HandshakeAck(HandshakeAck),
+    Stanza(Stanza),
+}
+
+/// Why bytes could not be turned into a frame, or a frame into bytes. Any
+/// decode error means the stream can no longer be trusted: close the
+/// connection (and count it in `incoming.errored.<host>`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error(
+        "frame of {declared} bytes exceeds the maximum of {max} bytes \
+         (connections.max_frame_size); raise it on every DC if stanzas this large are legitimate"
+    )]
+    TooLarge { declared: usize, max: usize },
+    #[error(
+        "unknown frame type 0x{0:02x}: the peer does not speak global_distrib protocol \
+         version {PROTOCOL_VERSION} (0x16 is a TLS record: check that connections.tls is \
+         configured the same way on both DCs)"
+    )]
+    UnknownType(u8),
+    #[error(
+        "frame ends inside field `{field}`: its declared length does not match its \
+         contents (corrupt stream or incompatible peer)"
+    )]
+    Truncated { field: &'static str },
+    #[error("field `{field}` is not valid UTF-8 (corrupt stream or incompatible peer)")]
+    BadUtf8 { field: &'static str },
+    #[error("field `{field}` is {len} bytes long, more than the {max} bytes allowed")]
+    StringTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "handshake does not start with the magic \"GDv\" (got {found:02x?}): the peer is \
+         not a global_distrib node, or is speaking TLS to a plain-TCP listener"
+    )]
+    BadMagic { found: [u8; 3] },
+    #[error(
+        "protocol version {0} is not supported: this node speaks versions \
+         {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; upgrade the older DC"
+    )]
+    UnsupportedVersion(u16),
+    #[error("unknown payload kind {0} in a stanza frame (corrupt stream or incompatible peer)")]
+    UnknownPayloadKind(u8),
+    #[error("target presence tag must be 0 or 1, got {0} (corrupt stream or incompatible peer)")]
+    BadTargetTag(u8),
+    #[error(
+        "{extra} unexpected bytes after the last field of a {frame} frame: its declared \
+         length does not match its contents"
+    )]
+    Trailing { frame: &'static str, extra: usize },
+}
+
+/// The version both sides use after a client offered `offered`: the lower of
+/// the two, or an error when the client is older than we still accept.
+pub fn negotiate(offered: u16) -> Result<u16, FrameError> {
+    if offered < MIN_PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion(offered));
+    }
+    Ok(offered.min(PROTOCOL_VERSION))
+}
+
+/// Bytes `frame` takes on the wire, header included.
+pub fn encoded_len(frame: &Frame) -> usize {
+    HEADER_LEN.saturating_add(body_len(frame))
+}
+
+/// Appends one frame to `dst`. On error `dst` is left exactly as it was, so a
+/// writer batching many frames in one buffer can drop the bad one and go on.
+pub fn encode(frame: &Frame, dst: &mut BytesMut, max_frame_size: usize) -> Result<(), FrameError> {
+    validate(frame)?;
+    match frame {
+        Frame::Handshake(h) => put_frame(
+            dst,
+            TYPE_HANDSHAKE,
+            body_len(frame),
+            max_frame_size,
+            |dst| {
+                dst.put_slice(&MAGIC);
+                dst.put_u16(h.version);
+                put_str(dst, &h.local_host);
+                put_str(dst, &h.node);
+                dst.put_u64(h.conn_id);
+            },
+        ),
+        Frame::HandshakeAck(a) => put_frame(
+            dst,
+            TYPE_HANDSHAKE_ACK,
+            body_len(frame),
+            max_frame_size,
+            |dst| {
+                dst.put_slice(&MAGIC);
+                dst.put_u16(a.version);
+                put_str(dst, &a.local_host);
+                put_str(dst, &a.node);
+            },
+        ),
+        Frame::Stanza(s) => encode_stanza(s, dst, max_frame_size),
+    }
+}
+
+/// [`encode`] for the writer's hot path, which holds bare stanzas and would
+/// otherwise clone each one into a [`Frame`].
+pub fn encode_stanza(
+    stanza: &Stanza,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), FrameError> {
+    validate_stanza(stanza)?;
+    let s = stanza;
+    put_frame(
+        dst,
+        TYPE_STANZA,
+        stanza_body_len(s),
+        max_frame_size,
+        |dst| {
+            dst.put_u64(s.sent_at_us);
+            dst.put_u8(s.ttl);
+            dst.put_u128(s.message_id);
+            put_str(dst, &s.origin);
+            match &s.target {
+                None => dst.put_u8(TARGET_ABSENT),
+                Some(t) => {
+                    dst.put_u8(TARGET_PRESENT);
+                    put_str(dst, t);
+                }
+            }
+            put_str(dst, &s.sender_key);
+            put_str(dst, &s.from);
+            put_str(dst, &s.to);
+            dst.put_u8(s.kind as u8);
+            dst.put_slice(&s.payload);
+        },
+    )
+}
+
+/// Writes the header and lets `body` write exactly `body_len` bytes, after
+/// the size check, so an oversized frame leaves `dst` untouched.
+fn put_frame(
+    dst: &mut BytesMut,
+    ty: u8,
+    body_len: usize,
+    max_frame_size: usize,
+    body: impl FnOnce(&mut BytesMut),
+) -> Result<(), FrameError> {
+    let total = HEADER_LEN.saturating_add(body_len);
+    let too_large = FrameError::TooLarge {
+        declared: total,
+        max: max_frame_size,
+    };
+    if total > max_frame_size {
+        return Err(too_large);
+    }
+    // The length field is a u32: a larger body cannot be expressed at all.
+    let Ok(body_u32) = u32::try_from(body_len) else {
+        return Err(too_large);
+    };
+    dst.reserve(total);
+    dst.put_u8(ty);
+    dst.put_u32(body_u32);
+    body(dst);
+    Ok(())
+}
+
+/// Takes one complete frame off the front of `src`.
+///
+/// `Ok(None)`: more bytes are needed; `src` is untouched. `Err`: the stream is
+/// corrupt or foreign; `src` is untouched too, but the connection must be
+/// closed since frame boundaries are lost. Unknown types, oversized lengths
+/// and a wrong handshake magic are reported as soon as their bytes arrive,
+/// without waiting for the rest of the frame.
+pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>, FrameError> {
+    let Some(&ty) = src.first() else {
+        return Ok(None);
+    };
+    if !matches!(ty, TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK | TYPE_STANZA) {
+        return Err(FrameError::UnknownType(ty));
+    }
+    let Some(len_bytes) = src.get(1..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut len_arr = [0u8; 4];
+    len_arr.copy_from_slice(len_bytes);
+    let body = u32::from_be_bytes(len_arr) as usize;
+    let total = HEADER_LEN.saturating_add(body);
+    if total > max_frame_size {
+        return Err(FrameError::TooLarge {
+            declared: total,
+            max: max_frame_size,
+        });
+    }
+    if ty != TYPE_STANZA {
+        check_magic(
+            src.get(HEADER_LEN..total.min(src.len()))
+                .unwrap_or_default(),
+        )?;
+    }
+    let Some(body_bytes) = src.get(HEADER_LEN..total) else {
+        return Ok(None);
+    };
+    let mut r = Reader { buf: body_bytes };
+    let frame = match ty {
+        TYPE_HANDSHAKE => Frame::Handshake(read_handshake(&mut r)?),
+        TYPE_HANDSHAKE_ACK => Frame::HandshakeAck(read_ack(&mut r)?),
+        _ => {
+            let (stanza, payload_len) = read_stanza_head(&mut r)?;
+            let mut frame = src.split_to(total);
+            frame.advance(total - payload_len);
+            return Ok(Some(Frame::Stanza(Stanza {
+                payload: frame.freeze(),
+                ..stanza
+            })));
+        }
+    };
+    src.advance(total);
+    Ok(Some(frame))
+}
+
+/// Rejects a foreign peer on the first bytes of its handshake, even before
+/// the whole frame has arrived.
+fn check_magic(body_prefix: &[u8]) -> Result<(), FrameError> {
+    let n = body_prefix.len().min(MAGIC.len());
+    let got = body_prefix.get(..n).unwrap_or_default();
+    if got != MAGIC.get(..n).unwrap_or_default() {
+        let mut found = [0u8; 3];
+        found[..n].copy_from_slice(got);
+        return Err(FrameError::BadMagic { found });
+    }
+    Ok(())
+}
+
+fn read_handshake(r: &mut Reader<'_>) -> Result<Handshake, FrameError> {
+    r.skip(MAGIC.len(), "handshake.magic")?;
+    let version = r.u16("handshake.version")?;
+    if version < MIN_PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let local_host = r.string("handshake.local_host")?;
+    let node = r.string("handshake.node")?;
+    let conn_id = r.u64("handshake.conn_id")?;
+    // A newer client may append fields we do not know yet; the server then
+    // answers with our version and the client falls back to it.
+    if version <= PROTOCOL_VERSION {
+        r.finish("handshake")?;
+    }
+    Ok(Handshake {
+        version,
+        local_host,
+        node,
+        conn_id,
+    })
+}
+
+fn read_ack(r: &mut Reader<'_>) -> Result<HandshakeAck, FrameError> {
+    r.skip(MAGIC.len(), "handshake_ack.magic")?;
+    let version = r.u16("handshake_ack.version")?;
+    // The server must answer with at most what we offered.
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let local_host = r.string("handshake_ack.local_host")?;
+    let node = r.string("handshake_ack.node")?;
+    r.finish("handshake_ack")?;
+    Ok(HandshakeAck {
+        version,
+        local_host,
+        node,
+    })
+}
+
+/// Everything of a stanza but its payload, plus the payload length, so the
+/// caller can take the payload out of the read buffer without copying.
+fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
+    let sent_at_us = r.u64("stanza.sent_at_us")?;
+    let ttl = r.u8("stanza.ttl")?;
+    let message_id = r.u128("stanza.message_id")?;
+    let origin = r.string("stanza.origin")?;
+    let target = match r.u8("stanza.target_tag")? {
+        TARGET_ABSENT => None,
+        TARGET_PRESENT => Some(r.string("stanza.target")?),
+        other => return Err(FrameError::BadTargetTag(other)),
+    };
+    let sender_key = r.string("stanza.sender_key")?;
+    let from = r.string("stanza.from")?;
+    let to = r.string("stanza.to")?;
+    let kind_byte = r.u8("stanza.kind")?;
+    let kind = PayloadKind::from_u8(kind_byte).ok_or(FrameError::UnknownPayloadKind(kind_byte))?;
+    let stanza = Stanza {
+        sent_at_us,
+        ttl,
+        message_id,
+        origin,
+        target,
+        sender_key,
+        from,
+        to,
+        kind,
+        payload: Bytes::new(),
+    };
+    Ok((stanza, r.buf.len()))
+}
+
+/// Bounds-checked reads from a frame body that is entirely in memory.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], FrameError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+
+    fn skip(&mut self, n: usize, field: &'static str) -> Result<(), FrameError> {
+        self.take(n, field).map(|_| ())
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, FrameError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, FrameError> {
+        self.array(field).map(u16::from_be_bytes)
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, FrameError> {
+        self.array(field).map(u64::from_be_bytes)
+    }
+
+    fn u128(&mut self, field: &'static str) -> Result<u128, FrameError> {
+        self.array(field).map(u128::from_be_bytes)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let len = self.u16(field)? as usize;
+        if len > MAX_STRING_LEN {
+            return Err(FrameError::StringTooLong {
+                field,
+                len,
+                max: MAX_STRING_LEN,
+            });
+        }
+        // The bytes are already in memory, so this allocation is bounded by
+        // what the peer actually sent, not by what it claims.
+        let bytes = self.take(len, field)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::BadUtf8 { field })
+    }
+
+    fn finish(&self, frame: &'static str) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Trailing {
+                frame,
+                extra: self.buf.len(),
+            })
+        }
+    }
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) {
+    // `validate` has bounded every string to MAX_STRING_LEN, far below u16::MAX.
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+}
+
+fn str_len(s: &str) -> usize {
+    2 + s.len()
+}
+
+fn body_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Handshake(h) => MAGIC.len() + 2 + str_len(&h.local_host) + str_len(&h.node) + 8,
+        Frame::HandshakeAck(a) => MAGIC.len() + 2 + str_len(&a.local_host) + str_len(&a.node),
+        Frame::Stanza(s) => stanza_body_len(s),
+    }
+}
+
+fn stanza_body_len(s: &Stanza) -> usize {
+    let target = s.target.as_deref().map_or(0, str_len);
+    let head = (8 + 1 + 16)
+        + str_len(&s.origin)
+        + 1
+        + target
+        + str_len(&s.sender_key)
+        + str_len(&s.from)
+        + str_len(&s.to)
+        + 1;
+    head.saturating_add(s.payload.len())
+}
+
+/// Refuses to write what the peer's decoder would reject, so a bad frame is
+/// reported at the sender, next to its cause.
+fn validate(frame: &Frame) -> Result<(), FrameError> {
+    match frame {
+        Frame::Handshake(h) => {
+            if h.version < MIN_PROTOCOL_VERSION {
+                return Err(FrameError::UnsupportedVersion(h.version));
+            }
+            check_str("handshake.local_host", &h.local_host)?;
+            check_str("handshake.node", &h.node)
+        }
+        Frame::HandshakeAck(a) => {
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&a.version) {
+                return Err(FrameError::UnsupportedVersion(a.version));
+            }
+            check_str("handshake_ack.local_host", &a.local_host)?;
+            check_str("handshake_ack.node", &a.node)
+        }
+        Frame::Stanza(s) => validate_stanza(s),
+    }
+}
+
+fn validate_stanza(s: &Stanza) -> Result<(), FrameError> {
+    check_str("stanza.origin", &s.origin)?;
+    if let Some(t) = &s.target {
+        check_str("stanza.target", t)?;
+    }
+    check_str("stanza.sender_key", &s.sender_key)?;
+    check_str("stanza.from", &s.from)?;
+    check_str("stanza.to", &s.to)
+}
+
+fn check_str(field: &'static str, s: &str) -> Result<(), FrameError> {
+    if s.len() > MAX_STRING_LEN {
+        return Err(FrameError::StringTooLong {
+            field,
+            len: s.len(),
+            max: MAX_STRING_LEN,
+        });
+    }
+    Ok(())
+}
