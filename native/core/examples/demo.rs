@@ -67,7 +67,9 @@ fn jid(s: &str) -> Result<Jid, Box<dyn std::error::Error>> {
 }
 
 fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_dc(
@@ -115,7 +117,12 @@ impl Dc {
         println!("  {j} logs out of {}", self.rt.local_host());
         Ok(())
     }
-    fn send(&self, from: &str, to: &str, body: &str) -> Result<RouteResult, Box<dyn std::error::Error>> {
+    fn send(
+        &self,
+        from: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<RouteResult, Box<dyn std::error::Error>> {
         let env = self.rt.envelope(
             jid(from)?,
             jid(to)?,
@@ -126,10 +133,15 @@ impl Dc {
         let what = match &r {
             RouteResult::Local => "local".to_owned(),
             RouteResult::Forwarded(h) => format!("forwarded to {h}"),
-            RouteResult::Stored => format!("stored by bounce (queue: {})", self.rt.bounce_queue_size()),
+            RouteResult::Stored => {
+                format!("stored by bounce (queue: {})", self.rt.bounce_queue_size())
+            }
             RouteResult::Undeliverable(reason) => format!("undeliverable ({})", reason.as_str()),
         };
-        println!("  {from} -> {to}: {body:?} at {}: {what}", self.rt.local_host());
+        println!(
+            "  {from} -> {to}: {body:?} at {}: {what}",
+            self.rt.local_host()
+        );
         Ok(r)
     }
 }
@@ -155,7 +167,9 @@ fn print_metrics(dcs: &[&Dc]) {
                 MetricValue::Histogram(h) if h.count == 0 => continue,
                 MetricValue::Histogram(h) => format!("n={} p50={} p99={}", h.count, h.p50, h.p99),
             };
-            let row = rows.entry(short).or_insert_with(|| vec!["-".to_owned(); dcs.len()]);
+            let row = rows
+                .entry(short)
+                .or_insert_with(|| vec!["-".to_owned(); dcs.len()]);
             row[i] = cell;
         }
     }
@@ -202,24 +216,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     dc3.login("carol@example.com/desktop")?;
 
     println!("\n== They chat across datacenters");
-    dc1.send("alice@example.com/phone", "bob@example.com/laptop", "Hi Bob, how is DC2?")?;
+    dc1.send(
+        "alice@example.com/phone",
+        "bob@example.com/laptop",
+        "Hi Bob, how is DC2?",
+    )?;
     settle(|| *dc2.host.delivered.lock() >= 1);
-    dc2.send("bob@example.com/laptop", "alice@example.com/phone", "Sunny. Carol is in DC3.")?;
-    dc3.send("carol@example.com/desktop", "alice@example.com", "Hello Alice (bare JID)!")?;
+    dc2.send(
+        "bob@example.com/laptop",
+        "alice@example.com/phone",
+        "Sunny. Carol is in DC3.",
+    )?;
+    dc3.send(
+        "carol@example.com/desktop",
+        "alice@example.com",
+        "Hello Alice (bare JID)!",
+    )?;
     settle(|| *dc1.host.delivered.lock() >= 2);
 
     println!("\n== Bob moves from dc2 to dc3 in the middle of the conversation");
     dc2.logout("bob@example.com/laptop")?;
-    dc1.send("alice@example.com/phone", "bob@example.com/laptop", "Bob, are you there?")?;
-    dc1.send("alice@example.com/phone", "bob@example.com/laptop", "(sent while you moved)")?;
+    dc1.send(
+        "alice@example.com/phone",
+        "bob@example.com/laptop",
+        "Bob, are you there?",
+    )?;
+    dc1.send(
+        "alice@example.com/phone",
+        "bob@example.com/laptop",
+        "(sent while you moved)",
+    )?;
     dc3.login("bob@example.com/laptop")?;
-    dc1.send("alice@example.com/phone", "bob@example.com/laptop", "Found you in dc3.")?;
+    dc1.send(
+        "alice@example.com/phone",
+        "bob@example.com/laptop",
+        "Found you in dc3.",
+    )?;
     settle(|| *dc3.host.delivered.lock() >= 3);
 
     println!("\n== dc3 goes down");
     let report = dc3.rt.stop(Duration::from_secs(1));
-    println!("  dc3 stopped ({} in-flight stanzas reported)", report.undeliverable);
-    dc1.send("alice@example.com/phone", "carol@example.com/desktop", "Carol? (dc3 is down)")?;
+    println!(
+        "  dc3 stopped ({} in-flight stanzas reported)",
+        report.undeliverable
+    );
+    dc1.send(
+        "alice@example.com/phone",
+        "carol@example.com/desktop",
+        "Carol? (dc3 is down)",
+    )?;
     settle(|| *dc1.host.failed.lock() >= 1);
 
     println!("\n== dc3 comes back on the same endpoint; nobody else restarts");
@@ -228,7 +273,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = *dc3.host.delivered.lock();
     let end = Instant::now() + Duration::from_secs(10);
     while *dc3.host.delivered.lock() == before && Instant::now() < end {
-        dc1.send("alice@example.com/phone", "carol@example.com/desktop", "Welcome back, Carol!")?;
+        dc1.send(
+            "alice@example.com/phone",
+            "carol@example.com/desktop",
+            "Welcome back, Carol!",
+        )?;
         settle(|| *dc3.host.delivered.lock() > before);
     }
 

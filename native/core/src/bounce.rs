@@ -96,7 +96,8 @@ impl Bounce {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let base = Duration::from_millis(self.cfg.resend_after_ms);
-        base.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF.max(base))
+        base.saturating_mul(1u32 << attempt.min(16))
+            .min(MAX_BACKOFF.max(base))
     }
 
     /// Holds `envelope` for a later retry. Returns `Stored`, or
@@ -314,8 +315,12 @@ impl Bounce {
     pub(crate) async fn run(self: Arc<Self>, router: Arc<Router>, mut stop: watch::Receiver<bool>) {
         loop {
             let (due, next) = self.due_pairs();
-            for key in due {
-                self.retry(&router, key).await;
+            if !due.is_empty() {
+                for key in due {
+                    self.retry(&router, key).await;
+                }
+                // Retries reschedule: read the schedule again before sleeping.
+                continue;
             }
             let sleep = async {
                 match next {

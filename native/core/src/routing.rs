@@ -155,7 +155,6 @@ pub fn sender_key(from: &Jid, global_host: &str) -> String {
 /// The routing engine of one runtime.
 pub struct Router {
     pub(crate) local_host: Arc<str>,
-    pub(crate) global_host: Arc<str>,
     pub(crate) message_ttl: u8,
     pub(crate) mapping: Arc<Mapping>,
     pub(crate) outgoing: Arc<Outgoing>,
@@ -175,7 +174,6 @@ enum Step {
 impl Router {
     pub(crate) fn new(
         local_host: Arc<str>,
-        global_host: Arc<str>,
         message_ttl: u8,
         mapping: Arc<Mapping>,
         outgoing: Arc<Outgoing>,
@@ -185,7 +183,6 @@ impl Router {
     ) -> Router {
         Router {
             local_host,
-            global_host,
             message_ttl,
             mapping,
             outgoing,
@@ -268,7 +265,8 @@ impl Router {
                 self.local(&env)
             }
             Location::Remote(host) => {
-                self.flush_bounced(&env, &Location::Remote(host.clone())).await;
+                self.flush_bounced(&env, &Location::Remote(host.clone()))
+                    .await;
                 self.forward(host, env).await
             }
             Location::Unknown => self.bounce.store(env, Reason::NoRoute),
@@ -311,12 +309,12 @@ impl Router {
         }
         match self.outgoing.enqueue(&host, self.for_wire(env)).await {
             Ok(()) => {}
-            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
-                self.bounce.store_or_report(self.from_wire(env), Reason::NoRoute)
-            }
-            Err(EnqueueError::QueueFull(env)) => {
-                self.bounce.store_or_report(self.from_wire(env), Reason::QueueFull)
-            }
+            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => self
+                .bounce
+                .store_or_report(self.from_wire(env), Reason::NoRoute),
+            Err(EnqueueError::QueueFull(env)) => self
+                .bounce
+                .store_or_report(self.from_wire(env), Reason::QueueFull),
         }
     }
 
@@ -337,8 +335,12 @@ impl Router {
         match self.outgoing.try_enqueue(&host, self.for_wire(env)) {
             Ok(()) => Ok(RouteResult::Forwarded(host)),
             Err(EnqueueError::NotReady(env)) => Err(self.from_wire(env)),
-            Err(EnqueueError::Unreachable(env)) => Ok(self.bounce.store(self.from_wire(env), Reason::NoRoute)),
-            Err(EnqueueError::QueueFull(env)) => Ok(self.bounce.store(self.from_wire(env), Reason::QueueFull)),
+            Err(EnqueueError::Unreachable(env)) => {
+                Ok(self.bounce.store(self.from_wire(env), Reason::NoRoute))
+            }
+            Err(EnqueueError::QueueFull(env)) => {
+                Ok(self.bounce.store(self.from_wire(env), Reason::QueueFull))
+            }
         }
     }
 
@@ -351,7 +353,9 @@ impl Router {
             Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
                 self.bounce.store(self.from_wire(env), Reason::NoRoute)
             }
-            Err(EnqueueError::QueueFull(env)) => self.bounce.store(self.from_wire(env), Reason::QueueFull),
+            Err(EnqueueError::QueueFull(env)) => {
+                self.bounce.store(self.from_wire(env), Reason::QueueFull)
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
 use crate::store::embedded::EmbeddedBackend;
 use crate::store::redis::RedisBackend;
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Backend, NodeId, Store, StoreError};
 use crate::transport::frame::PayloadKind;
 use crate::transport::listener::{bind_all, Receiver};
 use crate::transport::outgoing::Outgoing;
@@ -84,13 +84,13 @@ struct Inner {
     store: Store,
     mapping: Arc<Mapping>,
     metrics: Arc<Metrics>,
-    owned: Arc<OwnedState>,
+    refresher: Refresher,
     router: Arc<Router>,
     outgoing: Arc<Outgoing>,
     bounce: Arc<Bounce>,
     listen_addrs: Vec<SocketAddr>,
     stop_tx: watch::Sender<bool>,
-    refresher: Mutex<Option<RefresherHandle>>,
+    refresher_task: Mutex<Option<RefresherHandle>>,
 }
 
 /// One node of one datacenter.
@@ -190,14 +190,20 @@ impl Runtime {
     pub fn session_closed(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
         let jid = jid.clone();
-        let h = self.handle.spawn(async move { inner.session_closed(&jid).await });
+        let h = self
+            .handle
+            .spawn(async move { inner.session_closed(&jid).await });
         async move {
             let _ = h.await;
         }
     }
 
     /// A component/MUC subdomain served here; `public` lists it in disco.
-    pub fn register_subhost(&self, domain: &str, public: bool) -> impl Future<Output = ()> + Send + 'static {
+    pub fn register_subhost(
+        &self,
+        domain: &str,
+        public: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
         let domain = domain.to_owned();
         let h = self
@@ -222,7 +228,11 @@ impl Runtime {
     /// Public subdomains of every datacenter (disco items).
     pub async fn public_domains(&self) -> Result<Vec<String>, StoreError> {
         let store = self.inner.store.clone();
-        match self.handle.spawn(async move { store.domains(true).await }).await {
+        match self
+            .handle
+            .spawn(async move { store.domains(true).await })
+            .await
+        {
             Ok(r) => r,
             Err(e) => Err(StoreError::Unavailable(format!("task failed: {e}"))),
         }
@@ -259,7 +269,10 @@ impl Runtime {
     }
 
     /// Where `to` is, per the lookup rules.
-    pub fn lookup(&self, to: &Jid) -> impl Future<Output = Result<Location, StoreError>> + Send + 'static {
+    pub fn lookup(
+        &self,
+        to: &Jid,
+    ) -> impl Future<Output = Result<Location, StoreError>> + Send + 'static {
         let mapping = self.inner.mapping.clone();
         let to = to.clone();
         let h = self.handle.spawn(async move { mapping.lookup(&to).await });
@@ -271,15 +284,10 @@ impl Runtime {
 
     /// Rewrites everything this node owns now (the periodic refresh, at once).
     pub fn refresh_now(&self) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        let h = self.handle.spawn(async move {
-            let r = Refresher::new(
-                inner.store.clone(),
-                inner.owned.clone(),
-                refresher_params(&inner.config),
-            );
-            r.run_once(false).await
-        });
+        let refresher = self.inner.refresher.clone();
+        let h = self
+            .handle
+            .spawn(async move { refresher.run_once(false).await });
         async move {
             let _ = h.await;
         }
@@ -303,8 +311,9 @@ impl Runtime {
         let inner = self.inner.clone();
         let report = rt.block_on(async move {
             inner.stop_tx.send_replace(true);
-            if let Some(r) = inner.refresher.lock().take() {
-                r.stop();
+            let task = inner.refresher_task.lock().take();
+            if let Some(task) = task {
+                task.stop().await;
             }
             let until = tokio::time::Instant::now() + deadline;
             let mut left = inner.outgoing.drain(until).await;
@@ -336,15 +345,6 @@ impl Drop for Runtime {
     }
 }
 
-fn refresher_params(cfg: &Config) -> crate::store::refresher::RefresherConfig {
-    crate::store::refresher::RefresherConfig {
-        local_host: cfg.local_host.clone(),
-        node: cfg.node_name.clone(),
-        expire_after: cfg.expire_after(),
-        refresh_after: cfg.refresh_after(),
-    }
-}
-
 async fn build(
     config: Config,
     delivery: Arc<dyn Delivery>,
@@ -366,7 +366,6 @@ async fn build(
     let store = Store::new(backend);
     let metrics = Arc::new(Metrics::new());
     let local_host: Arc<str> = Arc::from(config.local_host.as_str());
-    let global_host: Arc<str> = Arc::from(config.global_host.as_str());
     let mapping = Arc::new(Mapping::new(
         &config.global_host,
         &config.local_host,
@@ -375,7 +374,12 @@ async fn build(
         metrics.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let bounce = Arc::new(Bounce::new(&config.bounce, mapping.clone(), delivery.clone(), &metrics));
+    let bounce = Arc::new(Bounce::new(
+        &config.bounce,
+        mapping.clone(),
+        delivery.clone(),
+        &metrics,
+    ));
     let outgoing = Arc::new(Outgoing::new(
         &config,
         tls.clone(),
@@ -387,7 +391,6 @@ async fn build(
     ));
     let router = Arc::new(Router::new(
         local_host.clone(),
-        global_host,
         u8::try_from(config.message_ttl).unwrap_or(u8::MAX),
         mapping.clone(),
         outgoing.clone(),
@@ -412,21 +415,32 @@ async fn build(
         listen_addrs.push(l.local_addr().map_err(TransportError::Io)?);
         handle.spawn(receiver.clone().accept_loop(l));
     }
-    let advertised: Vec<String> = match &config.connections.advertised_endpoints {
-        Some(eps) => eps.iter().map(|e| format!("{}#{}", e.host, e.port)).collect(),
+    // Port 0 means "any free port": advertise what was really bound.
+    let advertised: Vec<(String, u16)> = match &config.connections.advertised_endpoints {
+        Some(eps) => eps.iter().map(|e| (e.host.clone(), e.port)).collect(),
         None => listen_addrs
             .iter()
-            .map(|a| format!("{}#{}", a.ip(), a.port()))
+            .map(|a| (a.ip().to_string(), a.port()))
             .collect(),
     };
     let owned = Arc::new(OwnedState::new());
     owned.set_endpoints(advertised);
-    let refresher = Refresher::new(store.clone(), owned.clone(), refresher_params(&config));
+    // This DC's own domain resolves to it (lookup rule 5 for JIDs such as
+    // user@dc1.example.com seen from another DC); hidden from disco.
+    owned.domain_registered(&config.local_host, false);
+    let me = NodeId::new(&config.local_host, &config.node_name)?;
+    let refresher = Refresher::new(
+        store.clone(),
+        owned,
+        me,
+        config.expire_after(),
+        config.refresh_after(),
+    );
     // Make this node known before the first period elapses; a store that is
     // down now is retried by the refresher.
     let first = refresher.run_once(false).await;
     tracing::info!(what = "gd_started", local_host = %local_host, listen = ?listen_addrs, first_refresh = ?first);
-    let refresher = refresher.spawn();
+    let refresher_task = refresher.spawn();
     handle.spawn(bounce.clone().run(router.clone(), stop_rx.clone()));
     handle.spawn(outgoing.clone().maintenance_loop());
     Ok(Inner {
@@ -435,71 +449,51 @@ async fn build(
         store,
         mapping,
         metrics,
-        owned,
+        refresher,
         router,
         outgoing,
         bounce,
         listen_addrs,
         stop_tx,
-        refresher: Mutex::new(Some(refresher)),
+        refresher_task: Mutex::new(Some(refresher_task)),
     })
 }
 
 impl Inner {
     async fn session_opened(&self, jid: &Jid) {
-        let full = jid.to_full_string();
-        let bare = jid.to_bare_string();
-        self.mapping.insert_session(&full, &self.local_host);
-        self.mapping.insert_session(&bare, &self.local_host);
-        let keys = self.owned.session_opened(&full, &bare);
-        if let Err(e) = self
-            .store
-            .open_sessions(&keys, &self.local_host, self.config.redis.expire_after)
-            .await
-        {
-            tracing::warn!(what = "gd_session_write_failed", jid = %full, error = %e);
-            self.owned.add_pending_opens(keys);
+        let (full, bare) = (jid.as_full_str(), jid.as_bare_str());
+        // The cache first: stanzas routed meanwhile already find the user.
+        self.mapping.insert_session(full, &self.local_host);
+        self.mapping.insert_session(bare, &self.local_host);
+        if let Err(e) = self.refresher.open_session(full, bare).await {
+            tracing::warn!(what = "gd_session_write_deferred", jid = %full, error = %e);
         }
     }
 
     async fn session_closed(&self, jid: &Jid) {
-        let full = jid.to_full_string();
-        let bare = jid.to_bare_string();
-        let keys = self.owned.session_closed(&full, &bare);
-        for k in &keys {
-            self.mapping.remove_jid(k);
+        let (full, bare) = (jid.as_full_str(), jid.as_bare_str());
+        self.mapping.remove_jid(full);
+        if !self.refresher.state().owns_session_key(bare) {
+            self.mapping.remove_jid(bare);
         }
-        if let Err(e) = self.store.delete_sessions(&keys, &self.local_host).await {
+        if let Err(e) = self.refresher.close_session(full, bare).await {
             tracing::warn!(what = "gd_session_delete_failed", jid = %full, error = %e);
+        }
+        if !self.refresher.state().owns_session_key(bare) {
+            self.mapping.remove_jid(bare);
         }
     }
 
     async fn register_subhost(&self, domain: &str, public: bool) {
         self.mapping.insert_domain(domain, &self.local_host);
-        self.owned.add_domain(domain, public);
-        if let Err(e) = self
-            .store
-            .register_domain(
-                &self.local_host,
-                &self.config.node_name,
-                domain,
-                public,
-                self.config.redis.expire_after,
-            )
-            .await
-        {
-            tracing::warn!(what = "gd_domain_write_failed", domain, error = %e);
+        if let Err(e) = self.refresher.register_domain(domain, public).await {
+            tracing::warn!(what = "gd_domain_write_deferred", domain, error = %e);
         }
     }
 
     async fn unregister_subhost(&self, domain: &str) {
         self.mapping.remove_domain(domain);
-        self.owned.remove_domain(domain);
-        if let Err(e) = self
-            .store
-            .unregister_domain(&self.local_host, &self.config.node_name, domain)
-            .await
-        {
+        if let Err(e) = self.refresher.unregister_domain(domain).await {
             tracing::warn!(what = "gd_domain_delete_failed", domain, error = %e);
         }
     }
@@ -507,5 +501,7 @@ impl Inner {
 
 /// The endpoint list a runtime advertises, for tests and operators.
 pub fn endpoint_strings(eps: &[Endpoint]) -> Vec<String> {
-    eps.iter().map(|e| format!("{}#{}", e.host, e.port)).collect()
+    eps.iter()
+        .map(|e| format!("{}#{}", e.host, e.port))
+        .collect()
 }

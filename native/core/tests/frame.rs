@@ -45,6 +45,7 @@ fn any_stanza() -> impl Strategy<Value = Stanza> {
         .prop_map(
             |((sent_at_us, ttl, message_id), (origin, target, sender_key), (from, to, kind), p)| {
                 Stanza {
+                    seq: sent_at_us ^ 0x5a5a,
                     sent_at_us,
                     ttl,
                     message_id,
@@ -84,6 +85,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(version, local_host, node)| {
                 Frame::HandshakeAck(HandshakeAck {
                     version,
+                    resume_seq: (local_host.len() % 2 == 0).then_some(local_host.len() as u64 * 977),
                     local_host,
                     node,
                 })
@@ -100,6 +102,7 @@ fn encoded(frame: &Frame) -> BytesMut {
 
 fn stanza() -> Stanza {
     Stanza {
+        seq: 7,
         sent_at_us: 1_700_000_000_000_000,
         ttl: 4,
         message_id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
@@ -269,6 +272,7 @@ fn handshake_bytes_match_protocol_md() {
 #[test]
 fn stanza_bytes_match_protocol_md() {
     let s = Stanza {
+        seq: 7,
         sent_at_us: 1,
         ttl: 4,
         message_id: 2,
@@ -285,7 +289,8 @@ fn stanza_bytes_match_protocol_md() {
     #[rustfmt::skip]
     let expected: &[u8] = &[
         0x03,                                   // type: stanza
-        0, 0, 0, 46,                            // body length
+        0, 0, 0, 54,                            // body length
+        0, 0, 0, 0, 0, 0, 0, 7,                 // seq
         0, 0, 0, 0, 0, 0, 0, 1,                 // sent_at_us
         4,                                      // ttl
         0, 0, 0, 0, 0, 0, 0, 0,
@@ -386,7 +391,7 @@ fn long_strings_are_refused_on_both_sides() {
     assert!(dst.is_empty());
 
     let mut body = Vec::new();
-    body.extend_from_slice(&[0; 8 + 1 + 16]);
+    body.extend_from_slice(&[0; 8 + 8 + 1 + 16]);
     body.extend_from_slice(&((MAX_STRING_LEN + 1) as u16).to_be_bytes());
     body.extend_from_slice(&vec![b'x'; MAX_STRING_LEN + 1]);
     let err = decode_err(&raw_frame(0x03, &body));
@@ -458,6 +463,7 @@ fn unsupported_versions() {
         version: PROTOCOL_VERSION + 1,
         local_host: "dc2".into(),
         node: "n".into(),
+        resume_seq: None,
     });
     assert_eq!(
         encode(&bad_ack, &mut dst, MAX),
@@ -506,6 +512,7 @@ fn trailing_bytes_after_a_current_handshake() {
         version: PROTOCOL_VERSION,
         local_host: "dc2".into(),
         node: "n".into(),
+        resume_seq: None,
     }))
     .to_vec();
     bytes.push(0);
@@ -536,7 +543,7 @@ fn truncated_fields_are_named() {
 
     // A stanza body too short for its fixed fields.
     assert_eq!(
-        decode_err(&raw_frame(0x03, &[0; 10])),
+        decode_err(&raw_frame(0x03, &[0; 18])),
         FrameError::Truncated {
             field: "stanza.message_id"
         }
@@ -545,7 +552,7 @@ fn truncated_fields_are_named() {
     assert_eq!(
         decode_err(&raw_frame(0x03, &[])),
         FrameError::Truncated {
-            field: "stanza.sent_at_us"
+            field: "stanza.seq"
         }
     );
     // No kind byte after `to`.
@@ -584,7 +591,7 @@ fn unknown_payload_kind() {
 
 #[test]
 fn bad_target_tag() {
-    let mut body = vec![0; 8 + 1 + 16];
+    let mut body = vec![0; 8 + 8 + 1 + 16];
     body.extend_from_slice(&[0, 1, b'a']);
     body.push(2);
     let err = decode_err(&raw_frame(0x03, &body));

@@ -98,9 +98,18 @@ fn recipient_gone_ends_undeliverable_not_lost() {
     assert!(matches!(r, RouteResult::Forwarded(_) | RouteResult::Stored));
     // Either DC reports it: dc2 after its bounce retries, or dc1 if its
     // cache had expired. Nothing vanishes.
-    assert!(wait_for(WAIT, || dc1.inbox.undeliverable_count()
-        + dc2.inbox.undeliverable_count()
-        == 1));
+    assert!(
+        wait_for(WAIT, || dc1.inbox.undeliverable_count()
+            + dc2.inbox.undeliverable_count()
+            == 1),
+        "undeliverable {} {}, delivered {} {}, bounce {} {}",
+        dc1.inbox.undeliverable_count(),
+        dc2.inbox.undeliverable_count(),
+        dc1.inbox.delivered_count(),
+        dc2.inbox.delivered_count(),
+        dc1.rt.bounce_queue_size(),
+        dc2.rt.bounce_queue_size()
+    );
     let (env, reason) = dc1
         .inbox
         .undeliverable
@@ -119,7 +128,10 @@ fn recipient_gone_ends_undeliverable_not_lost() {
 fn origin_hint_lets_the_receiver_answer_before_replication() {
     let (dc1, dc3) = {
         let store = shared();
-        (dc::start(dc::config(1), store.clone()), dc::start(dc::config(3), store))
+        (
+            dc::start(dc::config(1), store.clone()),
+            dc::start(dc::config(3), store),
+        )
     };
     dc1.login("alice@example.com/a");
     dc3.login("carol@example.com/c");
@@ -131,14 +143,18 @@ fn origin_hint_lets_the_receiver_answer_before_replication() {
     // carol's session never reached the store as far as dc1 can tell.
     let del = |k: &str| gd_core::store::Cmd::Del { key: k.to_owned() };
     dc1.rt
-        .block_on(dc1.rt.store().backend().exec(&[
-            del("carol@example.com/c"),
-            del("carol@example.com"),
-        ]))
+        .block_on(
+            dc1.rt
+                .store()
+                .backend()
+                .exec(&[del("carol@example.com/c"), del("carol@example.com")]),
+        )
         .unwrap();
     let r = dc1.send("alice@example.com/a", "carol@example.com/c", "reply");
     assert_eq!(r, RouteResult::Forwarded(Arc::from(host(3).as_str())));
-    assert!(wait_for(WAIT, || dc3.inbox.bodies_to("carol@example.com/c")
+    assert!(wait_for(WAIT, || dc3
+        .inbox
+        .bodies_to("carol@example.com/c")
         == vec!["reply"]));
 }
 
@@ -162,7 +178,10 @@ fn hundred_messages_in_order_on_a_multi_connection_pool_also_when_bounced() {
     dc2.login("bob@example.com/b");
     for i in 30..100 {
         let r = dc1.send("alice@example.com/a", "bob@example.com/b", &i.to_string());
-        assert!(matches!(r, RouteResult::Forwarded(_) | RouteResult::Stored), "{r:?}");
+        assert!(
+            matches!(r, RouteResult::Forwarded(_) | RouteResult::Stored),
+            "{r:?}"
+        );
     }
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 100));
     let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
@@ -187,11 +206,16 @@ fn ten_senders_thousand_stanzas_each_keep_per_sender_order() {
             assert!(matches!(r, RouteResult::Forwarded(_)), "{r:?}");
         }
     }
-    assert!(wait_for(Duration::from_secs(30), || dc2.inbox.delivered_count() == 10_000));
+    assert!(wait_for(Duration::from_secs(30), || dc2
+        .inbox
+        .delivered_count()
+        == 10_000));
     let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
     for body in dc2.inbox.all_bodies() {
         let (s, i) = body.rsplit_once(' ').unwrap();
-        seen.entry(s.to_owned()).or_default().push(i.parse().unwrap());
+        seen.entry(s.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
     }
     for s in &senders {
         let got = &seen[s];
@@ -215,7 +239,9 @@ fn stream(dc1: &Dc, n: usize, tag: &str) -> Vec<String> {
 }
 
 fn delivered_everywhere(dcs: &[&Dc]) -> Vec<String> {
-    dcs.iter().flat_map(|d| d.inbox.bodies_to("bob@example.com/b")).collect()
+    dcs.iter()
+        .flat_map(|d| d.inbox.bodies_to("bob@example.com/b"))
+        .collect()
 }
 
 #[test]
@@ -241,7 +267,8 @@ fn reconnection_to_another_dc_loses_nothing_and_duplicates_nothing() {
     dc3.logout("bob@example.com/b");
     sent.extend(stream(&dc1, 50, "k"));
     assert!(
-        wait_for(WAIT, || delivered_everywhere(&[&dc1, &dc2, &dc3]).len() >= sent.len()),
+        wait_for(WAIT, || delivered_everywhere(&[&dc1, &dc2, &dc3]).len()
+            >= sent.len()),
         "delivered {} of {}",
         delivered_everywhere(&[&dc1, &dc2, &dc3]).len(),
         sent.len()
@@ -261,12 +288,18 @@ fn ttl_stops_a_stanza_bouncing_between_dcs_with_stale_mappings() {
     dc1.know(&dc2);
     dc2.know(&dc1);
     // Stale caches point at each other; the store knows nothing.
-    dc1.rt.mapping().insert_session("bob@example.com/b", &host(2));
-    dc2.rt.mapping().insert_session("bob@example.com/b", &host(1));
+    dc1.rt
+        .mapping()
+        .insert_session("bob@example.com/b", &host(2));
+    dc2.rt
+        .mapping()
+        .insert_session("bob@example.com/b", &host(1));
     let r = dc1.send("alice@example.com/a", "bob@example.com/b", "ping-pong");
     assert!(matches!(r, RouteResult::Forwarded(_)));
     // message_ttl = 4: dc1→dc2→dc1→dc2→dc1, where TTL 0 stops it.
-    assert!(wait_for(WAIT, || dc1.inbox.delivered_count() + dc2.inbox.delivered_count() == 1));
+    assert!(wait_for(WAIT, || dc1.inbox.delivered_count()
+        + dc2.inbox.delivered_count()
+        == 1));
     let stopped = dc1.counter(names::STOP_TTL_ZERO) + dc2.counter(names::STOP_TTL_ZERO);
     assert_eq!(stopped, 1);
     let d = dc1.inbox.delivered.lock().first().cloned().unwrap();

@@ -39,11 +39,15 @@ fn proxy_rt() -> tokio::runtime::Runtime {
 }
 
 /// dc1 reaches dc2 only through a proxy (global_distrib_addr override).
-fn linked_through_proxy(store: Arc<dyn Backend>, prt: &tokio::runtime::Runtime) -> (Dc, Dc, FaultProxy) {
+fn linked_through_proxy(
+    store: Arc<dyn Backend>,
+    prt: &tokio::runtime::Runtime,
+) -> (Dc, Dc, FaultProxy) {
     let dc2 = dc::start(dc::config(2), store.clone());
     let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
     let mut c1 = dc::config(1);
-    c1.global_distrib_addr.insert(host(2), vec![ep(proxy.addr())]);
+    c1.global_distrib_addr
+        .insert(host(2), vec![ep(proxy.addr())]);
     let dc1 = dc::start(c1, store);
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
@@ -60,7 +64,10 @@ fn global_distrib_addr_override_is_used() {
         RouteResult::Forwarded(_)
     ));
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
-    assert!(proxy.accepted() >= 1, "the link did not go through the override");
+    assert!(
+        proxy.accepted() >= 1,
+        "the link did not go through the override"
+    );
 }
 
 #[test]
@@ -78,7 +85,10 @@ fn advertised_endpoints_override_listen_endpoints() {
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     dc1.know(&dc2);
-    assert_eq!(dc1.rt.outgoing().endpoints_of(&host(2)), vec![ep(proxy.addr())]);
+    assert_eq!(
+        dc1.rt.outgoing().endpoints_of(&host(2)),
+        vec![ep(proxy.addr())]
+    );
     dc1.send("alice@example.com/a", "bob@example.com/b", "via advertised");
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
     assert!(proxy.accepted() >= 1);
@@ -94,7 +104,11 @@ fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
 
     proxy.cut();
     for i in 0..5 {
-        let r = dc1.send("alice@example.com/a", "bob@example.com/b", &format!("down{i}"));
+        let r = dc1.send(
+            "alice@example.com/a",
+            "bob@example.com/b",
+            &format!("down{i}"),
+        );
         assert!(!matches!(r, RouteResult::Local), "{r:?}");
     }
     assert!(
@@ -117,9 +131,15 @@ fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
         dc1.counter(&names::outgoing_established(&host(2))) > established
     }));
     dc1.send("alice@example.com/a", "bob@example.com/b", "after");
-    assert!(wait_for(WAIT, || dc2.inbox.bodies_to("bob@example.com/b").contains(&"after".to_owned())));
+    assert!(wait_for(WAIT, || dc2
+        .inbox
+        .bodies_to("bob@example.com/b")
+        .contains(&"after".to_owned())));
     let got = dc2.inbox.bodies_to("bob@example.com/b");
-    assert!(!got.iter().any(|b| b.starts_with("down")), "a reported stanza was delivered too");
+    assert!(
+        !got.iter().any(|b| b.starts_with("down")),
+        "a reported stanza was delivered too"
+    );
 }
 
 #[test]
@@ -140,7 +160,11 @@ fn ten_thousand_stanzas_across_a_cut_and_restored_link_add_up() {
         sent.push(b);
     }
     let total = || dc2.inbox.delivered_count() + dc1.inbox.undeliverable_count();
-    assert!(wait_for(Duration::from_secs(30), || total() >= 10_000), "accounted for {}", total());
+    assert!(
+        wait_for(Duration::from_secs(30), || total() >= 10_000),
+        "accounted for {}",
+        total()
+    );
     let delivered = dc2.inbox.bodies_to("bob@example.com/b");
     let reported: Vec<String> = dc1
         .inbox
@@ -163,8 +187,14 @@ fn rebalancing_enables_new_endpoints_disables_and_collects_vanished_ones() {
     let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
     let mut c2 = dc::config(2);
     c2.connections.endpoints = vec![
-        Endpoint { host: "127.0.0.1".into(), port: 0 },
-        Endpoint { host: "127.0.0.1".into(), port: 0 },
+        Endpoint {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
+        Endpoint {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
     ];
     let dc2 = dc::start(c2, store.clone());
     let second = dc2.rt.listen_addrs()[1];
@@ -172,7 +202,13 @@ fn rebalancing_enables_new_endpoints_disables_and_collects_vanished_ones() {
     let first_only: Vec<String> = vec![format!("127.0.0.1#{}", dc2.rt.listen_addrs()[0].port())];
     let ekey = format!("{}#node2@localhost#{{endpoints}}", host(2));
     let exec = |cmds: Vec<Cmd>| dc2.rt.block_on(store.exec(&cmds)).unwrap();
-    exec(vec![Cmd::Del { key: ekey.clone() }, Cmd::SAdd { key: ekey.clone(), members: first_only }]);
+    exec(vec![
+        Cmd::Del { key: ekey.clone() },
+        Cmd::SAdd {
+            key: ekey.clone(),
+            members: first_only,
+        },
+    ]);
 
     let dc1 = dc::start(dc::config(1), store.clone());
     dc1.login("alice@example.com/a");
@@ -194,17 +230,38 @@ fn rebalancing_enables_new_endpoints_disables_and_collects_vanished_ones() {
         .as_secs();
     let xkey = format!("{}#extra@localhost#{{endpoints}}", host(2));
     exec(vec![
-        Cmd::HSet { key: format!("{}#{{nodes}}", host(2)), field: "extra@localhost".into(), value: now.to_string() },
-        Cmd::SAdd { key: xkey.clone(), members: vec![format!("127.0.0.1#{}", second.port())] },
+        Cmd::HSet {
+            key: format!("{}#{{nodes}}", host(2)),
+            field: "extra@localhost".into(),
+            value: now.to_string(),
+        },
+        Cmd::SAdd {
+            key: xkey.clone(),
+            members: vec![format!("127.0.0.1#{}", second.port())],
+        },
     ]);
-    assert!(wait_for(WAIT, || dc1.rt.outgoing().endpoints_of(&host(2)).len() == 2));
+    assert!(wait_for(WAIT, || dc1
+        .rt
+        .outgoing()
+        .endpoints_of(&host(2))
+        .len()
+        == 2));
     send(&dc1);
 
     // It goes away: its pool is disabled, then garbage-collected.
     exec(vec![Cmd::Del { key: xkey }]);
-    assert!(wait_for(WAIT, || dc1.rt.outgoing().endpoints_of(&host(2)).len() == 1));
+    assert!(wait_for(WAIT, || dc1
+        .rt
+        .outgoing()
+        .endpoints_of(&host(2))
+        .len()
+        == 1));
     let sent = send(&dc1);
-    assert!(wait_for(WAIT, || dc1.rt.outgoing().disabled_pools(&host(2)) == 0));
+    assert!(wait_for(WAIT, || dc1
+        .rt
+        .outgoing()
+        .disabled_pools(&host(2))
+        == 0));
     let last = send(&dc1).max(sent);
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == last));
     assert_eq!(dc1.inbox.undeliverable_count(), 0);
@@ -232,12 +289,16 @@ fn mutual_tls_works_and_a_foreign_ca_is_refused() {
     dc3.login("mallory@example.com/m");
 
     dc1.send("alice@example.com/a", "bob@example.com/b", "over tls");
-    assert!(wait_for(WAIT, || dc2.inbox.bodies_to("bob@example.com/b") == vec!["over tls"]));
+    assert!(wait_for(WAIT, || dc2.inbox.bodies_to("bob@example.com/b")
+        == vec!["over tls"]));
     dc2.send("bob@example.com/b", "alice@example.com/a", "back over tls");
     assert!(wait_for(WAIT, || dc1.inbox.delivered_count() == 1));
 
     dc3.send("mallory@example.com/m", "bob@example.com/b", "forged");
     assert!(wait_for(WAIT, || dc3.inbox.undeliverable_count() == 1));
     assert!(dc2.counter(&names::incoming_errored("unknown")) >= 1);
-    assert!(!dc2.inbox.bodies_to("bob@example.com/b").contains(&"forged".to_owned()));
+    assert!(!dc2
+        .inbox
+        .bodies_to("bob@example.com/b")
+        .contains(&"forged".to_owned()));
 }

@@ -32,6 +32,7 @@ pub const MAX_STRING_LEN: usize = 3071;
 const TYPE_HANDSHAKE: u8 = 0x01;
 const TYPE_HANDSHAKE_ACK: u8 = 0x02;
 const TYPE_STANZA: u8 = 0x03;
+const TYPE_ACK: u8 = 0x04;
 
 const TARGET_ABSENT: u8 = 0;
 const TARGET_PRESENT: u8 = 1;
@@ -73,17 +74,31 @@ pub struct Handshake {
     pub conn_id: u64,
 }
 
-/// The server's answer to a [`Handshake`]: the version both sides now use.
+/// The server's answer to a [`Handshake`]: the version both sides now use,
+/// and how far it already got in the client's sequence session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeAck {
     pub version: u16,
     pub local_host: String,
     pub node: String,
+    /// Last stanza sequence number taken from the session `conn_id`, or
+    /// `None` when the session is new to this server (resend everything
+    /// unacknowledged).
+    pub resume_seq: Option<u64>,
+}
+
+/// Server → client: every stanza up to `seq` of this connection's session
+/// has been taken; the sender may forget them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub seq: u64,
 }
 
 /// One routed stanza with its global_distrib metadata (SPEC 6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stanza {
+    /// Position in the sending connection's session, from 1, no gaps.
+    pub seq: u64,
     /// Sender wall clock, µs since the Unix epoch.
     pub sent_at_us: u64,
     pub ttl: u8,
@@ -105,6 +120,7 @@ pub enum Frame {
     Handshake(Handshake),
     HandshakeAck(HandshakeAck),
     Stanza(Stanza),
+    Ack(Ack),
 }
 
 /// Why bytes could not be turned into a frame, or a frame into bytes. Any
@@ -148,7 +164,7 @@ pub enum FrameError {
     UnsupportedVersion(u16),
     #[error("unknown payload kind {0} in a stanza frame (corrupt stream or incompatible peer)")]
     UnknownPayloadKind(u8),
-    #[error("target presence tag must be 0 or 1, got {0} (corrupt stream or incompatible peer)")]
+    #[error("presence tag of an optional field must be 0 or 1, got {0} (corrupt stream or incompatible peer)")]
     BadTargetTag(u8),
     #[error(
         "{extra} unexpected bytes after the last field of a {frame} frame: its declared \
@@ -199,9 +215,17 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut, max_frame_size: usize) -> Resul
                 dst.put_u16(a.version);
                 put_str(dst, &a.local_host);
                 put_str(dst, &a.node);
+                match a.resume_seq {
+                    None => dst.put_u8(0),
+                    Some(seq) => {
+                        dst.put_u8(1);
+                        dst.put_u64(seq);
+                    }
+                }
             },
         ),
         Frame::Stanza(s) => encode_stanza(s, dst, max_frame_size),
+        Frame::Ack(a) => put_frame(dst, TYPE_ACK, 8, max_frame_size, |dst| dst.put_u64(a.seq)),
     }
 }
 
@@ -220,6 +244,7 @@ pub fn encode_stanza(
         stanza_body_len(s),
         max_frame_size,
         |dst| {
+            dst.put_u64(s.seq);
             dst.put_u64(s.sent_at_us);
             dst.put_u8(s.ttl);
             dst.put_u128(s.message_id);
@@ -279,7 +304,10 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
     let Some(&ty) = src.first() else {
         return Ok(None);
     };
-    if !matches!(ty, TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK | TYPE_STANZA) {
+    if !matches!(
+        ty,
+        TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK | TYPE_STANZA | TYPE_ACK
+    ) {
         return Err(FrameError::UnknownType(ty));
     }
     let Some(len_bytes) = src.get(1..HEADER_LEN) else {
@@ -295,7 +323,7 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
             max: max_frame_size,
         });
     }
-    if ty != TYPE_STANZA {
+    if matches!(ty, TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK) {
         check_magic(
             src.get(HEADER_LEN..total.min(src.len()))
                 .unwrap_or_default(),
@@ -308,6 +336,11 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
     let frame = match ty {
         TYPE_HANDSHAKE => Frame::Handshake(read_handshake(&mut r)?),
         TYPE_HANDSHAKE_ACK => Frame::HandshakeAck(read_ack(&mut r)?),
+        TYPE_ACK => {
+            let seq = r.u64("ack.seq")?;
+            r.finish("ack")?;
+            Frame::Ack(Ack { seq })
+        }
         _ => {
             let (stanza, payload_len) = read_stanza_head(&mut r)?;
             let mut frame = src.split_to(total);
@@ -366,17 +399,24 @@ fn read_ack(r: &mut Reader<'_>) -> Result<HandshakeAck, FrameError> {
     }
     let local_host = r.string("handshake_ack.local_host")?;
     let node = r.string("handshake_ack.node")?;
+    let resume_seq = match r.u8("handshake_ack.resume_tag")? {
+        0 => None,
+        1 => Some(r.u64("handshake_ack.resume_seq")?),
+        other => return Err(FrameError::BadTargetTag(other)),
+    };
     r.finish("handshake_ack")?;
     Ok(HandshakeAck {
         version,
         local_host,
         node,
+        resume_seq,
     })
 }
 
 /// Everything of a stanza but its payload, plus the payload length, so the
 /// caller can take the payload out of the read buffer without copying.
 fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
+    let seq = r.u64("stanza.seq")?;
     let sent_at_us = r.u64("stanza.sent_at_us")?;
     let ttl = r.u8("stanza.ttl")?;
     let message_id = r.u128("stanza.message_id")?;
@@ -392,6 +432,7 @@ fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
     let kind_byte = r.u8("stanza.kind")?;
     let kind = PayloadKind::from_u8(kind_byte).ok_or(FrameError::UnknownPayloadKind(kind_byte))?;
     let stanza = Stanza {
+        seq,
         sent_at_us,
         ttl,
         message_id,
@@ -489,14 +530,22 @@ fn str_len(s: &str) -> usize {
 fn body_len(frame: &Frame) -> usize {
     match frame {
         Frame::Handshake(h) => MAGIC.len() + 2 + str_len(&h.local_host) + str_len(&h.node) + 8,
-        Frame::HandshakeAck(a) => MAGIC.len() + 2 + str_len(&a.local_host) + str_len(&a.node),
+        Frame::HandshakeAck(a) => {
+            MAGIC.len()
+                + 2
+                + str_len(&a.local_host)
+                + str_len(&a.node)
+                + 1
+                + if a.resume_seq.is_some() { 8 } else { 0 }
+        }
         Frame::Stanza(s) => stanza_body_len(s),
+        Frame::Ack(_) => 8,
     }
 }
 
 fn stanza_body_len(s: &Stanza) -> usize {
     let target = s.target.as_deref().map_or(0, str_len);
-    let head = (8 + 1 + 16)
+    let head = (8 + 8 + 1 + 16)
         + str_len(&s.origin)
         + 1
         + target
@@ -526,6 +575,7 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
             check_str("handshake_ack.node", &a.node)
         }
         Frame::Stanza(s) => validate_stanza(s),
+        Frame::Ack(_) => Ok(()),
     }
 }
 

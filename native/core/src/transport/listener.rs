@@ -175,19 +175,25 @@ impl Receiver {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 // The peer's host is unknown before the handshake.
-                self.metrics.counter(&names::incoming_errored("unknown")).inc();
+                self.metrics
+                    .counter(&names::incoming_errored("unknown"))
+                    .inc();
                 tracing::warn!(what = "gd_incoming_handshake_failed", peer = %peer, error = %e);
                 return;
             }
             Err(_) => {
-                self.metrics.counter(&names::incoming_errored("unknown")).inc();
+                self.metrics
+                    .counter(&names::incoming_errored("unknown"))
+                    .inc();
                 tracing::warn!(what = "gd_incoming_handshake_timeout", peer = %peer);
                 return;
             }
         };
         let host: Arc<str> = Arc::from(hello.local_host.as_str());
         let m = self.peer_metrics(&host);
-        self.metrics.counter(&names::incoming_first_packet(&host)).inc();
+        self.metrics
+            .counter(&names::incoming_first_packet(&host))
+            .inc();
         match self.read_loop(io, buf, &host, hello.conn_id, &m).await {
             Ok(()) => m.closed.inc(),
             Err(e) => {
@@ -198,7 +204,11 @@ impl Receiver {
     }
 
     /// TLS (when configured), then the handshake and its answer.
-    async fn open(&self, tcp: TcpStream, buf: &mut BytesMut) -> Result<(BoxedIo, frame::Handshake), TransportError> {
+    async fn open(
+        &self,
+        tcp: TcpStream,
+        buf: &mut BytesMut,
+    ) -> Result<(BoxedIo, frame::Handshake), TransportError> {
         let mut io: BoxedIo = match &self.tls {
             Some(tls) => Box::new(tls.acceptor().accept(tcp).await?),
             None => Box::new(tcp),
@@ -219,7 +229,11 @@ impl Receiver {
                 hello.version
             )));
         }
-        let resume_seq = self.sessions.lock().get(&hello.conn_id).map(|(seq, _)| *seq);
+        let resume_seq = self
+            .sessions
+            .lock()
+            .get(&hello.conn_id)
+            .map(|(seq, _)| *seq);
         let ack = Frame::HandshakeAck(HandshakeAck {
             version: PROTOCOL_VERSION,
             local_host: self.local_host.to_string(),
@@ -319,8 +333,10 @@ fn shard_of(key: &str, n: usize) -> usize {
 /// A received stanza as route() takes it; a malformed address is a
 /// malformed frame.
 fn envelope_of(s: frame::Stanza) -> Result<Envelope, TransportError> {
-    let from = Jid::parse(&s.from).map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
-    let to = Jid::parse(&s.to).map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
+    let from = Jid::parse(&s.from)
+        .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
+    let to = Jid::parse(&s.to)
+        .map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
     Ok(Envelope::new(
         from,
         to,
@@ -336,12 +352,18 @@ fn envelope_of(s: frame::Stanza) -> Result<Envelope, TransportError> {
 }
 
 /// One dispatch shard: origin hint, route() again, hand-off to the host.
-async fn dispatch(mut rx: mpsc::Receiver<Incoming>, router: Arc<Router>, queue_time: Arc<Histogram>) {
+async fn dispatch(
+    mut rx: mpsc::Receiver<Incoming>,
+    router: Arc<Router>,
+    queue_time: Arc<Histogram>,
+) {
     while let Some(inc) = rx.recv().await {
         queue_time.record(inc.received.elapsed().as_micros() as u64);
         let env = inc.envelope;
         if env.kind != PayloadKind::PresenceUnavailable {
-            router.mapping.insert_origin_hint(&env.from, &env.meta.origin);
+            router
+                .mapping
+                .insert_origin_hint(&env.from, &env.meta.origin);
         }
         match router.route(env.clone()).await {
             RouteResult::Local => router.delivery.deliver(Delivered {

@@ -184,7 +184,10 @@ impl Conn {
         }
         q.next_seq = 1;
         self.session.store(rand::random(), Ordering::Relaxed);
-        std::mem::take(&mut q.unacked).into_iter().map(|o| o.env).collect()
+        std::mem::take(&mut q.unacked)
+            .into_iter()
+            .map(|o| o.env)
+            .collect()
     }
 
     fn take_all(&self) -> Vec<Envelope> {
@@ -368,7 +371,11 @@ impl Outgoing {
     }
 
     /// Queues, first reading the endpoints of a remote DC never used before.
-    pub(crate) async fn enqueue(self: &Arc<Self>, host: &str, env: Envelope) -> Result<(), EnqueueError> {
+    pub(crate) async fn enqueue(
+        self: &Arc<Self>,
+        host: &str,
+        env: Envelope,
+    ) -> Result<(), EnqueueError> {
         let h = self.host(host);
         if !h.is_ready() {
             let mut rx = h.ready.subscribe();
@@ -407,11 +414,7 @@ impl Outgoing {
             return Err(EnqueueError::Unreachable(env));
         }
         if !conn.started.swap(true, Ordering::AcqRel) {
-            self.rt.spawn(run_conn(
-                self.ctx(),
-                h.clone(),
-                conn,
-            ));
+            self.rt.spawn(run_conn(self.ctx(), h.clone(), conn));
         }
         Ok(())
     }
@@ -435,7 +438,11 @@ impl Outgoing {
         if let Some(fixed) = self.cfg.global_distrib_addr.get(host) {
             return Ok(fixed.clone());
         }
-        self.store.endpoints_of(host).await
+        let eps = self.store.endpoints_of(host).await?;
+        Ok(eps
+            .into_iter()
+            .map(|(host, port)| Endpoint { host, port })
+            .collect())
     }
 
     async fn refresh_endpoints_loop(self: Arc<Self>, host: Arc<RemoteHost>) {
@@ -443,7 +450,9 @@ impl Outgoing {
         loop {
             match self.fetch_endpoints(&host.name).await {
                 Ok(eps) => self.rebalance(&host, eps),
-                Err(e) => tracing::warn!(what = "gd_endpoints_refresh_failed", host = %host.name, error = %e),
+                Err(e) => {
+                    tracing::warn!(what = "gd_endpoints_refresh_failed", host = %host.name, error = %e)
+                }
             }
             host.ready.send_replace(true);
             let empty = host.pools.read().endpoints.is_empty();
@@ -575,7 +584,12 @@ impl Outgoing {
         let mut left = Vec::new();
         for h in hosts {
             let pools = h.pools.read();
-            for c in pools.enabled.iter().chain(pools.disabled.iter()).flat_map(|p| p.conns.iter()) {
+            for c in pools
+                .enabled
+                .iter()
+                .chain(pools.disabled.iter())
+                .flat_map(|p| p.conns.iter())
+            {
                 c.closing.store(true, Ordering::Relaxed);
                 let mut taken = c.take_all();
                 h.release(taken.len());
@@ -622,9 +636,12 @@ async fn connect(
     conn: &Conn,
 ) -> Result<(BoxedIo, Option<u64>), TransportError> {
     let ep = &conn.endpoint;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ep.host.as_str(), ep.port)))
-        .await
-        .map_err(|_| TransportError::Timeout("connect"))??;
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((ep.host.as_str(), ep.port)),
+    )
+    .await
+    .map_err(|_| TransportError::Timeout("connect"))??;
     tcp.set_nodelay(true)?;
     let mut io: BoxedIo = match &ctx.tls {
         Some(tls) => {
@@ -647,9 +664,12 @@ async fn connect(
     io.write_all(&buf).await?;
     io.flush().await?;
     buf.clear();
-    let ack = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut io, &mut buf, ctx.max_frame))
-        .await
-        .map_err(|_| TransportError::Timeout("handshake answer"))??;
+    let ack = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_frame(&mut io, &mut buf, ctx.max_frame),
+    )
+    .await
+    .map_err(|_| TransportError::Timeout("handshake answer"))??;
     match ack {
         Some(Frame::HandshakeAck(a)) => {
             if *a.local_host != *remote {
@@ -748,7 +768,12 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
 
 /// Writes queued stanzas in batches and reads acknowledgements, until the
 /// connection breaks (Err) or the pool is closed (Ok).
-async fn io_loop(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, io: BoxedIo) -> Result<(), TransportError> {
+async fn io_loop(
+    ctx: &ConnCtx,
+    host: &RemoteHost,
+    conn: &Conn,
+    io: BoxedIo,
+) -> Result<(), TransportError> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let reader = async {
         let mut buf = BytesMut::with_capacity(4096);
