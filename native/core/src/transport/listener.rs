@@ -81,10 +81,20 @@ pub(crate) struct Receiver {
     max_frame: usize,
     metrics: Arc<Metrics>,
     established: Arc<Counter>,
-    /// Sending connection's session id → last sequence number taken.
-    sessions: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// Sending connection's session id → how far it got. Shared by every
+    /// connection of the session: after a cut, the old connection may still
+    /// be draining while the resumed one starts.
+    sessions: Mutex<HashMap<u64, Arc<SessionSlot>>>,
     shards: Vec<mpsc::Sender<Incoming>>,
     stop: watch::Receiver<bool>,
+}
+
+/// Sequence state of one sending session.
+struct SessionSlot {
+    /// Last sequence number handed on. Held while a batch is checked and
+    /// handed to the shards, so each stanza is taken once and in order.
+    last: tokio::sync::Mutex<Option<u64>>,
+    touched: Mutex<Instant>,
 }
 
 struct PeerMetrics {
@@ -223,19 +233,10 @@ impl Receiver {
             }
             None => return Err(TransportError::Closed),
         };
-        if hello.version != PROTOCOL_VERSION {
-            return Err(TransportError::Protocol(format!(
-                "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
-                hello.version
-            )));
-        }
-        let resume_seq = self
-            .sessions
-            .lock()
-            .get(&hello.conn_id)
-            .map(|(seq, _)| *seq);
+        let version = frame::negotiate(hello.version)?;
+        let resume_seq = *self.session(hello.conn_id).last.lock().await;
         let ack = Frame::HandshakeAck(HandshakeAck {
-            version: PROTOCOL_VERSION,
+            version,
             local_host: self.local_host.to_string(),
             node: self.node.to_string(),
             resume_seq,
@@ -247,14 +248,30 @@ impl Receiver {
         Ok((io, hello))
     }
 
-    fn remember(&self, session: u64, seq: u64) {
-        let mut s = self.sessions.lock();
-        if s.len() >= MAX_SESSIONS && !s.contains_key(&session) {
-            if let Some(oldest) = s.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                s.remove(&oldest);
+    /// The shared state of a session, created on first sight. The map is
+    /// bounded: beyond [`MAX_SESSIONS`] the least recently used is forgotten
+    /// (its sender, if it ever resumes, resends what it has unacknowledged).
+    fn session(&self, id: u64) -> Arc<SessionSlot> {
+        let mut map = self.sessions.lock();
+        if let Some(slot) = map.get(&id) {
+            *slot.touched.lock() = Instant::now();
+            return slot.clone();
+        }
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, slot)| *slot.touched.lock())
+                .map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
             }
         }
-        s.insert(session, (seq, Instant::now()));
+        let slot = Arc::new(SessionSlot {
+            last: tokio::sync::Mutex::new(None),
+            touched: Mutex::new(Instant::now()),
+        });
+        map.insert(id, slot.clone());
+        slot
     }
 
     async fn read_loop(
@@ -265,47 +282,14 @@ impl Receiver {
         session: u64,
         m: &PeerMetrics,
     ) -> Result<(), TransportError> {
-        let mut last = self.sessions.lock().get(&session).map(|(seq, _)| *seq);
-        let mut acked = last;
+        let slot = self.session(session);
+        let mut acked = *slot.last.lock().await;
         let mut out = BytesMut::with_capacity(64);
         let mut stop = self.stop.clone();
         loop {
-            while let Some(f) = frame::decode(&mut buf, self.max_frame)? {
-                let Frame::Stanza(s) = f else {
-                    return Err(TransportError::Protocol(format!(
-                        "unexpected {} after the handshake",
-                        frame_name(&f)
-                    )));
-                };
-                match last {
-                    Some(l) if s.seq <= l => continue,
-                    Some(l) if s.seq != l + 1 => {
-                        return Err(TransportError::Protocol(format!(
-                            "sequence gap: expected {}, got {}",
-                            l + 1,
-                            s.seq
-                        )))
-                    }
-                    _ => {}
-                }
-                last = Some(s.seq);
-                m.messages.inc();
-                let transfer = now_us().saturating_sub(s.sent_at_us);
-                m.transfer_time.record(transfer);
-                let shard = shard_of(&s.sender_key, self.shards.len());
-                let incoming = Incoming {
-                    envelope: envelope_of(s)?,
-                    from_host: host.clone(),
-                    transfer_time_us: transfer,
-                    received: Instant::now(),
-                };
-                if self.shards[shard].send(incoming).await.is_err() {
-                    return Ok(());
-                }
-            }
+            let last = self.take_batch(&mut buf, &slot, host, m).await?;
             if last != acked {
                 if let Some(seq) = last {
-                    self.remember(session, seq);
                     out.clear();
                     frame::encode(&Frame::Ack(Ack { seq }), &mut out, self.max_frame)?;
                     io.write_all(&out).await?;
@@ -321,6 +305,56 @@ impl Receiver {
                 _ = stop.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Decodes every complete frame in `buf`, takes each new stanza of the
+    /// session once, in sequence order, and hands it to its shard. Returns
+    /// the session's last sequence number.
+    async fn take_batch(
+        &self,
+        buf: &mut BytesMut,
+        slot: &SessionSlot,
+        host: &Arc<str>,
+        m: &PeerMetrics,
+    ) -> Result<Option<u64>, TransportError> {
+        let mut last = slot.last.lock().await;
+        while let Some(f) = frame::decode(buf, self.max_frame)? {
+            let Frame::Stanza(s) = f else {
+                return Err(TransportError::Protocol(format!(
+                    "unexpected {} after the handshake",
+                    frame_name(&f)
+                )));
+            };
+            match *last {
+                // Already taken through an earlier connection of the session.
+                Some(l) if s.seq <= l => continue,
+                Some(l) if s.seq != l + 1 => {
+                    return Err(TransportError::Protocol(format!(
+                        "sequence gap: expected {}, got {}",
+                        l + 1,
+                        s.seq
+                    )))
+                }
+                _ => {}
+            }
+            let seq = s.seq;
+            m.messages.inc();
+            let transfer = now_us().saturating_sub(s.sent_at_us);
+            m.transfer_time.record(transfer);
+            let shard = shard_of(&s.sender_key, self.shards.len());
+            let incoming = Incoming {
+                envelope: envelope_of(s)?,
+                from_host: host.clone(),
+                transfer_time_us: transfer,
+                received: Instant::now(),
+            };
+            if self.shards[shard].send(incoming).await.is_err() {
+                // The runtime is stopping.
+                break;
+            }
+            *last = Some(seq);
+        }
+        Ok(*last)
     }
 }
 
