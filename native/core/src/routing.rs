@@ -61,6 +61,9 @@ pub struct Envelope {
     /// Bounce retries left at this DC (None: never bounced here). Local
     /// state, not sent on the wire: each DC gives a stanza its own budget.
     pub bounce_ttl: Option<u32>,
+    /// `(session, seq)` it was written under before its connection was
+    /// given up; travels so that the receiver can drop a second copy.
+    pub prior: Option<(u64, u64)>,
 }
 
 impl Envelope {
@@ -72,6 +75,7 @@ impl Envelope {
             payload,
             meta,
             bounce_ttl: None,
+            prior: None,
         }
     }
 }

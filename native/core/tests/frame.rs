@@ -51,6 +51,7 @@ fn any_stanza() -> impl Strategy<Value = Stanza> {
                     message_id,
                     origin,
                     target,
+                    prior: (message_id % 3 == 0).then_some((sent_at_us, u64::from(ttl))),
                     sender_key,
                     from,
                     to,
@@ -108,6 +109,7 @@ fn stanza() -> Stanza {
         message_id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
         origin: "dc1.example.com".into(),
         target: None,
+        prior: None,
         sender_key: "alice@example.com/phone".into(),
         from: "alice@example.com/phone".into(),
         to: "bob@example.com".into(),
@@ -278,6 +280,7 @@ fn stanza_bytes_match_protocol_md() {
         message_id: 2,
         origin: "a".into(),
         target: Some("b".into()),
+        prior: None,
         sender_key: "c".into(),
         from: "d".into(),
         to: "e".into(),
@@ -289,7 +292,7 @@ fn stanza_bytes_match_protocol_md() {
     #[rustfmt::skip]
     let expected: &[u8] = &[
         0x03,                                   // type: stanza
-        0, 0, 0, 54,                            // body length
+        0, 0, 0, 55,                            // body length
         0, 0, 0, 0, 0, 0, 0, 7,                 // seq
         0, 0, 0, 0, 0, 0, 0, 1,                 // sent_at_us
         4,                                      // ttl
@@ -297,6 +300,7 @@ fn stanza_bytes_match_protocol_md() {
         0, 0, 0, 0, 0, 0, 0, 2,                 // message_id
         0, 1, b'a',                             // origin
         1, 0, 1, b'b',                          // target: present, "b"
+        0,                                      // prior: absent
         0, 1, b'c',                             // sender_key
         0, 1, b'd',                             // from
         0, 1, b'e',                             // to
@@ -323,6 +327,7 @@ fn empty_payload_and_target_round_trip() {
     let s = Stanza {
         payload: Bytes::new(),
         target: Some("dc2.example.com".into()),
+        prior: None,
         ..stanza()
     };
     let mut buf = encoded(&Frame::Stanza(s.clone()));

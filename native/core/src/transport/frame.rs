@@ -107,6 +107,10 @@ pub struct Stanza {
     pub origin: String,
     /// Target-host override (set by bounce).
     pub target: Option<String>,
+    /// `(session, seq)` under which this stanza was written before, when
+    /// it comes back after its connection was given up: the receiver drops
+    /// it if it already took that one.
+    pub prior: Option<(u64, u64)>,
     /// Ordering key: the sender's full JID, or its domain.
     pub sender_key: String,
     pub from: String,
@@ -254,6 +258,14 @@ pub fn encode_stanza(
                 Some(t) => {
                     dst.put_u8(TARGET_PRESENT);
                     put_str(dst, t);
+                }
+            }
+            match s.prior {
+                None => dst.put_u8(0),
+                Some((session, seq)) => {
+                    dst.put_u8(1);
+                    dst.put_u64(session);
+                    dst.put_u64(seq);
                 }
             }
             put_str(dst, &s.sender_key);
@@ -426,6 +438,11 @@ fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
         TARGET_PRESENT => Some(r.string("stanza.target")?),
         other => return Err(FrameError::BadTargetTag(other)),
     };
+    let prior = match r.u8("stanza.prior_tag")? {
+        0 => None,
+        1 => Some((r.u64("stanza.prior_session")?, r.u64("stanza.prior_seq")?)),
+        other => return Err(FrameError::BadTargetTag(other)),
+    };
     let sender_key = r.string("stanza.sender_key")?;
     let from = r.string("stanza.from")?;
     let to = r.string("stanza.to")?;
@@ -438,6 +455,7 @@ fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
         message_id,
         origin,
         target,
+        prior,
         sender_key,
         from,
         to,
@@ -549,6 +567,8 @@ fn stanza_body_len(s: &Stanza) -> usize {
         + str_len(&s.origin)
         + 1
         + target
+        + 1
+        + if s.prior.is_some() { 16 } else { 0 }
         + str_len(&s.sender_key)
         + str_len(&s.from)
         + str_len(&s.to)

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::jid::Jid;
 use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
-use crate::transport::frame::{self, Ack, Frame, HandshakeAck, PayloadKind, PROTOCOL_VERSION};
+use crate::transport::frame::{self, Ack, Frame, HandshakeAck, PayloadKind};
 use crate::transport::outgoing::{frame_name, read_frame};
 use crate::transport::tls::TlsSetup;
 use crate::transport::{BoxedIo, TransportError};
@@ -94,6 +94,9 @@ struct SessionSlot {
     /// Last sequence number handed on. Held while a batch is checked and
     /// handed to the shards, so each stanza is taken once and in order.
     last: tokio::sync::Mutex<Option<u64>>,
+    /// Mirror of `last` (0: nothing yet) readable without the lock, for the
+    /// duplicate check of stanzas resent from another session.
+    taken: std::sync::atomic::AtomicU64,
     touched: Mutex<Instant>,
 }
 
@@ -268,10 +271,19 @@ impl Receiver {
         }
         let slot = Arc::new(SessionSlot {
             last: tokio::sync::Mutex::new(None),
+            taken: std::sync::atomic::AtomicU64::new(0),
             touched: Mutex::new(Instant::now()),
         });
         map.insert(id, slot.clone());
         slot
+    }
+
+    /// Whether stanza `seq` of `session` was already taken here.
+    fn already_taken(&self, session: u64, seq: u64) -> bool {
+        self.sessions
+            .lock()
+            .get(&session)
+            .is_some_and(|s| s.taken.load(std::sync::atomic::Ordering::Acquire) >= seq)
     }
 
     async fn read_loop(
@@ -338,6 +350,14 @@ impl Receiver {
                 _ => {}
             }
             let seq = s.seq;
+            if let Some((session, prior_seq)) = s.prior {
+                if self.already_taken(session, prior_seq) {
+                    tracing::debug!(what = "gd_duplicate_dropped", host = %host, session, prior_seq);
+                    *last = Some(seq);
+                    slot.taken.store(seq, std::sync::atomic::Ordering::Release);
+                    continue;
+                }
+            }
             m.messages.inc();
             let transfer = now_us().saturating_sub(s.sent_at_us);
             m.transfer_time.record(transfer);
@@ -353,6 +373,7 @@ impl Receiver {
                 break;
             }
             *last = Some(seq);
+            slot.taken.store(seq, std::sync::atomic::Ordering::Release);
         }
         Ok(*last)
     }

@@ -183,10 +183,13 @@ impl Conn {
             _ => return Vec::new(),
         }
         q.next_seq = 1;
-        self.session.store(rand::random(), Ordering::Relaxed);
+        let old = self.session.swap(rand::random(), Ordering::Relaxed);
         std::mem::take(&mut q.unacked)
             .into_iter()
-            .map(|o| o.env)
+            .map(|mut o| {
+                o.env.prior = Some((old, o.seq));
+                o.env
+            })
             .collect()
     }
 
@@ -591,14 +594,21 @@ impl Outgoing {
                 .flat_map(|p| p.conns.iter())
             {
                 c.closing.store(true, Ordering::Relaxed);
-                let mut taken = c.take_all();
+                let taken = c.take_all();
                 h.release(taken.len());
-                left.append(&mut taken);
+                left.extend(taken.into_iter().map(unsent));
                 c.wake.notify_one();
             }
         }
         left
     }
+}
+
+/// A stanza leaving an outgoing queue without having been delivered gets
+/// back the TTL unit spent when it was queued.
+fn unsent(mut env: Envelope) -> Envelope {
+    env.meta.ttl = env.meta.ttl.saturating_add(1);
+    env
 }
 
 /// Written-but-unacknowledged stanzas of a failing connection wait as long
@@ -747,7 +757,7 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
                 queued.extend(conn.give_up_unacked(ctx.give_up_after));
                 host.release(queued.len());
                 for env in queued {
-                    ctx.bounce.store_or_report(env, Reason::NoRoute);
+                    ctx.bounce.store_or_report(unsent(env), Reason::NoRoute);
                 }
             }
         }
@@ -762,7 +772,7 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
     let left = conn.take_all();
     host.release(left.len());
     for env in left {
-        ctx.bounce.store_or_report(env, Reason::Stopped);
+        ctx.bounce.store_or_report(unsent(env), Reason::Stopped);
     }
 }
 
@@ -795,7 +805,7 @@ async fn io_loop(
         loop {
             let too_large = fill_batch(ctx, host, conn, &mut buf);
             for env in too_large {
-                ctx.bounce.store_or_report(env, Reason::TooLarge);
+                ctx.bounce.store_or_report(unsent(env), Reason::TooLarge);
             }
             if buf.is_empty() {
                 if conn.closing.load(Ordering::Relaxed) {
@@ -837,6 +847,7 @@ fn fill_batch(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, buf: &mut BytesMut)
             message_id: o.env.meta.message_id,
             origin: o.env.meta.origin.to_string(),
             target: o.env.meta.target.as_ref().map(|t| t.to_string()),
+            prior: o.env.prior,
             sender_key: sender_key(&o.env.from, &ctx.global_host),
             from: o.env.from.to_full_string(),
             to: o.env.to.to_full_string(),
