@@ -311,14 +311,14 @@ impl Router {
             self.deliver_here(env);
             return;
         }
-        match self.outgoing.enqueue(&host, self.for_wire(env)).await {
+        match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
             Ok(()) => {}
             Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => self
                 .bounce
-                .store_or_report(self.from_wire(env), Reason::NoRoute),
+                .store_or_report(self.refund_ttl(env), Reason::NoRoute),
             Err(EnqueueError::QueueFull(env)) => self
                 .bounce
-                .store_or_report(self.from_wire(env), Reason::QueueFull),
+                .store_or_report(self.refund_ttl(env), Reason::QueueFull),
         }
     }
 
@@ -336,14 +336,14 @@ impl Router {
         if *host == *self.local_host {
             return Ok(self.local(&env));
         }
-        match self.outgoing.try_enqueue(&host, self.for_wire(env)) {
+        match self.outgoing.try_enqueue(&host, self.spend_ttl(env)) {
             Ok(()) => Ok(RouteResult::Forwarded(host)),
-            Err(EnqueueError::NotReady(env)) => Err(self.from_wire(env)),
+            Err(EnqueueError::NotReady(env)) => Err(self.refund_ttl(env)),
             Err(EnqueueError::Unreachable(env)) => {
-                Ok(self.bounce.store(self.from_wire(env), Reason::NoRoute))
+                Ok(self.bounce.store(self.refund_ttl(env), Reason::NoRoute))
             }
             Err(EnqueueError::QueueFull(env)) => {
-                Ok(self.bounce.store(self.from_wire(env), Reason::QueueFull))
+                Ok(self.bounce.store(self.refund_ttl(env), Reason::QueueFull))
             }
         }
     }
@@ -352,25 +352,25 @@ impl Router {
         if *host == *self.local_host {
             return self.local(&env);
         }
-        match self.outgoing.enqueue(&host, self.for_wire(env)).await {
+        match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
             Ok(()) => RouteResult::Forwarded(host),
             Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
-                self.bounce.store(self.from_wire(env), Reason::NoRoute)
+                self.bounce.store(self.refund_ttl(env), Reason::NoRoute)
             }
             Err(EnqueueError::QueueFull(env)) => {
-                self.bounce.store(self.from_wire(env), Reason::QueueFull)
+                self.bounce.store(self.refund_ttl(env), Reason::QueueFull)
             }
         }
     }
 
     /// The TTL is spent when the stanza leaves.
-    fn for_wire(&self, mut env: Envelope) -> Envelope {
+    fn spend_ttl(&self, mut env: Envelope) -> Envelope {
         env.meta.ttl = env.meta.ttl.saturating_sub(1);
         env
     }
 
-    /// Undo [`Router::for_wire`] for a stanza that never left.
-    fn from_wire(&self, mut env: Envelope) -> Envelope {
+    /// Undo [`Router::spend_ttl`] for a stanza that never left.
+    fn refund_ttl(&self, mut env: Envelope) -> Envelope {
         env.meta.ttl = env.meta.ttl.saturating_add(1);
         env
     }

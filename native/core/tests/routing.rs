@@ -13,7 +13,7 @@ use gd_core::metrics::names;
 use gd_core::routing::{Reason, RouteResult};
 use gd_core::store::embedded::EmbeddedBackend;
 use gd_core::store::Backend;
-use support::dc::{self, host, jid, Dc};
+use support::dc::{self, host, Dc};
 use support::wait_for;
 
 const WAIT: Duration = Duration::from_secs(10);
