@@ -226,15 +226,14 @@ impl Runtime {
     }
 
     /// Public subdomains of every datacenter (disco items).
-    pub async fn public_domains(&self) -> Result<Vec<String>, StoreError> {
+    pub fn public_domains(
+        &self,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static {
         let store = self.inner.store.clone();
-        match self
-            .handle
-            .spawn(async move { store.domains(true).await })
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => Err(StoreError::Unavailable(format!("task failed: {e}"))),
+        let h = self.handle.spawn(async move { store.domains(true).await });
+        async move {
+            h.await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("task failed: {e}"))))
         }
     }
 
