@@ -246,6 +246,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bob@example.com/laptop",
         "(sent while you moved)",
     )?;
+    settle(|| dc2.rt.bounce_queue_size() >= 2);
+    println!(
+        "  dc2 no longer has bob: it holds {} stanza(s) in bounce, retrying with backoff",
+        dc2.rt.bounce_queue_size()
+    );
     dc3.login("bob@example.com/laptop")?;
     dc1.send(
         "alice@example.com/phone",
