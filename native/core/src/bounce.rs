@@ -118,6 +118,11 @@ impl Bounce {
         }
     }
 
+    /// Reports a stanza that no retry can help.
+    pub(crate) fn report(&self, envelope: Envelope, reason: Reason) {
+        self.delivery.undeliverable(envelope, reason);
+    }
+
     fn try_store(&self, mut envelope: Envelope, why: Reason) -> Result<(), (Envelope, Reason)> {
         if !self.cfg.enabled {
             return Err((envelope, why));

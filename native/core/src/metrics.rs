@@ -64,6 +64,7 @@ pub mod names {
         "outgoing.established",
         "outgoing.closed",
         "outgoing.errored",
+        "outgoing.queue_full",
     ];
 
     fn per_host(base: &str, host: &str) -> String {
@@ -104,6 +105,11 @@ pub mod names {
     }
     pub fn outgoing_errored(host: &str) -> String {
         per_host("outgoing.errored", host)
+    }
+    /// Beyond the seed: stanzas refused because the queue towards `host`
+    /// held `connections.outgoing_queue_size` already (they went to bounce).
+    pub fn outgoing_queue_full(host: &str) -> String {
+        per_host("outgoing.queue_full", host)
     }
 }
 

@@ -311,14 +311,31 @@ impl Router {
             self.deliver_here(env);
             return;
         }
-        match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
-            Ok(()) => {}
-            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => self
-                .bounce
-                .store_or_report(self.refund_ttl(env), Reason::NoRoute),
-            Err(EnqueueError::QueueFull(env)) => self
-                .bounce
-                .store_or_report(self.refund_ttl(env), Reason::QueueFull),
+        if let Err(refused) = self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
+            match self.refusal(refused) {
+                (env, why, true) => self.bounce.store_or_report(env, why),
+                (env, why, false) => self.delivery.undeliverable(env, why),
+            }
+        }
+    }
+
+    /// A stanza the outgoing side refused, its TTL refunded, why, and
+    /// whether bounce may retry it (a stanza too large never fits).
+    fn refusal(&self, refused: EnqueueError) -> (Envelope, Reason, bool) {
+        match refused {
+            EnqueueError::NotReady(env) | EnqueueError::Unreachable(env) => {
+                (self.refund_ttl(env), Reason::NoRoute, true)
+            }
+            EnqueueError::QueueFull(env) => (self.refund_ttl(env), Reason::QueueFull, true),
+            EnqueueError::TooLarge(env) => (self.refund_ttl(env), Reason::TooLarge, false),
+        }
+    }
+
+    /// route()'s answer for a refused stanza: held by bounce, or given up.
+    fn after_refusal(&self, refused: EnqueueError) -> RouteResult {
+        match self.refusal(refused) {
+            (env, why, true) => self.bounce.store(env, why),
+            (_, why, false) => RouteResult::Undeliverable(why),
         }
     }
 
@@ -339,12 +356,7 @@ impl Router {
         match self.outgoing.try_enqueue(&host, self.spend_ttl(env)) {
             Ok(()) => Ok(RouteResult::Forwarded(host)),
             Err(EnqueueError::NotReady(env)) => Err(self.refund_ttl(env)),
-            Err(EnqueueError::Unreachable(env)) => {
-                Ok(self.bounce.store(self.refund_ttl(env), Reason::NoRoute))
-            }
-            Err(EnqueueError::QueueFull(env)) => {
-                Ok(self.bounce.store(self.refund_ttl(env), Reason::QueueFull))
-            }
+            Err(refused) => Ok(self.after_refusal(refused)),
         }
     }
 
@@ -354,12 +366,7 @@ impl Router {
         }
         match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
             Ok(()) => RouteResult::Forwarded(host),
-            Err(EnqueueError::NotReady(env)) | Err(EnqueueError::Unreachable(env)) => {
-                self.bounce.store(self.refund_ttl(env), Reason::NoRoute)
-            }
-            Err(EnqueueError::QueueFull(env)) => {
-                self.bounce.store(self.refund_ttl(env), Reason::QueueFull)
-            }
+            Err(refused) => self.after_refusal(refused),
         }
     }
 

@@ -51,6 +51,8 @@ pub enum EnqueueError {
     Unreachable(Envelope),
     /// `connections.outgoing_queue_size` stanzas are already queued for it.
     QueueFull(Envelope),
+    /// Its frame would exceed `connections.max_frame_size`.
+    TooLarge(Envelope),
 }
 
 struct Outbound {
@@ -218,6 +220,8 @@ struct Pools {
 
 struct HostMetrics {
     messages: Arc<Counter>,
+    /// Stanzas refused because the queue towards the host was full.
+    queue_full: Arc<Counter>,
     queue_time: Arc<Histogram>,
     established: Arc<Counter>,
     closed: Arc<Counter>,
@@ -350,6 +354,7 @@ impl Outgoing {
             ready: watch::channel(false).0,
             m: HostMetrics {
                 messages: m.counter(&names::outgoing_messages(&name)),
+                queue_full: m.counter(&names::outgoing_queue_full(&name)),
                 queue_time: m.histogram(&names::outgoing_queue_time(&name)),
                 established: m.counter(&names::outgoing_established(&name)),
                 closed: m.counter(&names::outgoing_closed(&name)),
@@ -391,7 +396,11 @@ impl Outgoing {
     }
 
     fn push(&self, h: &Arc<RemoteHost>, env: Envelope) -> Result<(), EnqueueError> {
+        if frame_len_bound(&env) > self.cfg.connections.max_frame_size {
+            return Err(EnqueueError::TooLarge(env));
+        }
         if h.queued.load(Ordering::Relaxed) >= self.cfg.connections.outgoing_queue_size {
+            h.m.queue_full.inc();
             return Err(EnqueueError::QueueFull(env));
         }
         let conn = {
@@ -604,6 +613,20 @@ impl Outgoing {
     }
 }
 
+/// An upper bound of the frame a stanza becomes: its strings (the sender
+/// key is at most `from`), the fixed fields and the payload.
+fn frame_len_bound(env: &Envelope) -> usize {
+    const FIXED: usize = 64;
+    let target = env.meta.target.as_ref().map_or(0, |t| t.len() + 2);
+    FIXED
+        + target
+        + env.meta.origin.len()
+        + 2 * env.from.as_full_str().len()
+        + env.to.as_full_str().len()
+        + 8
+        + env.payload.len()
+}
+
 /// A stanza leaving an outgoing queue without having been delivered gets
 /// back the TTL unit spent when it was queued.
 fn unsent(mut env: Envelope) -> Envelope {
@@ -805,7 +828,7 @@ async fn io_loop(
         loop {
             let too_large = fill_batch(ctx, host, conn, &mut buf);
             for env in too_large {
-                ctx.bounce.store_or_report(unsent(env), Reason::TooLarge);
+                ctx.bounce.report(unsent(env), Reason::TooLarge);
             }
             if buf.is_empty() {
                 if conn.closing.load(Ordering::Relaxed) {

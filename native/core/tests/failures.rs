@@ -1,0 +1,315 @@
+//! Bad inputs and overload fed to running datacenters: each fails alone,
+//! with a clear error or report, and loses nothing (SPEC 6.2, 6.3, 10, 11.3,
+//! 11.13).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gd_core::config::{Config, TlsConfig};
+use gd_core::jid::Jid;
+use gd_core::mapping::Location;
+use gd_core::metrics::names;
+use gd_core::routing::{Reason, RouteResult};
+use gd_core::runtime::{Runtime, StartError};
+use gd_core::store::embedded::EmbeddedBackend;
+use gd_core::store::Backend;
+use gd_core::transport::frame::{self, Frame, Handshake, PayloadKind, PROTOCOL_VERSION};
+use support::dc::{self, host, jid, Dc, Inbox};
+use support::faultproxy::FaultProxy;
+use support::wait_for;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn shared() -> Arc<dyn Backend> {
+    Arc::new(EmbeddedBackend::new())
+}
+
+/// Reads until the peer closes; true if it did within the deadline.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_foreign_protocol_is_refused_and_counted() {
+    let d = dc::start(dc::config(1), shared());
+    let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_peer(&mut s));
+    assert!(wait_for(WAIT, || d
+        .counter(&names::incoming_errored("unknown"))
+        == 1));
+    // The node is fine: a real DC still gets through.
+    let d2 = dc::start(dc::config(2), d.rt.store().backend().clone());
+    d.login("alice@example.com/a");
+    d2.send("bob@example.com/b", "alice@example.com/a", "still up");
+    assert!(wait_for(WAIT, || d.inbox.delivered_count() == 1));
+}
+
+#[test]
+fn a_malformed_frame_after_the_handshake_closes_that_connection_and_is_counted() {
+    let d = dc::start(dc::config(1), shared());
+    let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
+    let mut out = BytesMut::new();
+    let hello = Frame::Handshake(Handshake {
+        version: PROTOCOL_VERSION,
+        local_host: host(9),
+        node: "evil@node".into(),
+        conn_id: 42,
+    });
+    frame::encode(&hello, &mut out, 1 << 20).unwrap();
+    s.write_all(&out).unwrap();
+    // A stanza frame whose body ends in the middle of its fields.
+    s.write_all(&[0x03, 0, 0, 0, 4, 1, 2, 3, 4]).unwrap();
+    assert!(closed_by_peer(&mut s));
+    assert!(wait_for(WAIT, || d
+        .counter(&names::incoming_errored(&host(9)))
+        == 1));
+    assert_eq!(d.counter(&names::incoming_first_packet(&host(9))), 1);
+    assert_eq!(d.inbox.delivered_count(), 0);
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_it_is_buffered() {
+    let d = dc::start(dc::config(1), shared());
+    let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
+    // A handshake declaring a 4 GiB body: refused on its header alone.
+    s.write_all(&[0x01, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(closed_by_peer(&mut s));
+    assert!(wait_for(WAIT, || d
+        .counter(&names::incoming_errored("unknown"))
+        == 1));
+}
+
+#[test]
+fn a_stanza_larger_than_max_frame_size_is_undeliverable_at_once() {
+    let store = shared();
+    let mut c1 = dc::config(1);
+    c1.connections.max_frame_size = 4096;
+    let dc1 = dc::start(c1, store.clone());
+    let dc2 = dc::start(dc::config(2), store);
+    dc2.login("bob@example.com/b");
+    let big = "x".repeat(8192);
+    let r = dc1.send("alice@example.com/a", "bob@example.com/b", &big);
+    assert_eq!(r, RouteResult::Undeliverable(Reason::TooLarge));
+    assert_eq!(dc1.rt.bounce_queue_size(), 0);
+    // Smaller stanzas still go.
+    assert!(matches!(
+        dc1.send("alice@example.com/a", "bob@example.com/b", "small"),
+        RouteResult::Forwarded(_)
+    ));
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+}
+
+#[test]
+fn a_full_outgoing_queue_bounces_and_everything_arrives_once_it_drains() {
+    let prt = tokio::runtime::Runtime::new().unwrap();
+    let store = shared();
+    let dc2 = dc::start(dc::config(2), store.clone());
+    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
+    let mut c1 = dc::config(1);
+    c1.connections.outgoing_queue_size = 10;
+    c1.bounce.max_retries = 8;
+    c1.global_distrib_addr.insert(
+        host(2),
+        vec![gd_core::config::Endpoint {
+            host: "127.0.0.1".into(),
+            port: proxy.addr().port(),
+        }],
+    );
+    let dc1 = dc::start(c1, store);
+    dc2.login("bob@example.com/b");
+    dc1.send("alice@example.com/a", "bob@example.com/b", "warm-up");
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+
+    proxy.stall(true);
+    let results: Vec<RouteResult> = (0..40)
+        .map(|i| dc1.send("alice@example.com/a", "bob@example.com/b", &format!("q{i}")))
+        .collect();
+    let stored = results
+        .iter()
+        .filter(|r| **r == RouteResult::Stored)
+        .count();
+    assert!(
+        stored >= 30,
+        "only {stored} of 40 went to bounce: {results:?}"
+    );
+    assert!(dc1.counter(&names::outgoing_queue_full(&host(2))) >= 30);
+    proxy.stall(false);
+    assert!(
+        wait_for(Duration::from_secs(30), || dc2.inbox.delivered_count()
+            + dc1.inbox.undeliverable_count()
+            == 41),
+        "delivered {} undeliverable {}",
+        dc2.inbox.delivered_count(),
+        dc1.inbox.undeliverable_count()
+    );
+    let mut got = dc2.inbox.bodies_to("bob@example.com/b");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len() + dc1.inbox.undeliverable_count(), 41);
+}
+
+#[test]
+fn graceful_stop_flushes_or_reports_what_is_in_flight() {
+    let prt = tokio::runtime::Runtime::new().unwrap();
+    let store = shared();
+    let dc2 = dc::start(dc::config(2), store.clone());
+    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
+    let mut c1 = dc::config(1);
+    c1.global_distrib_addr.insert(
+        host(2),
+        vec![gd_core::config::Endpoint {
+            host: "127.0.0.1".into(),
+            port: proxy.addr().port(),
+        }],
+    );
+    let dc1 = dc::start(c1, store);
+    dc2.login("bob@example.com/b");
+    dc1.send("alice@example.com/a", "bob@example.com/b", "warm-up");
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+    proxy.stall(true);
+    for i in 0..20 {
+        dc1.send("alice@example.com/a", "bob@example.com/b", &format!("s{i}"));
+    }
+    let report = dc1.rt.stop(Duration::from_millis(300));
+    assert_eq!(report.undeliverable, 20);
+    assert_eq!(dc1.inbox.undeliverable_count(), 20);
+    assert!(dc1
+        .inbox
+        .undeliverable
+        .lock()
+        .iter()
+        .all(|(_, r)| *r == Reason::Stopped));
+    // Stopping twice is harmless.
+    assert_eq!(dc1.rt.stop(Duration::from_millis(10)).undeliverable, 0);
+}
+
+#[test]
+fn subdomains_are_reachable_listed_by_visibility_and_unregistered() {
+    let store = shared();
+    let dc1 = dc::start(dc::config(1), store.clone());
+    let dc2 = dc::start(dc::config(2), store);
+    dc2.rt
+        .block_on(dc2.rt.register_subhost("muc.example.com", true));
+    dc2.rt
+        .block_on(dc2.rt.register_subhost("hidden.example.com", false));
+
+    let r = dc1.send("alice@example.com/a", "room@muc.example.com/nick", "join");
+    assert_eq!(r, RouteResult::Forwarded(Arc::from(host(2).as_str())));
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+    let r = dc1.send("alice@example.com/a", "hidden.example.com", "ping");
+    assert_eq!(r, RouteResult::Forwarded(Arc::from(host(2).as_str())));
+
+    let public = dc1.rt.block_on(dc1.rt.public_domains()).unwrap();
+    assert!(public.contains(&"muc.example.com".to_owned()), "{public:?}");
+    assert!(
+        !public.contains(&"hidden.example.com".to_owned()),
+        "{public:?}"
+    );
+
+    // A user of dc2's own domain is found through the domain mapping.
+    let r = dc1.send("alice@example.com/a", "admin@dc2.example.com", "hi");
+    assert_eq!(r, RouteResult::Forwarded(Arc::from(host(2).as_str())));
+
+    dc2.rt
+        .block_on(dc2.rt.unregister_subhost("muc.example.com"));
+    dc1.rt.mapping().remove_domain("muc.example.com");
+    let loc = dc1
+        .rt
+        .block_on(dc1.rt.lookup(&jid("room@muc.example.com")))
+        .unwrap();
+    assert_eq!(loc, Location::Unknown);
+    let public = dc1.rt.block_on(dc1.rt.public_domains()).unwrap();
+    assert!(!public.contains(&"muc.example.com".to_owned()));
+}
+
+#[test]
+fn a_runtime_with_bad_tls_files_does_not_start_and_names_the_option() {
+    let mut c = dc::config(1);
+    c.connections.tls = Some(TlsConfig {
+        certfile: "/nonexistent/dc1.crt".into(),
+        keyfile: None,
+        cacertfile: "/nonexistent/ca.crt".into(),
+        ciphers: None,
+    });
+    let err = Runtime::start(c, Arc::new(Inbox::default()))
+        .err()
+        .expect("start must fail");
+    assert!(matches!(err, StartError::Tls(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("connections.tls.certfile: /nonexistent/dc1.crt"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_config_fails_with_a_clear_error() {
+    let err = Config::from_toml_str("global_host = \"example.com\"").unwrap_err();
+    assert_eq!(err.to_string(), "local_host: required option missing");
+    let err = Config::from_toml_str("global_host = \"example.com\"\nlocal_host = \"EXAMPLE.com\"")
+        .unwrap_err();
+    assert!(err.to_string().starts_with("local_host: "), "{err}");
+    let err = Config::from_json_str(
+        r#"{"global_host": "example.com", "local_host": "dc1.example.com",
+            "connections": {"endpoints": [{"host": "127.0.0.1", "port": 70000}]}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.path(), "connections.endpoints[0].port");
+}
+
+#[test]
+fn a_listen_port_in_use_fails_start_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut c = dc::config(1);
+    c.connections.endpoints = vec![gd_core::config::Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+    }];
+    let err = Runtime::start(c, Arc::new(Inbox::default()))
+        .err()
+        .expect("start must fail");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_never_panics_on_odd_but_valid_addresses() {
+    let d: Dc = dc::start(dc::config(1), shared());
+    for (from, to) in [
+        ("example.com", "example.com"),
+        ("a@example.com", "dc1.example.com"),
+        ("x@other.org/r", "y@elsewhere.net"),
+        ("a@example.com/r", "a@example.com"),
+    ] {
+        let env = d.rt.envelope(
+            Jid::parse(from).unwrap(),
+            Jid::parse(to).unwrap(),
+            PayloadKind::Other,
+            Bytes::new(),
+        );
+        let r = d.rt.block_on(d.rt.route(env));
+        assert!(
+            !matches!(r, RouteResult::Forwarded(_)),
+            "{from} -> {to}: {r:?}"
+        );
+    }
+}
