@@ -107,10 +107,14 @@ impl RedisBackend {
         &self.target
     }
 
-    async fn connection(&self, slot: &Slot) -> Result<(u64, MultiplexedConnection), StoreError> {
+    /// The slot's connection, and whether it was dialled just now.
+    async fn connection(
+        &self,
+        slot: &Slot,
+    ) -> Result<(u64, MultiplexedConnection, bool), StoreError> {
         let mut guard = slot.conn.lock().await;
         if let Some((gen, conn)) = guard.as_ref() {
-            return Ok((*gen, conn.clone()));
+            return Ok((*gen, conn.clone(), false));
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -125,7 +129,7 @@ impl RedisBackend {
         let gen = self.generation.fetch_add(1, Ordering::Relaxed);
         *guard = Some((gen, conn.clone()));
         tracing::debug!(what = "redis_connected", target = %self.target, generation = gen);
-        Ok((gen, conn))
+        Ok((gen, conn, true))
     }
 
     async fn discard(&self, slot: &Slot, gen: u64) {
@@ -138,23 +142,43 @@ impl RedisBackend {
     /// Runs `pipe` (of `count` commands) on the next pooled connection.
     /// Server errors come back as values; any `Err` is a transport failure,
     /// after which the connection is discarded.
+    ///
+    /// A connection kept from before may have died unnoticed (the server
+    /// restarted, a proxy dropped it): when it fails at the socket level the
+    /// batch is sent once more on a fresh connection. Every command of the
+    /// dialect is idempotent, so a batch that did reach the server before
+    /// the failure is safe to repeat.
     async fn query(&self, pipe: &redis::Pipeline, count: usize) -> Result<Vec<Value>, StoreError> {
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[i];
-        let (gen, mut conn) = self.connection(slot).await?;
-        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn));
-        let failure = match sent.await {
-            Ok(Ok(values)) if values.len() == count => return Ok(values),
-            Ok(Ok(values)) => format!("expected {count} replies, got {}", values.len()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no reply within {:?}", self.timeout),
-        };
-        self.discard(slot, gen).await;
+        loop {
+            let (gen, mut conn, fresh) = self.connection(slot).await?;
+            let sent =
+                tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn));
+            let (failure, stale) = match sent.await {
+                Ok(Ok(values)) if values.len() == count => return Ok(values),
+                Ok(Ok(values)) => (
+                    format!("expected {count} replies, got {}", values.len()),
+                    false,
+                ),
+                Ok(Err(e)) => (e.to_string(), e.is_io_error() || e.is_connection_dropped()),
+                Err(_) => (format!("no reply within {:?}", self.timeout), false),
+            };
+            self.discard(slot, gen).await;
+            if stale && !fresh {
+                tracing::debug!(what = "redis_stale_connection", target = %self.target, reason = %failure);
+                continue;
+            }
+            return Err(self.failed(failure));
+        }
+    }
+
+    fn failed(&self, failure: String) -> StoreError {
         tracing::warn!(what = "redis_batch_failed", target = %self.target, reason = %failure);
-        Err(StoreError::Unavailable(format!(
+        StoreError::Unavailable(format!(
             "redis at {}: {failure}; will reconnect on the next batch",
             self.target
-        )))
+        ))
     }
 }
 
