@@ -175,27 +175,28 @@ impl Runtime {
         self.inner.bounce.len()
     }
 
+    /// Starts `fut` on this runtime's threads now (so the work happens even
+    /// if the returned future is dropped) and returns its outcome; `stopped`
+    /// stands in when the runtime went away first.
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+        stopped: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send + 'static {
+        let h = self.handle.spawn(fut);
+        async move { h.await.unwrap_or_else(|_| stopped()) }
+    }
+
     /// A user's session opened here: the newest login wins (plain SET).
     pub fn session_opened(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        let jid = jid.clone();
-        let fut = async move { inner.session_opened(&jid).await };
-        let h = self.handle.spawn(fut);
-        async move {
-            let _ = h.await;
-        }
+        let (inner, jid) = (self.inner.clone(), jid.clone());
+        self.on_runtime(async move { inner.session_opened(&jid).await }, || ())
     }
 
     /// A user's session closed here: its keys are removed where still ours.
     pub fn session_closed(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        let jid = jid.clone();
-        let h = self
-            .handle
-            .spawn(async move { inner.session_closed(&jid).await });
-        async move {
-            let _ = h.await;
-        }
+        let (inner, jid) = (self.inner.clone(), jid.clone());
+        self.on_runtime(async move { inner.session_closed(&jid).await }, || ())
     }
 
     /// A component/MUC subdomain served here; `public` lists it in disco.
@@ -204,25 +205,19 @@ impl Runtime {
         domain: &str,
         public: bool,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        let domain = domain.to_owned();
-        let h = self
-            .handle
-            .spawn(async move { inner.register_subhost(&domain, public).await });
-        async move {
-            let _ = h.await;
-        }
+        let (inner, domain) = (self.inner.clone(), domain.to_owned());
+        self.on_runtime(
+            async move { inner.register_subhost(&domain, public).await },
+            || (),
+        )
     }
 
     pub fn unregister_subhost(&self, domain: &str) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        let domain = domain.to_owned();
-        let h = self
-            .handle
-            .spawn(async move { inner.unregister_subhost(&domain).await });
-        async move {
-            let _ = h.await;
-        }
+        let (inner, domain) = (self.inner.clone(), domain.to_owned());
+        self.on_runtime(
+            async move { inner.unregister_subhost(&domain).await },
+            || (),
+        )
     }
 
     /// Public subdomains of every datacenter (disco items).
@@ -230,11 +225,7 @@ impl Runtime {
         &self,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static {
         let store = self.inner.store.clone();
-        let h = self.handle.spawn(async move { store.domains(true).await });
-        async move {
-            h.await
-                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("task failed: {e}"))))
-        }
+        self.on_runtime(async move { store.domains(true).await }, stopped_store)
     }
 
     /// Metadata for a stanza entering global routing here.
@@ -260,11 +251,11 @@ impl Runtime {
             Err(env) => env,
         };
         let router = self.inner.router.clone();
-        let h = self.handle.spawn(async move { router.route(env).await });
-        futures::future::Either::Right(async move {
-            h.await
-                .unwrap_or(RouteResult::Undeliverable(Reason::Stopped))
-        })
+        futures::future::Either::Right(
+            self.on_runtime(async move { router.route(env).await }, || {
+                RouteResult::Undeliverable(Reason::Stopped)
+            }),
+        )
     }
 
     /// Where `to` is, per the lookup rules.
@@ -272,33 +263,25 @@ impl Runtime {
         &self,
         to: &Jid,
     ) -> impl Future<Output = Result<Location, StoreError>> + Send + 'static {
-        let mapping = self.inner.mapping.clone();
-        let to = to.clone();
-        let h = self.handle.spawn(async move { mapping.lookup(&to).await });
-        async move {
-            h.await
-                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("task failed: {e}"))))
-        }
+        let (mapping, to) = (self.inner.mapping.clone(), to.clone());
+        self.on_runtime(async move { mapping.lookup(&to).await }, stopped_store)
     }
 
     /// Rewrites everything this node owns now (the periodic refresh, at once).
     pub fn refresh_now(&self) -> impl Future<Output = ()> + Send + 'static {
         let refresher = self.inner.refresher.clone();
-        let h = self
-            .handle
-            .spawn(async move { refresher.run_once(false).await });
-        async move {
-            let _ = h.await;
-        }
+        self.on_runtime(
+            async move {
+                refresher.run_once(false).await;
+            },
+            || (),
+        )
     }
 
     /// Reads `hosts` now (the periodic hosts refresh, at once).
     pub fn refresh_hosts_now(&self) -> impl Future<Output = ()> + Send + 'static {
         let out = self.inner.outgoing.clone();
-        let h = self.handle.spawn(async move { out.refresh_hosts().await });
-        async move {
-            let _ = h.await;
-        }
+        self.on_runtime(async move { out.refresh_hosts().await }, || ())
     }
 
     /// Graceful stop: stop accepting and refreshing, flush what is queued
@@ -342,6 +325,10 @@ impl Drop for Runtime {
             }
         }
     }
+}
+
+fn stopped_store<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("the runtime has stopped".into()))
 }
 
 async fn build(

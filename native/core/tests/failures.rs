@@ -21,7 +21,6 @@ use gd_core::store::embedded::EmbeddedBackend;
 use gd_core::store::Backend;
 use gd_core::transport::frame::{self, Frame, Handshake, PayloadKind, PROTOCOL_VERSION};
 use support::dc::{self, host, jid, Dc, Inbox};
-use support::faultproxy::FaultProxy;
 use support::wait_for;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -119,20 +118,10 @@ fn a_stanza_larger_than_max_frame_size_is_undeliverable_at_once() {
 fn a_full_outgoing_queue_bounces_and_everything_arrives_once_it_drains() {
     let prt = tokio::runtime::Runtime::new().unwrap();
     let store = shared();
-    let dc2 = dc::start(dc::config(2), store.clone());
-    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
     let mut c1 = dc::config(1);
     c1.connections.outgoing_queue_size = 10;
     c1.bounce.max_retries = 8;
-    c1.global_distrib_addr.insert(
-        host(2),
-        vec![gd_core::config::Endpoint {
-            host: "127.0.0.1".into(),
-            port: proxy.addr().port(),
-        }],
-    );
-    let dc1 = dc::start(c1, store);
-    dc2.login("bob@example.com/b");
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, c1);
     dc1.send("alice@example.com/a", "bob@example.com/b", "warm-up");
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
 
@@ -168,18 +157,7 @@ fn a_full_outgoing_queue_bounces_and_everything_arrives_once_it_drains() {
 fn graceful_stop_flushes_or_reports_what_is_in_flight() {
     let prt = tokio::runtime::Runtime::new().unwrap();
     let store = shared();
-    let dc2 = dc::start(dc::config(2), store.clone());
-    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
-    let mut c1 = dc::config(1);
-    c1.global_distrib_addr.insert(
-        host(2),
-        vec![gd_core::config::Endpoint {
-            host: "127.0.0.1".into(),
-            port: proxy.addr().port(),
-        }],
-    );
-    let dc1 = dc::start(c1, store);
-    dc2.login("bob@example.com/b");
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
     dc1.send("alice@example.com/a", "bob@example.com/b", "warm-up");
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
     proxy.stall(true);

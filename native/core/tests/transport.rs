@@ -38,27 +38,11 @@ fn proxy_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// dc1 reaches dc2 only through a proxy (global_distrib_addr override).
-fn linked_through_proxy(
-    store: Arc<dyn Backend>,
-    prt: &tokio::runtime::Runtime,
-) -> (Dc, Dc, FaultProxy) {
-    let dc2 = dc::start(dc::config(2), store.clone());
-    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
-    let mut c1 = dc::config(1);
-    c1.global_distrib_addr
-        .insert(host(2), vec![ep(proxy.addr())]);
-    let dc1 = dc::start(c1, store);
-    dc1.login("alice@example.com/a");
-    dc2.login("bob@example.com/b");
-    (dc1, dc2, proxy)
-}
-
 #[test]
 fn global_distrib_addr_override_is_used() {
     let prt = proxy_rt();
     let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
-    let (dc1, dc2, proxy) = linked_through_proxy(store, &prt);
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
     assert!(matches!(
         dc1.send("alice@example.com/a", "bob@example.com/b", "via override"),
         RouteResult::Forwarded(_)
@@ -98,7 +82,7 @@ fn advertised_endpoints_override_listen_endpoints() {
 fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
     let prt = proxy_rt();
     let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
-    let (dc1, dc2, proxy) = linked_through_proxy(store, &prt);
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
     dc1.send("alice@example.com/a", "bob@example.com/b", "before");
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
 
@@ -146,7 +130,7 @@ fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
 fn ten_thousand_stanzas_across_a_cut_and_restored_link_add_up() {
     let prt = proxy_rt();
     let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
-    let (dc1, dc2, proxy) = linked_through_proxy(store, &prt);
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
     let mut sent = Vec::with_capacity(10_000);
     for i in 0..10_000 {
         if i == 3000 {

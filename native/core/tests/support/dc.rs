@@ -13,6 +13,8 @@ use gd_core::store::Backend;
 use gd_core::transport::frame::PayloadKind;
 use parking_lot::Mutex;
 
+use super::faultproxy::FaultProxy;
+
 pub const GLOBAL: &str = "example.com";
 
 /// The host: records deliveries and undeliverable reports.
@@ -134,4 +136,27 @@ impl Dc {
             self.rt.local_host()
         );
     }
+}
+
+/// dc2, and dc1 (configured by `c1`) reaching dc2 only through a fault
+/// proxy (its `global_distrib_addr` override); alice is at dc1, bob at dc2.
+/// The proxy runs on `prt`, apart from both DCs.
+pub fn linked_through_proxy(
+    store: Arc<dyn Backend>,
+    prt: &tokio::runtime::Runtime,
+    mut c1: Config,
+) -> (Dc, Dc, FaultProxy) {
+    let dc2 = start(config(2), store.clone());
+    let proxy = prt.block_on(FaultProxy::start(dc2.rt.listen_addrs()[0]));
+    c1.global_distrib_addr.insert(
+        host(2),
+        vec![Endpoint {
+            host: "127.0.0.1".into(),
+            port: proxy.addr().port(),
+        }],
+    );
+    let dc1 = start(c1, store);
+    dc1.login("alice@example.com/a");
+    dc2.login("bob@example.com/b");
+    (dc1, dc2, proxy)
 }
