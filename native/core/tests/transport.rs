@@ -269,7 +269,7 @@ fn mutual_tls_works_and_a_foreign_ca_is_refused() {
     let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
     let dc1 = tls_dc(1, &ca, dir.path(), store.clone());
     let dc2 = tls_dc(2, &ca, dir.path(), store.clone());
-    let dc3 = tls_dc(3, &rogue, dir.path(), store);
+    let dc3 = tls_dc(3, &rogue, dir.path(), store.clone());
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     dc3.login("mallory@example.com/m");
@@ -282,9 +282,15 @@ fn mutual_tls_works_and_a_foreign_ca_is_refused() {
 
     dc3.send("mallory@example.com/m", "bob@example.com/b", "forged");
     assert!(wait_for(WAIT, || dc3.inbox.undeliverable_count() == 1));
-    assert!(dc2.counter(&names::incoming_errored("unknown")) >= 1);
-    assert!(!dc2
-        .inbox
-        .bodies_to("bob@example.com/b")
-        .contains(&"forged".to_owned()));
+    let refused = dc2.counter(&names::incoming_errored("unknown"));
+    assert!(refused >= 1);
+
+    // A DC without TLS cannot talk to one that requires it either.
+    let plain = dc::start(dc::config(4), store);
+    plain.login("eve@example.com/e");
+    plain.send("eve@example.com/e", "bob@example.com/b", "in clear");
+    assert!(wait_for(WAIT, || plain.inbox.undeliverable_count() == 1));
+    assert!(dc2.counter(&names::incoming_errored("unknown")) > refused);
+    let got = dc2.inbox.bodies_to("bob@example.com/b");
+    assert!(!got.contains(&"forged".to_owned()) && !got.contains(&"in clear".to_owned()));
 }
