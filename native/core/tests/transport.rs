@@ -286,11 +286,25 @@ fn mutual_tls_works_and_a_foreign_ca_is_refused() {
     assert!(refused >= 1);
 
     // A DC without TLS cannot talk to one that requires it either.
-    let plain = dc::start(dc::config(4), store);
+    let plain = dc::start(dc::config(4), store.clone());
     plain.login("eve@example.com/e");
     plain.send("eve@example.com/e", "bob@example.com/b", "in clear");
     assert!(wait_for(WAIT, || plain.inbox.undeliverable_count() == 1));
     assert!(dc2.counter(&names::incoming_errored("unknown")) > refused);
+    // A DC certified by the right CA, but for another DC's name.
+    let d5 = dir.path().join("dc5");
+    std::fs::create_dir_all(&d5).unwrap();
+    let mut c5 = dc::config(5);
+    c5.connections.tls = Some(ca.write_tls_config(&d5, &host(1)));
+    let impostor = dc::start(c5, store);
+    impostor.login("trudy@example.com/t");
+    let before = dc2.counter(&names::incoming_errored("unknown"));
+    impostor.send("trudy@example.com/t", "bob@example.com/b", "impersonated");
+    assert!(wait_for(WAIT, || impostor.inbox.undeliverable_count() == 1));
+    assert!(dc2.counter(&names::incoming_errored("unknown")) > before);
+
     let got = dc2.inbox.bodies_to("bob@example.com/b");
-    assert!(!got.contains(&"forged".to_owned()) && !got.contains(&"in clear".to_owned()));
+    for bad in ["forged", "in clear", "impersonated"] {
+        assert!(!got.contains(&bad.to_owned()), "{bad} got through");
+    }
 }

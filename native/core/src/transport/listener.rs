@@ -28,7 +28,7 @@ use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
 use crate::transport::frame::{self, Ack, Frame, HandshakeAck, PayloadKind};
 use crate::transport::outgoing::{frame_name, read_frame};
-use crate::transport::tls::TlsSetup;
+use crate::transport::tls::{peer_dns_names, TlsSetup};
 use crate::transport::{BoxedIo, TransportError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,10 +81,10 @@ pub(crate) struct Receiver {
     max_frame: usize,
     metrics: Arc<Metrics>,
     established: Arc<Counter>,
-    /// Sending connection's session id → how far it got. Shared by every
+    /// (sending DC, its connection's session id) → how far it got. Shared by every
     /// connection of the session: after a cut, the old connection may still
     /// be draining while the resumed one starts.
-    sessions: Mutex<HashMap<u64, Arc<SessionSlot>>>,
+    sessions: Mutex<HashMap<(Arc<str>, u64), Arc<SessionSlot>>>,
     shards: Vec<mpsc::Sender<Incoming>>,
     stop: watch::Receiver<bool>,
 }
@@ -222,9 +222,14 @@ impl Receiver {
         tcp: TcpStream,
         buf: &mut BytesMut,
     ) -> Result<(BoxedIo, frame::Handshake), TransportError> {
-        let mut io: BoxedIo = match &self.tls {
-            Some(tls) => Box::new(tls.acceptor().accept(tcp).await?),
-            None => Box::new(tcp),
+        // With TLS, the names the peer's verified certificate carries.
+        let (mut io, certified): (BoxedIo, Option<Vec<String>>) = match &self.tls {
+            Some(tls) => {
+                let s = tls.acceptor().accept(tcp).await?;
+                let names = peer_dns_names(s.get_ref().1);
+                (Box::new(s), Some(names))
+            }
+            None => (Box::new(tcp), None),
         };
         let hello = match read_frame(&mut io, buf, self.max_frame).await? {
             Some(Frame::Handshake(h)) => h,
@@ -236,8 +241,25 @@ impl Receiver {
             }
             None => return Err(TransportError::Closed),
         };
+        if let Some(names) = certified {
+            // A certified DC must not speak for another one (its stanzas
+            // feed origin hints and sequence sessions of that DC).
+            if !names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&hello.local_host))
+            {
+                return Err(TransportError::Protocol(format!(
+                    "peer says it is {} but its certificate names {names:?}",
+                    hello.local_host
+                )));
+            }
+        }
         let version = frame::negotiate(hello.version)?;
-        let resume_seq = *self.session(hello.conn_id).last.lock().await;
+        let resume_seq = *self
+            .session(&hello.local_host, hello.conn_id)
+            .last
+            .lock()
+            .await;
         let ack = Frame::HandshakeAck(HandshakeAck {
             version,
             local_host: self.local_host.to_string(),
@@ -254,9 +276,10 @@ impl Receiver {
     /// The shared state of a session, created on first sight. The map is
     /// bounded: beyond [`MAX_SESSIONS`] the least recently used is forgotten
     /// (its sender, if it ever resumes, resends what it has unacknowledged).
-    fn session(&self, id: u64) -> Arc<SessionSlot> {
+    fn session(&self, host: &str, id: u64) -> Arc<SessionSlot> {
         let mut map = self.sessions.lock();
-        if let Some(slot) = map.get(&id) {
+        let key = (Arc::<str>::from(host), id);
+        if let Some(slot) = map.get(&key) {
             *slot.touched.lock() = Instant::now();
             return slot.clone();
         }
@@ -264,7 +287,7 @@ impl Receiver {
             if let Some(oldest) = map
                 .iter()
                 .min_by_key(|(_, slot)| *slot.touched.lock())
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.clone())
             {
                 map.remove(&oldest);
             }
@@ -274,15 +297,15 @@ impl Receiver {
             taken: std::sync::atomic::AtomicU64::new(0),
             touched: Mutex::new(Instant::now()),
         });
-        map.insert(id, slot.clone());
+        map.insert(key, slot.clone());
         slot
     }
 
     /// Whether stanza `seq` of `session` was already taken here.
-    fn already_taken(&self, session: u64, seq: u64) -> bool {
+    fn already_taken(&self, host: &Arc<str>, session: u64, seq: u64) -> bool {
         self.sessions
             .lock()
-            .get(&session)
+            .get(&(host.clone(), session))
             .is_some_and(|s| s.taken.load(std::sync::atomic::Ordering::Acquire) >= seq)
     }
 
@@ -294,7 +317,7 @@ impl Receiver {
         session: u64,
         m: &PeerMetrics,
     ) -> Result<(), TransportError> {
-        let slot = self.session(session);
+        let slot = self.session(host, session);
         let mut acked = *slot.last.lock().await;
         let mut out = BytesMut::with_capacity(64);
         let mut stop = self.stop.clone();
@@ -351,7 +374,7 @@ impl Receiver {
             }
             let seq = s.seq;
             if let Some((session, prior_seq)) = s.prior {
-                if self.already_taken(session, prior_seq) {
+                if self.already_taken(host, session, prior_seq) {
                     tracing::debug!(what = "gd_duplicate_dropped", host = %host, session, prior_seq);
                     *last = Some(seq);
                     slot.taken.store(seq, std::sync::atomic::Ordering::Release);
