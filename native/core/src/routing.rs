@@ -147,12 +147,13 @@ pub trait Delivery: Send + Sync + 'static {
 }
 
 /// The ordering key: the sender's full JID if it is in the global domain,
-/// otherwise its domain (components, other servers).
-pub fn sender_key(from: &Jid, global_host: &str) -> String {
+/// otherwise its domain (components, other servers). Borrowed: it is
+/// computed for every stanza sent.
+pub fn sender_key<'a>(from: &'a Jid, global_host: &str) -> &'a str {
     if from.domain() == global_host {
-        from.to_full_string()
+        from.as_full_str()
     } else {
-        from.domain().to_owned()
+        from.domain()
     }
 }
 

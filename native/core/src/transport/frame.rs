@@ -119,6 +119,44 @@ pub struct Stanza {
     pub payload: Bytes,
 }
 
+/// A stanza to encode, borrowing every field: the writer encodes straight
+/// from its queued stanzas without building owned strings per frame.
+#[derive(Debug, Clone, Copy)]
+pub struct StanzaRef<'a> {
+    pub seq: u64,
+    pub sent_at_us: u64,
+    pub ttl: u8,
+    pub message_id: u128,
+    pub origin: &'a str,
+    pub target: Option<&'a str>,
+    pub prior: Option<(u64, u64)>,
+    pub sender_key: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub kind: PayloadKind,
+    pub payload: &'a [u8],
+}
+
+impl Stanza {
+    /// The borrowed view [`encode_stanza_ref`] takes.
+    pub fn view(&self) -> StanzaRef<'_> {
+        StanzaRef {
+            seq: self.seq,
+            sent_at_us: self.sent_at_us,
+            ttl: self.ttl,
+            message_id: self.message_id,
+            origin: &self.origin,
+            target: self.target.as_deref(),
+            prior: self.prior,
+            sender_key: &self.sender_key,
+            from: &self.from,
+            to: &self.to,
+            kind: self.kind,
+            payload: &self.payload,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Handshake(Handshake),
@@ -240,8 +278,16 @@ pub fn encode_stanza(
     dst: &mut BytesMut,
     max_frame_size: usize,
 ) -> Result<(), FrameError> {
-    validate_stanza(stanza)?;
-    let s = stanza;
+    encode_stanza_ref(&stanza.view(), dst, max_frame_size)
+}
+
+/// [`encode_stanza`] from borrowed fields.
+pub fn encode_stanza_ref(
+    s: &StanzaRef<'_>,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), FrameError> {
+    validate_stanza(s)?;
     put_frame(
         dst,
         TYPE_STANZA,
@@ -252,8 +298,8 @@ pub fn encode_stanza(
             dst.put_u64(s.sent_at_us);
             dst.put_u8(s.ttl);
             dst.put_u128(s.message_id);
-            put_str(dst, &s.origin);
-            match &s.target {
+            put_str(dst, s.origin);
+            match s.target {
                 None => dst.put_u8(TARGET_ABSENT),
                 Some(t) => {
                     dst.put_u8(TARGET_PRESENT);
@@ -268,11 +314,11 @@ pub fn encode_stanza(
                     dst.put_u64(seq);
                 }
             }
-            put_str(dst, &s.sender_key);
-            put_str(dst, &s.from);
-            put_str(dst, &s.to);
+            put_str(dst, s.sender_key);
+            put_str(dst, s.from);
+            put_str(dst, s.to);
             dst.put_u8(s.kind as u8);
-            dst.put_slice(&s.payload);
+            dst.put_slice(s.payload);
         },
     )
 }
@@ -556,22 +602,22 @@ fn body_len(frame: &Frame) -> usize {
                 + 1
                 + if a.resume_seq.is_some() { 8 } else { 0 }
         }
-        Frame::Stanza(s) => stanza_body_len(s),
+        Frame::Stanza(s) => stanza_body_len(&s.view()),
         Frame::Ack(_) => 8,
     }
 }
 
-fn stanza_body_len(s: &Stanza) -> usize {
-    let target = s.target.as_deref().map_or(0, str_len);
+fn stanza_body_len(s: &StanzaRef<'_>) -> usize {
+    let target = s.target.map_or(0, str_len);
     let head = (8 + 8 + 1 + 16)
-        + str_len(&s.origin)
+        + str_len(s.origin)
         + 1
         + target
         + 1
         + if s.prior.is_some() { 16 } else { 0 }
-        + str_len(&s.sender_key)
-        + str_len(&s.from)
-        + str_len(&s.to)
+        + str_len(s.sender_key)
+        + str_len(s.from)
+        + str_len(s.to)
         + 1;
     head.saturating_add(s.payload.len())
 }
@@ -594,19 +640,19 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
             check_str("handshake_ack.local_host", &a.local_host)?;
             check_str("handshake_ack.node", &a.node)
         }
-        Frame::Stanza(s) => validate_stanza(s),
+        Frame::Stanza(s) => validate_stanza(&s.view()),
         Frame::Ack(_) => Ok(()),
     }
 }
 
-fn validate_stanza(s: &Stanza) -> Result<(), FrameError> {
-    check_str("stanza.origin", &s.origin)?;
-    if let Some(t) = &s.target {
+fn validate_stanza(s: &StanzaRef<'_>) -> Result<(), FrameError> {
+    check_str("stanza.origin", s.origin)?;
+    if let Some(t) = s.target {
         check_str("stanza.target", t)?;
     }
-    check_str("stanza.sender_key", &s.sender_key)?;
-    check_str("stanza.from", &s.from)?;
-    check_str("stanza.to", &s.to)
+    check_str("stanza.sender_key", s.sender_key)?;
+    check_str("stanza.from", s.from)?;
+    check_str("stanza.to", s.to)
 }
 
 fn check_str(field: &'static str, s: &str) -> Result<(), FrameError> {

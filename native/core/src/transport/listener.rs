@@ -84,10 +84,13 @@ pub(crate) struct Receiver {
     /// (sending DC, its connection's session id) → how far it got. Shared by every
     /// connection of the session: after a cut, the old connection may still
     /// be draining while the resumed one starts.
-    sessions: Mutex<HashMap<(Arc<str>, u64), Arc<SessionSlot>>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<SessionSlot>>>,
     shards: Vec<mpsc::Sender<Incoming>>,
     stop: watch::Receiver<bool>,
 }
+
+/// (sending DC, session id chosen by its connection slot).
+type SessionKey = (Arc<str>, u64);
 
 /// Sequence state of one sending session.
 struct SessionSlot {

@@ -410,7 +410,7 @@ impl Outgoing {
                 return Err(EnqueueError::Unreachable(env));
             }
             let key = sender_key(&env.from, &self.global_host);
-            let start = (key_hash(&key) % n as u64) as usize;
+            let start = (key_hash(key) % n as u64) as usize;
             // The bound connection, or while it is failing the next live one.
             match (0..n)
                 .map(|i| &pools.conns[(start + i) % n])
@@ -863,21 +863,22 @@ fn fill_batch(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, buf: &mut BytesMut)
             o.seq = q.next_seq;
             q.next_seq += 1;
         }
-        let stanza = frame::Stanza {
+        let env = &o.env;
+        let stanza = frame::StanzaRef {
             seq: o.seq,
             sent_at_us,
-            ttl: o.env.meta.ttl,
-            message_id: o.env.meta.message_id,
-            origin: o.env.meta.origin.to_string(),
-            target: o.env.meta.target.as_ref().map(|t| t.to_string()),
-            prior: o.env.prior,
-            sender_key: sender_key(&o.env.from, &ctx.global_host),
-            from: o.env.from.to_full_string(),
-            to: o.env.to.to_full_string(),
-            kind: o.env.kind,
-            payload: o.env.payload.clone(),
+            ttl: env.meta.ttl,
+            message_id: env.meta.message_id,
+            origin: &env.meta.origin,
+            target: env.meta.target.as_deref(),
+            prior: env.prior,
+            sender_key: sender_key(&env.from, &ctx.global_host),
+            from: env.from.as_full_str(),
+            to: env.to.as_full_str(),
+            kind: env.kind,
+            payload: &env.payload,
         };
-        match frame::encode(&Frame::Stanza(stanza), buf, ctx.max_frame) {
+        match frame::encode_stanza_ref(&stanza, buf, ctx.max_frame) {
             Ok(()) => {
                 host.m.messages.inc();
                 host.m
