@@ -144,12 +144,14 @@ fn call(log: LogFn, ud: UserData, level: gd_log_level, message: &str) {
 /// The sink for an event at `level` on this thread, if any.
 fn sink_for(level: u8) -> Option<(LogFn, UserData)> {
     let current = CURRENT.with(|c| c.get());
-    let thread = std::thread::current();
-    let host = thread.name().and_then(|n| n.strip_prefix("gd-"));
     let s = sinks();
     let sink = if current != 0 {
         s.iter().find(|s| s.id == current)
     } else {
+        // Only runtime threads get here in practice: they are Rust threads
+        // whose handle exists already (a C thread would get one allocated).
+        let thread = std::thread::current();
+        let host = thread.name().and_then(|n| n.strip_prefix("gd-"));
         host.and_then(|h| s.iter().find(|s| s.local_host == h))
     }?;
     (level <= sink.level).then_some((sink.log, sink.user_data))
@@ -207,8 +209,13 @@ impl Subscriber for Router {
         };
         let mut text = Text::default();
         event.record(&mut text);
-        let line = format!("{}: {}{}", meta.target(), text.message, text.fields);
-        call(log, ud, level_enum(level), line.trim_end());
+        let mut line = format!("{}:", meta.target());
+        if !text.message.is_empty() {
+            line.push(' ');
+            line.push_str(&text.message);
+        }
+        line.push_str(&text.fields);
+        call(log, ud, level_enum(level), &line);
     }
 
     fn enter(&self, _: &Id) {}
