@@ -230,3 +230,26 @@ pub(crate) fn reason_cstr(r: Reason) -> *const c_char {
     };
     s.as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn reasons_match_the_core_names() {
+        for r in [
+            Reason::RetriesExhausted,
+            Reason::NoRoute,
+            Reason::BounceFull,
+            Reason::QueueFull,
+            Reason::Stopped,
+            Reason::StoreUnavailable,
+            Reason::TooLarge,
+        ] {
+            // SAFETY: reason_cstr returns static NUL-terminated strings.
+            let c = unsafe { CStr::from_ptr(reason_cstr(r)) };
+            assert_eq!(c.to_str().unwrap(), r.as_str());
+        }
+    }
+}

@@ -100,3 +100,33 @@ pub extern "C" fn gd_status_name(status: u32) -> *const c_char {
         .unwrap_or(&c"GD_STATUS_UNKNOWN")
         .as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn status_names_follow_the_enum_values() {
+        let name = |v: u32| {
+            // SAFETY: gd_status_name returns static NUL-terminated strings.
+            unsafe { CStr::from_ptr(gd_status_name(v)) }
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(name(gd_status::Ok as u32), "GD_STATUS_OK");
+        assert_eq!(name(gd_status::Config as u32), "GD_STATUS_CONFIG");
+        assert_eq!(name(gd_status::Panic as u32), "GD_STATUS_PANIC");
+        assert_eq!(name(gd_status::Panic as u32 + 1), "GD_STATUS_UNKNOWN");
+    }
+
+    #[test]
+    fn panics_become_a_status_and_a_message() {
+        let st = crate::error::boundary(|| panic!("boom"));
+        assert_eq!(st, gd_status::Panic);
+        // SAFETY: gd_last_error returns a valid NUL-terminated string.
+        let msg = unsafe { CStr::from_ptr(crate::gd_last_error()) };
+        assert!(msg.to_str().unwrap().contains("boom"));
+    }
+}
