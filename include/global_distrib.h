@@ -428,7 +428,8 @@ enum gd_status gd_runtime_stop(struct gd_runtime *rt,
  * and releases it. Takes ownership of `rt`: it must not be used
  * afterwards. NULL is accepted and ignored. Blocks; not allowed inside a
  * callback (returns `GD_STATUS_IN_CALLBACK` and frees nothing). After it
- * returns no callback of this runtime runs any more.
+ * returns no callback of this runtime runs any more (the runtime's threads
+ * are given 1 s to finish the callbacks they are in).
  *
  * # Safety
  * Every pointer argument is NULL or valid as described above; a NULL

@@ -66,6 +66,7 @@ unsafe fn route(
         )
     };
     let kind = payload_kind_arg(kind)?;
+    let _log = rt.enter_log();
     let core = rt.live()?;
     if blocking {
         not_in_callback("gd_route")?;

@@ -70,7 +70,9 @@ impl gd_runtime {
             .as_ptr()
     }
 
-    fn enter_log(&self) -> Option<crate::log::CurrentGuard> {
+    /// Routes events emitted on this thread during the call to this
+    /// runtime's log callback.
+    pub(crate) fn enter_log(&self) -> Option<crate::log::CurrentGuard> {
         self.log.as_ref().map(|l| l.enter())
     }
 }
@@ -246,7 +248,8 @@ pub unsafe extern "C" fn gd_runtime_stop(
 /// and releases it. Takes ownership of `rt`: it must not be used
 /// afterwards. NULL is accepted and ignored. Blocks; not allowed inside a
 /// callback (returns `GD_STATUS_IN_CALLBACK` and frees nothing). After it
-/// returns no callback of this runtime runs any more.
+/// returns no callback of this runtime runs any more (the runtime's threads
+/// are given 1 s to finish the callbacks they are in).
 ///
 /// # Safety
 /// Every pointer argument is NULL or valid as described above; a NULL
@@ -276,6 +279,7 @@ pub unsafe extern "C" fn gd_session_opened(rt: *const gd_runtime, jid: *const c_
     boundary(|| {
         // SAFETY: the caller's contract (valid runtime, NUL-terminated jid).
         let (rt, jid) = unsafe { (non_null(rt, "rt")?, jid_arg(jid, "jid")?) };
+        let _log = rt.enter_log();
         let rt = rt.live()?;
         not_in_callback("gd_session_opened")?;
         rt.block_on(rt.session_opened(&jid));
@@ -294,6 +298,7 @@ pub unsafe extern "C" fn gd_session_closed(rt: *const gd_runtime, jid: *const c_
     boundary(|| {
         // SAFETY: the caller's contract (valid runtime, NUL-terminated jid).
         let (rt, jid) = unsafe { (non_null(rt, "rt")?, jid_arg(jid, "jid")?) };
+        let _log = rt.enter_log();
         let rt = rt.live()?;
         not_in_callback("gd_session_closed")?;
         rt.block_on(rt.session_closed(&jid));
@@ -317,6 +322,7 @@ pub unsafe extern "C" fn gd_subhost_register(
     boundary(|| {
         // SAFETY: the caller's contract (valid runtime, NUL-terminated domain).
         let (rt, domain) = unsafe { (non_null(rt, "rt")?, str_arg(domain, "domain")?) };
+        let _log = rt.enter_log();
         let rt = rt.live()?;
         not_in_callback("gd_subhost_register")?;
         rt.block_on(rt.register_subhost(domain, is_public));
@@ -338,6 +344,7 @@ pub unsafe extern "C" fn gd_subhost_unregister(
     boundary(|| {
         // SAFETY: the caller's contract (valid runtime, NUL-terminated domain).
         let (rt, domain) = unsafe { (non_null(rt, "rt")?, str_arg(domain, "domain")?) };
+        let _log = rt.enter_log();
         let rt = rt.live()?;
         not_in_callback("gd_subhost_unregister")?;
         rt.block_on(rt.unregister_subhost(domain));
@@ -362,6 +369,7 @@ pub unsafe extern "C" fn gd_subhost_list_public(
         // SAFETY: the caller's contract (valid runtime, writable out).
         let (rt, out) = unsafe { (non_null(rt, "rt")?, out_ptr(out, "out")?) };
         *out = std::ptr::null_mut();
+        let _log = rt.enter_log();
         let rt = rt.live()?;
         not_in_callback("gd_subhost_list_public")?;
         let mut domains = rt
