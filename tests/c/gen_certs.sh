@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes a throw-away CA and one certificate per DC into DIR for the TLS
-# benchmark: ca.crt, dcN.crt, dcN.key (N = 1, 2), each leaf with its
+# test and benchmark: ca.crt, dcN.crt, dcN.key (N = 1, 2), each leaf with its
 # local_host (dcN.example.com) as DNS SAN plus 127.0.0.1, usable as server
 # and client (mutual TLS). Nothing here is secret or committed.
 set -euo pipefail
@@ -8,7 +8,7 @@ dir=${1:?usage: gen_certs.sh DIR}
 mkdir -p "$dir"
 cd "$dir"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=global_distrib bench CA" -keyout ca.key -out ca.crt \
+    -subj "/CN=global_distrib test CA $(basename "$dir")" -keyout ca.key -out ca.crt \
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 for n in 1 2; do

@@ -10,14 +10,27 @@
 
 #define WAIT_MS 20000.0
 
-static gd_runtime *start_dc(int n, gd_store *store, inbox *in) {
-    char cfg[2048];
-    dc_config(cfg, sizeof cfg, n, NULL);
+static gd_runtime *start_dc_with(int n, gd_store *store, inbox *in, const char *extra) {
+    char cfg[4096];
+    dc_config(cfg, sizeof cfg, n, extra);
     gd_callbacks cb = inbox_callbacks(in);
     gd_runtime *rt = NULL;
     CHECK_OK(gd_runtime_new_with_store(cfg, GD_CONFIG_FORMAT_TOML, &cb, store, &rt));
     CHECK(rt != NULL);
     return rt;
+}
+
+static gd_runtime *start_dc(int n, gd_store *store, inbox *in) {
+    return start_dc_with(n, store, in, NULL);
+}
+
+/* TOML lines for mutual TLS with the certificates of gen_certs.sh. */
+static void tls_lines(char *buf, size_t len, const char *dir, int n) {
+    snprintf(buf, len,
+             "connections.tls.certfile = \"%s/dc%d.crt\"\n"
+             "connections.tls.keyfile = \"%s/dc%d.key\"\n"
+             "connections.tls.cacertfile = \"%s/ca.crt\"\n",
+             dir, n, dir, n, dir);
 }
 
 static int contains(const char *haystack, const char *needle) {
@@ -282,7 +295,59 @@ static void test_json_config(void) {
     inbox_destroy(&in);
 }
 
-int main(void) {
+/* Mutual TLS: DCs with certificates of one CA exchange stanzas; a DC whose
+ * certificate comes from another CA is refused, and the stanza ends
+ * undeliverable instead of vanishing. */
+static void test_tls(const char *certs, const char *other_certs) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in1, in2, in3;
+    inbox_init(&in1);
+    inbox_init(&in2);
+    inbox_init(&in3);
+    in3.quiet = 1; /* its handshake failures are expected */
+    char t1[1024], t2[1024], t3[1024];
+    tls_lines(t1, sizeof t1, certs, 1);
+    tls_lines(t2, sizeof t2, certs, 2);
+    /* A DC named dc3 presenting dc2's certificate from the other CA. */
+    snprintf(t3, sizeof t3,
+             "connections.tls.certfile = \"%s/dc2.crt\"\n"
+             "connections.tls.keyfile = \"%s/dc2.key\"\n"
+             "connections.tls.cacertfile = \"%s/ca.crt\"\n",
+             other_certs, other_certs, other_certs);
+    gd_runtime *dc1 = start_dc_with(1, store, &in1, t1);
+    gd_runtime *dc2 = start_dc_with(2, store, &in2, t2);
+    gd_runtime *dc3 = start_dc_with(3, store, &in3, t3);
+    CHECK_OK(gd_store_free(store));
+    CHECK_OK(gd_session_opened(dc1, "alice@example.com/a"));
+    CHECK_OK(gd_session_opened(dc2, "bob@example.com/b"));
+    CHECK_OK(gd_session_opened(dc3, "mallory@example.com/m"));
+
+    gd_route_result r;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "over tls", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(wait_count(&in2.delivered, 1, WAIT_MS));
+    CHECK(strcmp(in2.recent[0].payload, "over tls") == 0);
+    route_ok(dc2, "bob@example.com/b", "alice@example.com/a", "back over tls", &r);
+    CHECK(wait_count(&in1.delivered, 1, WAIT_MS));
+
+    route_ok(dc1, "alice@example.com/a", "mallory@example.com/m", "not for you", &r);
+    CHECK(r.kind != GD_ROUTE_KIND_LOCAL);
+    CHECK(wait_count(&in1.undeliverable, 1, WAIT_MS));
+    CHECK(strcmp(in1.bad[0].payload, "not for you") == 0);
+    CHECK(atomic_load(&in3.delivered) == 0);
+
+    CHECK_OK(gd_runtime_free(dc3));
+    CHECK_OK(gd_runtime_free(dc1));
+    CHECK_OK(gd_runtime_free(dc2));
+    inbox_destroy(&in1);
+    inbox_destroy(&in2);
+    inbox_destroy(&in3);
+}
+
+/* argv[1], argv[2]: certificate directories of two different CAs
+ * (gen_certs.sh); without them the TLS test is skipped. */
+int main(int argc, char **argv) {
     test_version();
     printf("ok - version\n");
     test_bad_config();
@@ -291,5 +356,11 @@ int main(void) {
     printf("ok - JSON configuration, several listeners\n");
     test_two_dcs();
     printf("ok - two DCs exchange stanzas through the callbacks, both directions\n");
+    if (argc > 2) {
+        test_tls(argv[1], argv[2]);
+        printf("ok - mutual TLS: same CA exchanges, another CA is refused\n");
+    } else {
+        printf("skip - mutual TLS (no certificate directories given)\n");
+    }
     return 0;
 }
