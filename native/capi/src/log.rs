@@ -6,7 +6,9 @@
 //! and free, which run on the caller's thread), else the runtime whose
 //! worker thread this is (threads are named `gd-<local_host>` by the core).
 //! Events that belong to no runtime with a log callback are dropped. Spans
-//! are not tracked.
+//! are not tracked. Two runtimes of one process with the same local_host
+//! (two nodes of one DC) share a thread name: their worker threads' events
+//! go to the callback registered first.
 
 use std::cell::Cell;
 use std::ffi::{c_void, CString};
