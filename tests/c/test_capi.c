@@ -1,0 +1,366 @@
+/*
+ * C tests of the global_distrib C ABI, through include/global_distrib.h:
+ * bad input never crashes and explains itself, and two datacenters in one
+ * process (sharing an embedded store, talking over loopback TCP) exchange
+ * stanzas through the callbacks in both directions.
+ *
+ * Run by `make -C tests/c` (also under valgrind).
+ */
+#include "harness.h"
+
+#define WAIT_MS 20000.0
+
+static gd_runtime *start_dc_with(int n, gd_store *store, inbox *in, const char *extra) {
+    char cfg[4096];
+    dc_config(cfg, sizeof cfg, n, extra);
+    gd_callbacks cb = inbox_callbacks(in);
+    gd_runtime *rt = NULL;
+    CHECK_OK(gd_runtime_new_with_store(cfg, GD_CONFIG_FORMAT_TOML, &cb, store, &rt));
+    CHECK(rt != NULL);
+    return rt;
+}
+
+static gd_runtime *start_dc(int n, gd_store *store, inbox *in) {
+    return start_dc_with(n, store, in, NULL);
+}
+
+/* TOML lines for mutual TLS with the certificates of gen_certs.sh. */
+static void tls_lines(char *buf, size_t len, const char *dir, int n) {
+    snprintf(buf, len,
+             "connections.tls.certfile = \"%s/dc%d.crt\"\n"
+             "connections.tls.keyfile = \"%s/dc%d.key\"\n"
+             "connections.tls.cacertfile = \"%s/ca.crt\"\n",
+             dir, n, dir, n, dir);
+}
+
+static int contains(const char *haystack, const char *needle) {
+    return haystack && strstr(haystack, needle) != NULL;
+}
+
+static void test_version(void) {
+    CHECK(strlen(gd_version()) > 0);
+    CHECK(strcmp(gd_status_name(GD_STATUS_CONFIG), "GD_STATUS_CONFIG") == 0);
+    CHECK(strcmp(gd_status_name(999), "GD_STATUS_UNKNOWN") == 0);
+}
+
+/* Configuration errors: a status and a message naming the option path. */
+static void test_bad_config(void) {
+    inbox in;
+    inbox_init(&in);
+    in.quiet = 1;
+    gd_callbacks cb = inbox_callbacks(&in);
+    gd_runtime *rt = (gd_runtime *)&in; /* must be reset to NULL on failure */
+
+    CHECK_STATUS(gd_runtime_new(NULL, GD_CONFIG_FORMAT_TOML, &cb, &rt), GD_STATUS_NULL_ARGUMENT);
+    CHECK(rt == NULL);
+    CHECK(contains(gd_last_error(), "config_text"));
+    CHECK_STATUS(gd_runtime_new("", GD_CONFIG_FORMAT_TOML, &cb, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK(contains(gd_last_error(), "out"));
+    CHECK_STATUS(gd_runtime_new("", GD_CONFIG_FORMAT_TOML, NULL, &rt), GD_STATUS_NULL_ARGUMENT);
+    CHECK(contains(gd_last_error(), "callbacks"));
+    CHECK_STATUS(gd_runtime_new("{}", 7, &cb, &rt), GD_STATUS_INVALID_ARGUMENT);
+    CHECK(contains(gd_last_error(), "format"));
+
+    const char *bad_number =
+        "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\n"
+        "connections.connections_per_endpoint = -1\n";
+    CHECK_STATUS(gd_runtime_new(bad_number, GD_CONFIG_FORMAT_TOML, &cb, &rt), GD_STATUS_CONFIG);
+    CHECK(rt == NULL);
+    CHECK(contains(gd_last_error(), "connections.connections_per_endpoint"));
+
+    CHECK_STATUS(gd_runtime_new("{\"global_host\": \"example.com\"}", GD_CONFIG_FORMAT_JSON, &cb, &rt),
+                 GD_STATUS_CONFIG);
+    CHECK(contains(gd_last_error(), "local_host"));
+
+    const char *unknown_key =
+        "{\"global_host\": \"example.com\", \"local_host\": \"dc1.example.com\", \"colour\": 1}";
+    CHECK_STATUS(gd_runtime_new(unknown_key, GD_CONFIG_FORMAT_JSON, &cb, &rt), GD_STATUS_CONFIG);
+    CHECK(contains(gd_last_error(), "colour"));
+
+    CHECK_STATUS(gd_runtime_new("global_host = = 1", GD_CONFIG_FORMAT_TOML, &cb, &rt), GD_STATUS_CONFIG);
+    CHECK(strlen(gd_last_error()) > 0);
+
+    const char bad_utf8[] = {'g', 'l', (char)0xff, (char)0xfe, '\0'};
+    CHECK_STATUS(gd_runtime_new(bad_utf8, GD_CONFIG_FORMAT_TOML, &cb, &rt), GD_STATUS_INVALID_UTF8);
+    CHECK(contains(gd_last_error(), "config_text"));
+
+    /* Freeing NULL is allowed, like free(NULL). */
+    CHECK_OK(gd_runtime_free(NULL));
+    CHECK_OK(gd_string_free(NULL));
+    CHECK_OK(gd_store_free(NULL));
+    inbox_destroy(&in);
+}
+
+/* Bad arguments to a running runtime. */
+static void test_bad_arguments(gd_runtime *rt) {
+    gd_route_result r;
+    const char bad_utf8[] = {'a', (char)0xc3, '@', 'x', '\0'};
+    const uint8_t body[] = "x";
+
+    CHECK_STATUS(gd_session_opened(NULL, "a@example.com/r"), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_session_opened(rt, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_session_opened(rt, bad_utf8), GD_STATUS_INVALID_UTF8);
+    CHECK_STATUS(gd_session_opened(rt, "@example.com"), GD_STATUS_INVALID_JID);
+    CHECK(contains(gd_last_error(), "jid"));
+    CHECK_STATUS(gd_session_closed(rt, "a@/r"), GD_STATUS_INVALID_JID);
+    CHECK_STATUS(gd_subhost_register(rt, NULL, true), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_subhost_unregister(NULL, "muc.example.com"), GD_STATUS_NULL_ARGUMENT);
+
+    CHECK_STATUS(gd_route(rt, "a@example.com/r", "b@example.com/r", GD_PAYLOAD_KIND_MESSAGE, body, 1, NULL),
+                 GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_route(rt, NULL, "b@example.com/r", GD_PAYLOAD_KIND_MESSAGE, body, 1, &r),
+                 GD_STATUS_NULL_ARGUMENT);
+    CHECK(contains(gd_last_error(), "from"));
+    CHECK_STATUS(gd_route(rt, "a@example.com/r", bad_utf8, GD_PAYLOAD_KIND_MESSAGE, body, 1, &r),
+                 GD_STATUS_INVALID_UTF8);
+    CHECK(contains(gd_last_error(), "to"));
+    CHECK_STATUS(gd_route(rt, "a@example.com/r", "b@example.com/r", GD_PAYLOAD_KIND_MESSAGE, NULL, 5, &r),
+                 GD_STATUS_NULL_ARGUMENT);
+    CHECK(contains(gd_last_error(), "payload"));
+    CHECK_STATUS(gd_route(rt, "a@example.com/r", "b@example.com/r", 99, body, 1, &r),
+                 GD_STATUS_INVALID_ARGUMENT);
+    CHECK(contains(gd_last_error(), "kind"));
+    CHECK_STATUS(gd_route_try(rt, "a@example.com/r", "", GD_PAYLOAD_KIND_MESSAGE, body, 1, &r),
+                 GD_STATUS_INVALID_JID);
+
+    uint16_t port = 0;
+    CHECK_STATUS(gd_runtime_listen_port(rt, 5, &port), GD_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(gd_runtime_listen_port(rt, 0, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_metrics_json(rt, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_metrics_prometheus(NULL, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_store_new_embedded(NULL), GD_STATUS_NULL_ARGUMENT);
+}
+
+/* Inside dc2's deliver callback: blocking calls are refused, gd_route_try
+ * works and answers the sender (whose origin dc2 learned from the frame). */
+typedef struct {
+    gd_runtime *rt;
+    atomic_int blocking_status;
+    atomic_int reply_status;
+} echo_ctx;
+
+static void echo_back(inbox *in, const gd_delivery *d) {
+    echo_ctx *ctx = in->ctx;
+    atomic_store(&ctx->blocking_status, (int)gd_session_opened(ctx->rt, "x@example.com/r"));
+    gd_route_result r;
+    char reply[FIELD];
+    int n = snprintf(reply, sizeof reply, "echo: %.*s", (int)d->payload_len, (const char *)d->payload);
+    gd_status st = gd_route_try(ctx->rt, d->to, d->from, GD_PAYLOAD_KIND_MESSAGE,
+                                (const uint8_t *)reply, (size_t)n, &r);
+    atomic_store(&ctx->reply_status, (int)st);
+    in->on_deliver = NULL; /* once */
+}
+
+static void route_ok(gd_runtime *rt, const char *from, const char *to, const char *body,
+                     gd_route_result *r) {
+    CHECK_OK(gd_route(rt, from, to, GD_PAYLOAD_KIND_MESSAGE, (const uint8_t *)body, strlen(body), r));
+}
+
+static void test_two_dcs(void) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in1, in2;
+    inbox_init(&in1);
+    inbox_init(&in2);
+    gd_runtime *dc1 = start_dc(1, store, &in1);
+    gd_runtime *dc2 = start_dc(2, store, &in2);
+    /* The runtimes keep their own reference to the store. */
+    CHECK_OK(gd_store_free(store));
+    CHECK(atomic_load(&in1.logs) > 0); /* "gd_started" reached the log callback */
+
+    uint16_t p1 = 0, p2 = 0;
+    CHECK_OK(gd_runtime_listen_port(dc1, 0, &p1));
+    CHECK_OK(gd_runtime_listen_port(dc2, 0, &p2));
+    CHECK(p1 != 0 && p2 != 0 && p1 != p2);
+
+    test_bad_arguments(dc1);
+
+    CHECK_OK(gd_session_opened(dc1, "alice@example.com/a"));
+    CHECK_OK(gd_session_opened(dc2, "bob@example.com/b"));
+
+    /* dc1 -> dc2 */
+    gd_route_result r;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "hi bob", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(strcmp(r.host, "dc2.example.com") == 0);
+    CHECK(r.reason == NULL);
+    CHECK(wait_count(&in2.delivered, 1, WAIT_MS));
+    record *got = &in2.recent[0];
+    CHECK(strcmp(got->payload, "hi bob") == 0);
+    CHECK(strcmp(got->from, "alice@example.com/a") == 0);
+    CHECK(strcmp(got->to, "bob@example.com/b") == 0);
+    CHECK(strcmp(got->origin, "dc1.example.com") == 0);
+    CHECK(got->has_from_host && strcmp(got->from_host, "dc1.example.com") == 0);
+    CHECK(got->kind == GD_PAYLOAD_KIND_MESSAGE);
+    CHECK(got->ttl == 3); /* one forward spends one TTL unit */
+    CHECK(memcmp(got->message_id, r.message_id, 16) == 0);
+
+    /* dc2 -> dc1 */
+    route_ok(dc2, "bob@example.com/b", "alice@example.com/a", "hi alice", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(strcmp(r.host, "dc1.example.com") == 0);
+    CHECK(wait_count(&in1.delivered, 1, WAIT_MS));
+    CHECK(strcmp(in1.recent[0].payload, "hi alice") == 0);
+    CHECK(strcmp(in1.recent[0].from_host, "dc2.example.com") == 0);
+
+    /* A local recipient stays local. */
+    CHECK_OK(gd_session_opened(dc1, "carol@example.com/c"));
+    route_ok(dc1, "carol@example.com/c", "alice@example.com/a", "x", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_LOCAL && r.host == NULL);
+
+    /* Reply from inside a callback with gd_route_try. */
+    echo_ctx ctx = {dc2, -1, -1};
+    in2.ctx = &ctx;
+    in2.on_deliver = echo_back;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "ping", &r);
+    CHECK(wait_count(&in2.delivered, 2, WAIT_MS));
+    CHECK(wait_count(&in1.delivered, 2, WAIT_MS));
+    CHECK(atomic_load(&ctx.blocking_status) == GD_STATUS_IN_CALLBACK);
+    CHECK(atomic_load(&ctx.reply_status) == GD_STATUS_OK);
+    CHECK(strcmp(in1.recent[1].payload, "echo: ping") == 0);
+
+    /* A public component at dc2 is listed and reachable from dc1. */
+    CHECK_OK(gd_subhost_register(dc2, "muc.example.com", true));
+    CHECK_OK(gd_subhost_register(dc2, "hidden.example.com", false));
+    char *domains = NULL;
+    CHECK_OK(gd_subhost_list_public(dc1, &domains));
+    CHECK(contains(domains, "\"muc.example.com\"") && !contains(domains, "hidden"));
+    CHECK_OK(gd_string_free(domains));
+    route_ok(dc1, "alice@example.com/a", "room@muc.example.com/nick", "to the room", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED && strcmp(r.host, "dc2.example.com") == 0);
+    CHECK(wait_count(&in2.delivered, 3, WAIT_MS));
+    CHECK(strcmp(in2.recent[2].to, "room@muc.example.com/nick") == 0);
+    CHECK_OK(gd_subhost_unregister(dc2, "muc.example.com"));
+
+    /* Metrics name the remote DC. */
+    char *json = NULL, *prom = NULL;
+    CHECK_OK(gd_metrics_json(dc1, &json));
+    CHECK(contains(json, "global.mod_global_distrib.outgoing.messages.dc2.example.com"));
+    CHECK_OK(gd_metrics_prometheus(dc2, &prom));
+    CHECK(strlen(prom) > 0);
+    CHECK_OK(gd_string_free(json));
+    CHECK_OK(gd_string_free(prom));
+
+    /* bob leaves dc2: a message to him ends undeliverable, not lost. */
+    CHECK_OK(gd_session_closed(dc2, "bob@example.com/b"));
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "after logout", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED || r.kind == GD_ROUTE_KIND_STORED);
+    double until = now_ms() + WAIT_MS;
+    while (atomic_load(&in1.undeliverable) + atomic_load(&in2.undeliverable) < 1 && now_ms() < until)
+        nap_ms(5);
+    record *bad = atomic_load(&in1.undeliverable) ? &in1.bad[0] : &in2.bad[0];
+    CHECK(atomic_load(&in1.undeliverable) + atomic_load(&in2.undeliverable) == 1);
+    CHECK(strcmp(bad->payload, "after logout") == 0);
+    CHECK(strcmp(bad->reason, "retries_exhausted") == 0);
+    CHECK(!bad->has_from_host);
+
+    /* Stop: then calls say so, metrics still answer; free after. */
+    size_t left = 99;
+    CHECK_OK(gd_runtime_stop(dc1, 1000, &left));
+    CHECK(left == 0);
+    CHECK_OK(gd_runtime_stop(dc1, 1000, NULL)); /* idempotent */
+    CHECK_STATUS(gd_route(dc1, "alice@example.com/a", "bob@example.com/b", GD_PAYLOAD_KIND_MESSAGE,
+                          NULL, 0, &r),
+                 GD_STATUS_STOPPED);
+    CHECK_STATUS(gd_session_opened(dc1, "alice@example.com/a"), GD_STATUS_STOPPED);
+    CHECK_OK(gd_metrics_json(dc1, &json));
+    CHECK_OK(gd_string_free(json));
+
+    CHECK_OK(gd_runtime_free(dc1));
+    CHECK_OK(gd_runtime_free(dc2)); /* free without stop: stops first */
+    inbox_destroy(&in1);
+    inbox_destroy(&in2);
+}
+
+/* JSON configuration, and a runtime built from its own (embedded) store. */
+static void test_json_config(void) {
+    inbox in;
+    inbox_init(&in);
+    in.quiet = 1;
+    gd_callbacks cb = inbox_callbacks(&in);
+    const char *json =
+        "{\"global_host\": \"example.com\", \"local_host\": \"dc9.example.com\","
+        " \"node_name\": \"n9@localhost\", \"backend\": \"embedded\","
+        " \"connections\": {\"endpoints\": [{\"host\": \"127.0.0.1\", \"port\": 0},"
+        "                                   {\"host\": \"127.0.0.2\", \"port\": 0}]}}";
+    gd_runtime *rt = NULL;
+    CHECK_OK(gd_runtime_new(json, GD_CONFIG_FORMAT_JSON, &cb, &rt));
+    uint16_t port = 0;
+    CHECK_OK(gd_runtime_listen_port(rt, 1, &port));
+    CHECK(port != 0);
+    size_t bq = 1;
+    CHECK_OK(gd_runtime_bounce_queue_size(rt, &bq));
+    CHECK(bq == 0);
+    CHECK_OK(gd_runtime_free(rt));
+    inbox_destroy(&in);
+}
+
+/* Mutual TLS: DCs with certificates of one CA exchange stanzas; a DC whose
+ * certificate comes from another CA is refused, and the stanza ends
+ * undeliverable instead of vanishing. */
+static void test_tls(const char *certs, const char *other_certs) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in1, in2, in3;
+    inbox_init(&in1);
+    inbox_init(&in2);
+    inbox_init(&in3);
+    in3.quiet = 1; /* its handshake failures are expected */
+    char t1[1024], t2[1024], t3[1024];
+    tls_lines(t1, sizeof t1, certs, 1);
+    tls_lines(t2, sizeof t2, certs, 2);
+    /* A DC named dc3 presenting dc2's certificate from the other CA. */
+    snprintf(t3, sizeof t3,
+             "connections.tls.certfile = \"%s/dc2.crt\"\n"
+             "connections.tls.keyfile = \"%s/dc2.key\"\n"
+             "connections.tls.cacertfile = \"%s/ca.crt\"\n",
+             other_certs, other_certs, other_certs);
+    gd_runtime *dc1 = start_dc_with(1, store, &in1, t1);
+    gd_runtime *dc2 = start_dc_with(2, store, &in2, t2);
+    gd_runtime *dc3 = start_dc_with(3, store, &in3, t3);
+    CHECK_OK(gd_store_free(store));
+    CHECK_OK(gd_session_opened(dc1, "alice@example.com/a"));
+    CHECK_OK(gd_session_opened(dc2, "bob@example.com/b"));
+    CHECK_OK(gd_session_opened(dc3, "mallory@example.com/m"));
+
+    gd_route_result r;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "over tls", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(wait_count(&in2.delivered, 1, WAIT_MS));
+    CHECK(strcmp(in2.recent[0].payload, "over tls") == 0);
+    route_ok(dc2, "bob@example.com/b", "alice@example.com/a", "back over tls", &r);
+    CHECK(wait_count(&in1.delivered, 1, WAIT_MS));
+
+    route_ok(dc1, "alice@example.com/a", "mallory@example.com/m", "not for you", &r);
+    CHECK(r.kind != GD_ROUTE_KIND_LOCAL);
+    CHECK(wait_count(&in1.undeliverable, 1, WAIT_MS));
+    CHECK(strcmp(in1.bad[0].payload, "not for you") == 0);
+    CHECK(atomic_load(&in3.delivered) == 0);
+
+    CHECK_OK(gd_runtime_free(dc3));
+    CHECK_OK(gd_runtime_free(dc1));
+    CHECK_OK(gd_runtime_free(dc2));
+    inbox_destroy(&in1);
+    inbox_destroy(&in2);
+    inbox_destroy(&in3);
+}
+
+/* argv[1], argv[2]: certificate directories of two different CAs
+ * (gen_certs.sh); without them the TLS test is skipped. */
+int main(int argc, char **argv) {
+    test_version();
+    printf("ok - version\n");
+    test_bad_config();
+    printf("ok - bad configuration and arguments give a status and a message\n");
+    test_json_config();
+    printf("ok - JSON configuration, several listeners\n");
+    test_two_dcs();
+    printf("ok - two DCs exchange stanzas through the callbacks, both directions\n");
+    if (argc > 2) {
+        test_tls(argv[1], argv[2]);
+        printf("ok - mutual TLS: same CA exchanges, another CA is refused\n");
+    } else {
+        printf("skip - mutual TLS (no certificate directories given)\n");
+    }
+    return 0;
+}
