@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build test check fmt-check clippy cargo-test demo bench clean
+.PHONY: all setup build test check fmt-check clippy cargo-test c-test demo bench clean
 
 all: build
 
@@ -14,8 +14,9 @@ setup:
 build: setup
 	$(CARGO) build --workspace
 
-## Everything that exists: formatting, lints, Rust tests.
-test: setup fmt-check clippy cargo-test
+## Everything: formatting, lints, Rust tests, the C ABI (header check, C
+## tests, valgrind).
+test: setup fmt-check clippy cargo-test c-test
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -26,6 +27,9 @@ clippy:
 
 cargo-test:
 	$(CARGO) test --workspace
+
+c-test:
+	$(MAKE) -C tests/c
 
 ## The multi-datacenter demo.
 demo: setup
