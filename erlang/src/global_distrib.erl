@@ -18,7 +18,7 @@
          register_subhost/3, unregister_subhost/2,
          route/5, route/6, lookup/2, public_domains/1,
          refresh_hosts/1, await_peer/3, store_del/2,
-         info/1, metrics/1, prometheus/1, local_host/1, nif/1, set_log_level/1]).
+         info/1, metrics/1, prometheus/1, local_host/1, nif/1, workers/1, set_log_level/1]).
 
 -export_type([runtime/0, store/0, kind/0, route_result/0, location/0, meta/0,
               start_opts/0, jid/0]).
@@ -221,6 +221,11 @@ local_host(#gd_rt{host = Host}) ->
 -spec nif(runtime()) -> global_distrib_nif:rt().
 nif(#gd_rt{nif = Nif}) ->
     Nif.
+
+%% @doc Pids of the runtime's delivery workers, in index order.
+-spec workers(runtime()) -> [pid()].
+workers(#gd_rt{key = Key}) ->
+    [W || {_, W, _, _} <- lists:keysort(1, pool_children(Key))].
 
 %% @doc Most verbose level of core log events forwarded to `logger'.
 -spec set_log_level(global_distrib_log:level()) -> ok.

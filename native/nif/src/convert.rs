@@ -90,7 +90,14 @@ fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| convert(t, &format!("{path}[{i}]")))
+                .map(|(i, t)| match pair_key(t) {
+                    // A proplist entry: errors name the option, not the index.
+                    Some((key, value)) => Ok(Value::Array(vec![
+                        Value::String(key.clone()),
+                        convert(value, &child(path, &key))?,
+                    ])),
+                    None => convert(t, &format!("{path}[{i}]")),
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
         }
@@ -114,6 +121,26 @@ fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
             at(path)
         )),
     }
+}
+
+/// `{Key, Value}` with an atom or binary key (a proplist entry).
+fn pair_key(t: Term<'_>) -> Option<(String, Term<'_>)> {
+    if t.get_type() != TermType::Tuple {
+        return None;
+    }
+    let items = get_tuple(t).ok()?;
+    let [k, v] = items.as_slice() else {
+        return None;
+    };
+    let key = match k.get_type() {
+        TermType::Atom => k.atom_to_string().ok()?,
+        TermType::Binary => {
+            let b: Binary = k.decode().ok()?;
+            String::from_utf8(b.as_slice().to_vec()).ok()?
+        }
+        _ => return None,
+    };
+    Some((key, *v))
 }
 
 /// A non-empty list of integers that are all Unicode scalar values, read as
