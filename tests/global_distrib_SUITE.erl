@@ -20,6 +20,7 @@
          proplist_config_and_metrics/1,
          worker_restart_keeps_delivering/1,
          stop_reports_and_refuses/1,
+         core_logs_reach_logger/1, log/2,
          cached_route_cost/1]).
 
 -define(GLOBAL, <<"example.com">>).
@@ -43,7 +44,8 @@ groups() ->
      {binding, [],
       [proplist_config_and_metrics,
        worker_restart_keeps_delivering,
-       stop_reports_and_refuses]}].
+       stop_reports_and_refuses,
+       core_logs_reach_logger]}].
 
 %%--------------------------------------------------------------------
 %% Setup: the long_schedule watcher lives for the whole suite.
@@ -350,6 +352,34 @@ stop_reports_and_refuses(_Config) ->
     ?assertEqual([], undeliverable(T1)),
     %% Stopping twice is harmless.
     {ok, 0} = global_distrib_nif:stop(global_distrib:nif(R1), 100).
+
+%% The core's tracing events reach logger as maps (#{what => ...}).
+core_logs_reach_logger(_Config) ->
+    ok = logger:add_handler(gd_test_handler, ?MODULE,
+                            #{level => all, config => #{pid => self()},
+                              filter_default => stop,
+                              filters => [{gd, {fun logger_filters:domain/2,
+                                                {log, sub, [global_distrib]}}}]}),
+    #{level := Primary} = logger:get_primary_config(),
+    ok = logger:set_primary_config(level, info),
+    try
+        two_dcs(),
+        receive
+            {logged, info, #{what := gd_started, local_host := _} = Event} ->
+                ct:log("~p", [Event])
+        after ?WAIT ->
+                ct:fail(no_log_event)
+        end
+    after
+        logger:set_primary_config(level, Primary),
+        logger:remove_handler(gd_test_handler)
+    end.
+
+%% logger handler callback of core_logs_reach_logger.
+log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
+    Pid ! {logged, Level, Report};
+log(_, _) ->
+    ok.
 
 %%--------------------------------------------------------------------
 %% Cost of a cached route() from Erlang beside an ETS lookup, median of

@@ -1,6 +1,8 @@
-%% @doc Forwards the Rust core's `tracing' events to `logger': the NIF sends
-%% `{global_distrib_log, Level, Target, Msg}' here (from its own thread,
-%% dropping events when its bounded queue is full).
+%% @doc Forwards the Rust core's `tracing' events to `logger' as maps: the
+%% NIF sends `{global_distrib_log, Level, Target, [{Field, Value}]}' here
+%% (from its own thread, dropping events when its bounded queue is full).
+%% Field names are the fixed names written in the core's source, so turning
+%% them (and the `what' value) into atoms is bounded.
 -module(global_distrib_log).
 -behaviour(gen_server).
 
@@ -37,12 +39,17 @@ handle_cast(_Msg, Level) ->
     {noreply, Level}.
 
 -spec handle_info(term(), level()) -> {noreply, level()}.
-handle_info({global_distrib_log, Level, Target, Msg}, State) ->
-    logger:log(Level, #{what => global_distrib_core, target => Target, text => Msg},
+handle_info({global_distrib_log, Level, Target, Fields}, State) ->
+    Event = maps:from_list([field(K, V) || {K, V} <- Fields]),
+    logger:log(Level, maps:merge(#{what => global_distrib_core, target => Target}, Event),
                #{domain => [global_distrib]}),
     {noreply, State};
 handle_info(_Other, State) ->
     {noreply, State}.
+
+-spec field(binary(), binary()) -> {atom(), binary() | atom()}.
+field(<<"what">>, V) -> {what, binary_to_atom(V)};
+field(K, V) -> {binary_to_atom(K), V}.
 
 -spec terminate(term(), level()) -> ok.
 terminate(_Reason, _Level) ->

@@ -3,7 +3,8 @@
 //! A minimal global [`tracing::Subscriber`]: an event at or above the set
 //! level is formatted on the emitting thread and pushed onto a bounded
 //! channel (dropped when full, never blocking); one `gd-log` thread sends
-//! `{global_distrib_log, Level, Target, Msg}` to the registered pid with
+//! `{global_distrib_log, Level, Target, [{Field, Value}]}` (binaries; the
+//! message, if any, under `message`) to the registered pid with
 //! `OwnedEnv::send_and_clear` (it cannot be sent from a scheduler thread,
 //! which is where the inline NIF paths emit). Spans are not tracked.
 
@@ -31,7 +32,7 @@ static QUEUE_TX: OnceLock<SyncSender<LogEvent>> = OnceLock::new();
 struct LogEvent {
     level: Level,
     target: &'static str,
-    msg: String,
+    fields: Vec<(&'static str, String)>,
 }
 
 fn level_num(l: &Level) -> u8 {
@@ -96,7 +97,7 @@ fn run(rx: Receiver<LogEvent>) {
                 atoms::global_distrib_log(),
                 level,
                 ev.target,
-                ev.msg.as_str(),
+                ev.fields.encode(e),
             )
                 .encode(e)
         });
@@ -105,27 +106,16 @@ fn run(rx: Receiver<LogEvent>) {
 
 struct ErlangLogger;
 
-struct MsgVisitor<'a>(&'a mut String);
+struct FieldVisitor<'a>(&'a mut Vec<(&'static str, String)>);
 
-impl Visit for MsgVisitor<'_> {
+impl Visit for FieldVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            if !self.0.is_empty() {
-                let msg = std::mem::take(self.0);
-                let _ = write!(self.0, "{value:?} {msg}");
-            } else {
-                let _ = write!(self.0, "{value:?}");
-            }
-        } else {
-            let _ = write!(self.0, " {}={:?}", field.name(), value);
-        }
+        let mut v = String::new();
+        let _ = write!(v, "{value:?}");
+        self.0.push((field.name(), v));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"));
-        } else {
-            let _ = write!(self.0, " {}={}", field.name(), value);
-        }
+        self.0.push((field.name(), value.to_owned()));
     }
 }
 
@@ -145,13 +135,13 @@ impl Subscriber for ErlangLogger {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
         let Some(tx) = QUEUE_TX.get() else { return };
-        let mut msg = String::new();
-        event.record(&mut MsgVisitor(&mut msg));
+        let mut fields = Vec::with_capacity(4);
+        event.record(&mut FieldVisitor(&mut fields));
         let meta = event.metadata();
         let ev = LogEvent {
             level: *meta.level(),
             target: meta.target(),
-            msg,
+            fields,
         };
         if let Err(TrySendError::Full(_)) = tx.try_send(ev) {
             DROPPED.fetch_add(1, Ordering::Relaxed);
