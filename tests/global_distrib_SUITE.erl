@@ -16,6 +16,7 @@
          recipient_gone_ends_undeliverable_not_lost/1,
          origin_hint_lets_receiver_answer/1,
          hundred_in_order_multi_connection_also_bounced/1,
+         reconnection_to_another_dc_loses_nothing/1,
          wrong_config_fails_clearly/1,
          proplist_config_and_metrics/1,
          worker_restart_keeps_delivering/1,
@@ -40,6 +41,7 @@ groups() ->
        recipient_gone_ends_undeliverable_not_lost,
        origin_hint_lets_receiver_answer,
        hundred_in_order_multi_connection_also_bounced,
+       reconnection_to_another_dc_loses_nothing,
        wrong_config_fails_clearly]},
      {binding, [],
       [proplist_config_and_metrics,
@@ -270,6 +272,45 @@ hundred_in_order_multi_connection_also_bounced(_Config) ->
      end || I <- lists:seq(30, 99)],
     wait_until(fun() -> length(delivered(T2)) =:= 100 end),
     ?assertEqual([Body(I) || I <- lists:seq(0, 99)], bodies_to(T2, <<"bob@example.com/b">>)).
+
+%% SPEC 11.5: graceful and ungraceful reconnection of bob to another DC
+%% while messages flow: every message arrives somewhere, none twice.
+
+reconnection_to_another_dc_loses_nothing(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, T1} = D1 = start_dc(dc_config(1), Store),
+    {R2, T2} = start_dc(dc_config(2), Store),
+    {R3, T3} = start_dc(dc_config(3), Store),
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, Bob),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    ok = global_distrib:await_peer(R1, host(3), ?WAIT),
+    ok = global_distrib:await_peer(R2, host(3), ?WAIT),
+    Stream = fun(Tag) ->
+                     [begin
+                          B = iolist_to_binary([Tag, integer_to_list(I)]),
+                          R = send(D1, <<"alice@example.com/a">>, Bob, B),
+                          ?assertNotMatch({undeliverable, _}, R),
+                          B
+                      end || I <- lists:seq(1, 50)]
+             end,
+    S1 = Stream("g"),
+    %% Graceful: bob leaves dc2, then logs in at dc3 while messages flow.
+    ok = global_distrib:session_closed(R2, Bob),
+    S2 = Stream("h"),
+    ok = global_distrib:session_opened(R3, Bob),
+    S3 = Stream("i"),
+    %% Ungraceful: bob appears at dc2 again before dc3 notices he left.
+    ok = global_distrib:session_opened(R2, Bob),
+    S4 = Stream("j"),
+    ok = global_distrib:session_closed(R3, Bob),
+    S5 = Stream("k"),
+    Sent = S1 ++ S2 ++ S3 ++ S4 ++ S5,
+    Got = fun() -> lists:append([bodies_to(T, Bob) || T <- [T1, T2, T3]]) end,
+    wait_until(fun() -> length(Got()) >= length(Sent) end),
+    ?assertEqual(lists:sort(Sent), lists:sort(Got())),
+    ?assertEqual([], undeliverable(T1) ++ undeliverable(T2) ++ undeliverable(T3)).
 
 %% SPEC 11.13
 

@@ -11,7 +11,7 @@
          init_per_group/2, end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
 -export([pm_between_nodes_both_directions/1, message_before_presence_arrives/1,
          recipient_gone_ends_undeliverable_not_lost/1, dc_down_and_back/1,
-         throughput_between_nodes/1]).
+         throughput_between_nodes/1, foreign_ca_peer_is_refused/1]).
 
 -define(WAIT, 15000).
 
@@ -24,7 +24,7 @@ all() ->
 groups() ->
     Cases = [pm_between_nodes_both_directions, message_before_presence_arrives,
              recipient_gone_ends_undeliverable_not_lost, dc_down_and_back],
-    [{tls, [sequence], Cases ++ [throughput_between_nodes]},
+    [{tls, [sequence], Cases ++ [throughput_between_nodes, foreign_ca_peer_is_refused]},
      {plain, [sequence], Cases}].
 
 init_per_suite(Config) ->
@@ -95,8 +95,10 @@ start_dc(N, Db, Config) ->
            end,
     TlsOpt = case ?config(tls, Config) of
                  true ->
-                     {Ca, Dir} = ?config(certs, Config),
+                     {_, Dir} = ?config(certs, Config),
                      Name = binary_to_list(host(N)),
+                     %% dc3's certificate comes from another CA.
+                     Ca = filename:join(Dir, case N of 3 -> "ca2.crt"; _ -> "ca.crt" end),
                      [{tls, [{certfile, filename:join(Dir, Name ++ ".crt")},
                              {keyfile, filename:join(Dir, Name ++ ".key")},
                              {cacertfile, Ca}]}];
@@ -171,9 +173,10 @@ make_certs(Dir) ->
                      _ -> ok
                  end
          end,
-    Sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
-       "-subj /CN=gd-test-ca -keyout ca.key -out ca.crt "
-       "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"),
+    [Sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+        "-subj /CN=gd-test-" ++ Ca ++ " -keyout " ++ Ca ++ ".key -out " ++ Ca ++ ".crt "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+     || Ca <- ["ca", "ca2"]],
     [begin
          Name = binary_to_list(host(N)),
          ok = file:write_file(filename:join(Dir, Name ++ ".ext"),
@@ -184,9 +187,10 @@ make_certs(Dir) ->
                                "basicConstraints=CA:FALSE\n"]),
          Sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
             "-subj /CN=" ++ Name ++ " -keyout " ++ Name ++ ".key -out " ++ Name ++ ".csr"),
-         Sh("openssl x509 -req -in " ++ Name ++ ".csr -CA ca.crt -CAkey ca.key "
+         Ca = case N of 3 -> "ca2"; _ -> "ca" end,
+         Sh("openssl x509 -req -in " ++ Name ++ ".csr -CA " ++ Ca ++ ".crt -CAkey " ++ Ca ++ ".key "
             "-CAcreateserial -days 2 -extfile " ++ Name ++ ".ext -out " ++ Name ++ ".crt")
-     end || N <- [1, 2]],
+     end || N <- [1, 2, 3]],
     {filename:join(Dir, "ca.crt"), Dir}.
 
 %%--------------------------------------------------------------------
@@ -283,3 +287,25 @@ throughput_between_nodes(Config) ->
     Rate = N * 1000000 div max(Us, 1),
     ct:pal("~b stanzas dc1 -> dc2 (TLS, separate nodes) in ~b ms: ~b stanzas/s", [N, Us div 1000, Rate]),
     {comment, io_lib:format("~b stanzas/s", [Rate])}.
+
+%% SPEC 11.15: a DC whose certificate comes from another CA is refused:
+%% nothing reaches it, dc1 counts the failed connections.
+foreign_ca_peer_is_refused(Config) ->
+    P1 = peer_of(1, Config),
+    {3, P3} = start_dc(3, 0, Config),
+    try
+        ok = call(P3, gd_test_host, login, [<<"carol@example.com/c">>]),
+        ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+        ok = call(P1, gd_test_host, await_peer, [host(3)]),
+        Errored = <<"global.mod_global_distrib.outgoing.errored.dc3.example.com">>,
+        wait_until(fun() ->
+                           _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>,
+                                                             <<"carol@example.com/c">>, <<"psst">>]),
+                           receive after 100 -> ok end,
+                           maps:get(Errored, call(P1, gd_test_host, metrics, []), 0) >= 1
+                   end),
+        ?assertEqual([], call(P3, gd_test_host, delivered, []))
+    after
+        catch call(P3, gd_test_host, stop, []),
+        peer:stop(P3)
+    end.
