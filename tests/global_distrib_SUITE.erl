@@ -330,6 +330,10 @@ wrong_config_fails_clearly(_Config) ->
     M4 = Bad([{global_host, "example.com"}, {local_host, "dc1.example.com"},
               {message_ttl, self()}]),
     ?assertMatch({match, _}, re:run(M4, "message_ttl")),
+    %% check_config/1 reads the same way without starting anything.
+    ?assertEqual(ok, global_distrib:check_config(dc_config(1))),
+    ?assertEqual({error, {config, M1}},
+                 global_distrib:check_config(maps:remove(local_host, dc_config(1)))),
     %% No pool is left behind by a failed start.
     Pools = [Id || {{pool, _} = Id, _, _, _} <- supervisor:which_children(global_distrib_sup)],
     ?assertEqual([], Pools).

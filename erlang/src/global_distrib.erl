@@ -13,7 +13,7 @@
 %% caller's mailbox as `{Ref, Result}' with a reference nobody matches.
 -module(global_distrib).
 
--export([start/1, start/2, stop/1, stop/2, new_store/0,
+-export([start/1, start/2, stop/1, stop/2, new_store/0, check_config/1,
          session_opened/2, session_closed/2,
          register_subhost/3, unregister_subhost/2,
          route/5, route/6, lookup/2, public_domains/1,
@@ -85,6 +85,12 @@ start(Config, Opts) ->
         {error, _} = E ->
             E
     end.
+
+%% @doc Reads `Config' as {@link start/2} would, without starting anything.
+-spec check_config(term()) -> ok | {error, {config, binary()}}.
+check_config(Config) ->
+    {ok, _} = application:ensure_all_started(global_distrib),
+    global_distrib_nif:check_config(Config).
 
 %% @equiv stop(Rt, 5000)
 -spec stop(runtime()) -> {ok, non_neg_integer()}.

@@ -2,12 +2,12 @@
 %% calls answering `{wait, Ref}' send `{Ref, Result}' to the caller later.
 -module(global_distrib_nif).
 
--export([new_embedded_store/0, start/2, stop/2, set_worker/3, set_log/2,
+-export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
          route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
          store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
 
--nifs([new_embedded_store/0, start/2, stop/2, set_worker/3, set_log/2,
+-nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
        route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
        store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
@@ -42,6 +42,9 @@ priv_dir() ->
 
 -spec new_embedded_store() -> store().
 new_embedded_store() -> erlang:nif_error(nif_not_loaded).
+
+-spec check_config(term()) -> ok | {error, {config, binary()}}.
+check_config(_Config) -> erlang:nif_error(nif_not_loaded).
 
 -spec start(term(), map()) -> {ok, rt()} | {error, {config | start, binary()}}.
 start(_Config, _Opts) -> erlang:nif_error(nif_not_loaded).

@@ -97,15 +97,9 @@ supported_features() ->
 %% Used in place of a `config_spec/0' (which needs MongooseIM's headers).
 -spec validate_opts(map() | list()) -> ok | {error, binary()}.
 validate_opts(Opts) ->
-    Store = global_distrib:new_store(),
-    case global_distrib:start(without([workers, store], Opts), #{store => Store, workers => 1}) of
-        {ok, Rt} ->
-            {ok, _} = global_distrib:stop(Rt, 0),
-            ok;
-        {error, {config, Msg}} ->
-            {error, Msg};
-        {error, {start, Msg}} ->
-            {error, Msg}
+    case global_distrib:check_config(without([workers, store], Opts)) of
+        ok -> ok;
+        {error, {config, Msg}} -> {error, Msg}
     end.
 
 %% @doc The gen_hook handlers registered by start/2.

@@ -190,6 +190,19 @@ fn new_embedded_store(env: Env<'_>) -> Term<'_> {
     .encode(env)
 }
 
+/// `check_config(Config)`: `ok` or `{error, {config, Msg}}`, the same
+/// reading as `start/2` without starting anything (dirty: the option
+/// reader is cheap, but configurations can be large).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn check_config<'a>(env: Env<'a>, config: Term<'a>) -> Term<'a> {
+    let checked = convert::to_json(config)
+        .and_then(|json| Config::from_json_value(json).map_err(|e| e.to_string()));
+    match checked {
+        Ok(_) => atoms::ok().encode(env),
+        Err(m) => err(env, (atoms::config(), m)),
+    }
+}
+
 /// `start(Config, Opts)`; Opts is a map with optional `store`, `workers`
 /// (list of pids), `worker_threads`, `dispatch_shards`.
 #[rustler::nif(schedule = "DirtyIo")]
