@@ -1,8 +1,501 @@
-//! Erlang NIF binding of global_distrib.
+//! Erlang NIF binding of global_distrib (module `global_distrib_nif`).
 //!
 //! This crate only translates between Erlang terms and `gd_core` types and
 //! moves work off the BEAM schedulers; every routing rule lives in the core.
-//! The Rustler entry points arrive with the Erlang binding issue; until then
-//! the crate only checks that the core links into a cdylib.
+//!
+//! Scheduling rules (no NIF holds a normal scheduler for more than ~100 µs):
+//! - inline: cache-hit `route/5` and `lookup/2`, `info/1`, `set_*`;
+//! - `{wait, Ref}` then `{Ref, Result}` sent from a runtime thread: anything
+//!   that needs the store or the network (session, subhost, route misses,
+//!   lookup misses, public domains, refreshes);
+//! - dirty schedulers: `start/2`, `stop/2` (dirty IO), `metrics/1`,
+//!   `prometheus/1` (dirty CPU).
+//!
+//! Runtime handles are `ResourceArc`s; dropping the last reference stops the
+//! runtime on a thread of its own, never on a scheduler.
+
+// Functions that cannot take a stanza hand the `Envelope` back by value.
+#![allow(clippy::result_large_err)]
+
+mod convert;
+mod delivery;
+mod log;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gd_core::config::Config;
+use gd_core::jid::Jid;
+use gd_core::mapping::Location;
+use gd_core::metrics::MetricValue;
+use gd_core::routing::RouteResult;
+use gd_core::runtime::{Runtime, StartOptions};
+use gd_core::store::{Backend, EmbeddedBackend};
+use gd_core::transport::frame::PayloadKind;
+use rustler::{
+    Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term,
+};
 
 pub use gd_core::VERSION;
+
+use delivery::ErlDelivery;
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, wait, config, start, stopped, stored, bad_jid, bad_kind, store,
+        local, forwarded, undeliverable, remote, unknown,
+        message, presence, presence_unavailable, iq, other,
+        workers, worker_threads, dispatch_shards,
+        local_host, global_host, listen, bounce_queue_size, delivered_sent, delivered_lost,
+        log_dropped, error_level = "error", warning, info, debug, trace, none,
+        count, min, max, mean, sum, p50, p95, p99,
+    }
+}
+
+/// A shared in-process store: runtimes of one VM started with the same
+/// store see each other without Redis.
+pub struct StoreRes {
+    backend: Arc<dyn Backend>,
+}
+
+#[rustler::resource_impl]
+impl Resource for StoreRes {}
+
+/// One runtime (one node of one datacenter).
+pub struct RtRes {
+    rt: Arc<Runtime>,
+    delivery: Arc<ErlDelivery>,
+    stopped: AtomicBool,
+}
+
+#[rustler::resource_impl]
+impl Resource for RtRes {}
+
+impl Drop for RtRes {
+    fn drop(&mut self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The last handle went away (GC, maybe on a scheduler): stop off-VM.
+        let rt = self.rt.clone();
+        let _ = std::thread::Builder::new()
+            .name("gd-drop".into())
+            .spawn(move || {
+                rt.stop(Duration::from_millis(500));
+            });
+    }
+}
+
+fn load(_env: Env, _info: Term) -> bool {
+    log::install();
+    true
+}
+
+fn err<'a, T: Encoder>(env: Env<'a>, reason: T) -> Term<'a> {
+    (atoms::error(), reason).encode(env)
+}
+
+fn alive(rt: &RtRes) -> bool {
+    !rt.stopped.load(Ordering::Acquire)
+}
+
+/// Runs `fut` on the runtime and answers `{wait, Ref}` now and
+/// `{Ref, encode(result)}` to the caller when it completes.
+fn wait_for<'a, Fut, T, E>(env: Env<'a>, rt: &RtRes, fut: Fut, encode: E) -> Term<'a>
+where
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    E: for<'b> FnOnce(Env<'b>, T) -> Term<'b> + Send + 'static,
+{
+    if !alive(rt) {
+        return err(env, atoms::stopped());
+    }
+    let pid = env.pid();
+    let reference = env.make_ref();
+    let owned = OwnedEnv::new();
+    let saved = owned.save(reference);
+    rt.rt.spawn(async move {
+        let value = fut.await;
+        let mut owned = owned;
+        let _ = owned.send_and_clear(&pid, move |e| {
+            let r = saved.load(e);
+            (r, encode(e, value)).encode(e)
+        });
+    });
+    (atoms::wait(), reference).encode(env)
+}
+
+fn ok_term(env: Env<'_>, _: ()) -> Term<'_> {
+    atoms::ok().encode(env)
+}
+
+fn jid_arg(b: &Binary) -> Result<Jid, String> {
+    let s = std::str::from_utf8(b.as_slice()).map_err(|_| "not UTF-8".to_owned())?;
+    Jid::parse(s).map_err(|e| format!("{s}: {e}"))
+}
+
+macro_rules! jid_or_return {
+    ($env:expr, $b:expr) => {
+        match jid_arg(&$b) {
+            Ok(j) => j,
+            Err(m) => return Ok(err($env, (atoms::bad_jid(), m))),
+        }
+    };
+}
+
+fn kind_arg(a: Atom) -> Option<PayloadKind> {
+    Some(if a == atoms::message() {
+        PayloadKind::Message
+    } else if a == atoms::presence() {
+        PayloadKind::Presence
+    } else if a == atoms::presence_unavailable() {
+        PayloadKind::PresenceUnavailable
+    } else if a == atoms::iq() {
+        PayloadKind::Iq
+    } else if a == atoms::other() {
+        PayloadKind::Other
+    } else {
+        return None;
+    })
+}
+
+fn route_result(env: Env<'_>, r: RouteResult) -> Term<'_> {
+    match r {
+        RouteResult::Local => atoms::local().encode(env),
+        RouteResult::Forwarded(h) => (atoms::forwarded(), &*h).encode(env),
+        RouteResult::Stored => atoms::stored().encode(env),
+        RouteResult::Undeliverable(reason) => {
+            let a = Atom::from_str(env, reason.as_str()).unwrap_or(atoms::error());
+            (atoms::undeliverable(), a).encode(env)
+        }
+    }
+}
+
+fn location(env: Env<'_>, l: Location) -> Term<'_> {
+    match l {
+        Location::Local => atoms::local().encode(env),
+        Location::Remote(h) => (atoms::remote(), &*h).encode(env),
+        Location::Unknown => atoms::unknown().encode(env),
+    }
+}
+
+#[rustler::nif]
+fn new_embedded_store(env: Env<'_>) -> Term<'_> {
+    ResourceArc::new(StoreRes {
+        backend: Arc::new(EmbeddedBackend::new()),
+    })
+    .encode(env)
+}
+
+/// `check_config(Config)`: `ok` or `{error, {config, Msg}}`, the same
+/// reading as `start/2` without starting anything (dirty: the option
+/// reader is cheap, but configurations can be large).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn check_config<'a>(env: Env<'a>, config: Term<'a>) -> Term<'a> {
+    let checked = convert::to_json(config)
+        .and_then(|json| Config::from_json_value(json).map_err(|e| e.to_string()));
+    match checked {
+        Ok(_) => atoms::ok().encode(env),
+        Err(m) => err(env, (atoms::config(), m)),
+    }
+}
+
+/// `start(Config, Opts)`; Opts is a map with optional `store`, `workers`
+/// (list of pids), `worker_threads`, `dispatch_shards`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn start<'a>(env: Env<'a>, config: Term<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
+    let json = match convert::to_json(config) {
+        Ok(v) => v,
+        Err(m) => return Ok(err(env, (atoms::config(), m))),
+    };
+    let cfg = match Config::from_json_value(json) {
+        Ok(c) => c,
+        Err(e) => return Ok(err(env, (atoms::config(), e.to_string()))),
+    };
+    let mut so = StartOptions::default();
+    let mut workers: Vec<LocalPid> = Vec::new();
+    if let Ok(s) = opts.map_get(atoms::store()) {
+        let s: ResourceArc<StoreRes> = s.decode()?;
+        so.backend = Some(s.backend.clone());
+    }
+    if let Ok(w) = opts.map_get(atoms::workers()) {
+        workers = w.decode()?;
+    }
+    if let Ok(n) = opts.map_get(atoms::worker_threads()) {
+        so.worker_threads = n.decode()?;
+    }
+    if let Ok(n) = opts.map_get(atoms::dispatch_shards()) {
+        so.dispatch_shards = n.decode()?;
+    }
+    let delivery = Arc::new(ErlDelivery::new(cfg.global_host.clone(), workers));
+    // Built on a thread of its own: the runtime's construction and the
+    // first store calls must not happen on a (dirty) scheduler thread that
+    // tokio would treat as its own.
+    let d = delivery.clone();
+    let started = std::thread::Builder::new()
+        .name("gd-start".into())
+        .spawn(move || Runtime::start_with(cfg, d, so))
+        .map_err(|_| rustler::Error::Term(Box::new("cannot spawn a thread")))?
+        .join();
+    match started {
+        Ok(Ok(rt)) => Ok((
+            atoms::ok(),
+            ResourceArc::new(RtRes {
+                rt: Arc::new(rt),
+                delivery,
+                stopped: AtomicBool::new(false),
+            }),
+        )
+            .encode(env)),
+        Ok(Err(e)) => Ok(err(env, (atoms::start(), e.to_string()))),
+        Err(_) => Ok(err(env, (atoms::start(), "runtime start panicked"))),
+    }
+}
+
+/// Graceful stop within `timeout_ms`; `{ok, Undeliverable}`. Idempotent.
+#[rustler::nif(schedule = "DirtyIo")]
+fn stop(rt: ResourceArc<RtRes>, timeout_ms: u64) -> (Atom, usize) {
+    rt.stopped.store(true, Ordering::Release);
+    let r = rt.rt.clone();
+    // Undeliverable reports are sent from the stopping thread: it must not
+    // be a scheduler thread.
+    let n = std::thread::Builder::new()
+        .name("gd-stop".into())
+        .spawn(move || r.stop(Duration::from_millis(timeout_ms)).undeliverable)
+        .ok()
+        .and_then(|h| h.join().ok())
+        .unwrap_or(0);
+    (atoms::ok(), n)
+}
+
+#[rustler::nif]
+fn set_worker(rt: ResourceArc<RtRes>, index: usize, pid: LocalPid) -> Atom {
+    rt.delivery.set_worker(index, pid);
+    atoms::ok()
+}
+
+/// `set_log(Pid | undefined, Level)`: where the core's log events go.
+#[rustler::nif]
+fn set_log(pid: Option<LocalPid>, level: Atom) -> Atom {
+    let n = if level == atoms::error_level() {
+        1
+    } else if level == atoms::warning() {
+        2
+    } else if level == atoms::info() {
+        3
+    } else if level == atoms::debug() {
+        4
+    } else if level == atoms::trace() {
+        5
+    } else {
+        3
+    };
+    let pid = if level == atoms::none() { None } else { pid };
+    log::set_target(pid, n);
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn session_opened<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, jid: Binary) -> NifResult<Term<'a>> {
+    let j = jid_or_return!(env, jid);
+    let fut = rt.rt.session_opened(&j);
+    Ok(wait_for(env, &rt, fut, ok_term))
+}
+
+#[rustler::nif]
+fn session_closed<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, jid: Binary) -> NifResult<Term<'a>> {
+    let j = jid_or_return!(env, jid);
+    let fut = rt.rt.session_closed(&j);
+    Ok(wait_for(env, &rt, fut, ok_term))
+}
+
+#[rustler::nif]
+fn register_subhost<'a>(
+    env: Env<'a>,
+    rt: ResourceArc<RtRes>,
+    domain: String,
+    public: bool,
+) -> Term<'a> {
+    let fut = rt.rt.register_subhost(&domain, public);
+    wait_for(env, &rt, fut, ok_term)
+}
+
+#[rustler::nif]
+fn unregister_subhost<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, domain: String) -> Term<'a> {
+    let fut = rt.rt.unregister_subhost(&domain);
+    wait_for(env, &rt, fut, ok_term)
+}
+
+/// `route(Rt, From, To, Kind, Payload)`: the decision inline when the
+/// caches answer, else `{wait, Ref}`.
+#[rustler::nif]
+fn route<'a>(
+    env: Env<'a>,
+    rt: ResourceArc<RtRes>,
+    from: Binary,
+    to: Binary,
+    kind: Atom,
+    payload: Binary,
+) -> NifResult<Term<'a>> {
+    if !alive(&rt) {
+        return Ok(route_result(
+            env,
+            RouteResult::Undeliverable(gd_core::routing::Reason::Stopped),
+        ));
+    }
+    let from = jid_or_return!(env, from);
+    let to = jid_or_return!(env, to);
+    let Some(kind) = kind_arg(kind) else {
+        return Ok(err(env, atoms::bad_kind()));
+    };
+    let envelope = rt
+        .rt
+        .envelope(from, to, kind, Bytes::copy_from_slice(payload.as_slice()));
+    match rt.rt.try_route(envelope) {
+        Ok(r) => Ok(route_result(env, r)),
+        Err(envelope) => {
+            let fut = rt.rt.route(envelope);
+            Ok(wait_for(env, &rt, fut, route_result))
+        }
+    }
+}
+
+/// `lookup(Rt, Jid)`: `local | {remote, Host} | unknown` from the caches,
+/// else `{wait, Ref}` (then `{Ref, Location | {error, {store, Msg}}}`).
+#[rustler::nif]
+fn lookup<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, jid: Binary) -> NifResult<Term<'a>> {
+    let j = jid_or_return!(env, jid);
+    if let Some(l) = rt.rt.mapping().lookup_cached(&j) {
+        return Ok(location(env, l));
+    }
+    let fut = rt.rt.lookup(&j);
+    Ok(wait_for(env, &rt, fut, |e, r| match r {
+        Ok(l) => location(e, l),
+        Err(x) => err(e, (atoms::store(), x.to_string())),
+    }))
+}
+
+#[rustler::nif]
+fn public_domains<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
+    let fut = rt.rt.public_domains();
+    wait_for(env, &rt, fut, |e, r| match r {
+        Ok(v) => (atoms::ok(), v).encode(e),
+        Err(x) => err(e, (atoms::store(), x.to_string())),
+    })
+}
+
+#[rustler::nif]
+fn refresh_hosts_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
+    let fut = rt.rt.refresh_hosts_now();
+    wait_for(env, &rt, fut, ok_term)
+}
+
+#[rustler::nif]
+fn refresh_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
+    let fut = rt.rt.refresh_now();
+    wait_for(env, &rt, fut, ok_term)
+}
+
+/// `store_del(Rt, Keys)`: deletes keys of the metadata store through this
+/// runtime (operations and tests: simulate replication lag or loss).
+#[rustler::nif]
+fn store_del<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, keys: Vec<String>) -> Term<'a> {
+    let backend = rt.rt.store().backend().clone();
+    let cmds: Vec<gd_core::store::Cmd> = keys
+        .into_iter()
+        .map(|key| gd_core::store::Cmd::Del { key })
+        .collect();
+    wait_for(
+        env,
+        &rt,
+        async move { backend.exec(&cmds).await.map(|_| ()) },
+        |e, r| match r {
+            Ok(()) => atoms::ok().encode(e),
+            Err(x) => err(e, (atoms::store(), x.to_string())),
+        },
+    )
+}
+
+/// Number of endpoints known towards DC `host` (its pools are ready when > 0).
+#[rustler::nif]
+fn endpoints_of(rt: ResourceArc<RtRes>, host: String) -> usize {
+    rt.rt.outgoing().endpoints_of(&host).len()
+}
+
+#[rustler::nif]
+fn info<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> NifResult<Term<'a>> {
+    let listen: Vec<(String, u16)> = rt
+        .rt
+        .listen_addrs()
+        .iter()
+        .map(|a| (a.ip().to_string(), a.port()))
+        .collect();
+    let (sent, lost) = rt.delivery.counts();
+    let pairs: Vec<(Term<'a>, Term<'a>)> = vec![
+        (
+            atoms::local_host().encode(env),
+            rt.rt.local_host().encode(env),
+        ),
+        (
+            atoms::global_host().encode(env),
+            rt.rt.config().global_host.encode(env),
+        ),
+        (atoms::listen().encode(env), listen.encode(env)),
+        (
+            atoms::bounce_queue_size().encode(env),
+            rt.rt.bounce_queue_size().encode(env),
+        ),
+        (
+            atoms::workers().encode(env),
+            rt.delivery.worker_count().encode(env),
+        ),
+        (atoms::delivered_sent().encode(env), sent.encode(env)),
+        (atoms::delivered_lost().encode(env), lost.encode(env)),
+        (atoms::log_dropped().encode(env), log::dropped().encode(env)),
+        (atoms::stopped().encode(env), (!alive(&rt)).encode(env)),
+    ];
+    Term::map_from_pairs(env, &pairs)
+}
+
+/// `#{Name => Integer | #{count, min, max, mean, sum, p50, p95, p99}}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn metrics<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> NifResult<Term<'a>> {
+    let snap = rt.rt.metrics().snapshot();
+    let mut pairs: Vec<(Term<'a>, Term<'a>)> = Vec::with_capacity(snap.0.len());
+    for (name, v) in snap.0 {
+        let value = match v {
+            MetricValue::Counter(c) => c.encode(env),
+            MetricValue::Gauge(g) => g.encode(env),
+            MetricValue::Histogram(h) => {
+                let hp: Vec<(Term<'a>, Term<'a>)> = vec![
+                    (atoms::count().encode(env), h.count.encode(env)),
+                    (atoms::min().encode(env), h.min.encode(env)),
+                    (atoms::max().encode(env), h.max.encode(env)),
+                    (atoms::mean().encode(env), h.mean.encode(env)),
+                    (atoms::sum().encode(env), h.sum.encode(env)),
+                    (atoms::p50().encode(env), h.p50.encode(env)),
+                    (atoms::p95().encode(env), h.p95.encode(env)),
+                    (atoms::p99().encode(env), h.p99.encode(env)),
+                ];
+                Term::map_from_pairs(env, &hp)?
+            }
+        };
+        pairs.push((name.encode(env), value));
+    }
+    Term::map_from_pairs(env, &pairs)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn prometheus(rt: ResourceArc<RtRes>) -> String {
+    rt.rt.metrics().prometheus()
+}
+
+#[rustler::nif]
+fn version() -> &'static str {
+    VERSION
+}
+
+rustler::init!("global_distrib_nif", load = load);

@@ -1,0 +1,251 @@
+%% @doc Host-agnostic API of global_distrib: one runtime per datacenter node
+%% (several may run in one VM), backed by the Rust core through
+%% {@link global_distrib_nif}.
+%%
+%% Stanzas for local users arriving from other datacenters, and stanzas given
+%% up on, reach the host through the callback given to {@link start/2}, run
+%% by a pool of {@link global_distrib_worker}s:
+%% `Callback(deliver | undeliverable, Meta, Payload)'.
+%%
+%% Calls that need the metadata store or the network are answered by the
+%% NIF with `{wait, Ref}'; the functions here wait for `{Ref, Result}' with
+%% a timeout (default 5 s). A reply arriving after the timeout stays in the
+%% caller's mailbox as `{Ref, Result}' with a reference nobody matches.
+-module(global_distrib).
+
+-export([start/1, start/2, stop/1, stop/2, new_store/0, check_config/1,
+         session_opened/2, session_closed/2,
+         register_subhost/3, unregister_subhost/2,
+         route/5, route/6, lookup/2, public_domains/1,
+         refresh_hosts/1, await_peer/3, store_del/2,
+         info/1, metrics/1, prometheus/1, local_host/1, nif/1, workers/1, set_log_level/1]).
+
+-export_type([runtime/0, store/0, kind/0, route_result/0, location/0, meta/0,
+              start_opts/0, jid/0]).
+
+-record(gd_rt, {nif :: global_distrib_nif:rt(),
+                key :: reference(),
+                host :: binary()}).
+
+-opaque runtime() :: #gd_rt{}.
+-type store() :: global_distrib_nif:store().
+-type jid() :: binary().
+-type kind() :: message | presence | presence_unavailable | iq | other.
+-type reason() :: retries_exhausted | no_route | bounce_full | queue_full | stopped
+                | store_unavailable | too_large | timeout.
+-type route_result() :: local | {forwarded, Host :: binary()} | stored
+                      | {undeliverable, reason()}.
+-type location() :: local | {remote, Host :: binary()} | unknown.
+-type meta() :: #{from := jid(), to := jid(), kind := kind(),
+                  message_id := non_neg_integer(), origin := binary(),
+                  ttl := non_neg_integer(), from_host := binary() | undefined,
+                  transfer_time_us := non_neg_integer(),
+                  reason := reason() | undefined}.
+-type start_opts() :: #{callback => global_distrib_worker:callback(),
+                        workers => pos_integer(),
+                        store => store(),
+                        worker_threads => pos_integer(),
+                        dispatch_shards => pos_integer()}.
+
+-define(TIMEOUT, 5000).
+
+%% @equiv start(Config, #{})
+-spec start(term()) -> {ok, runtime()} | {error, term()}.
+start(Config) ->
+    start(Config, #{}).
+
+%% @doc Starts a runtime from `Config': a map or the seed's proplist
+%% (`[{global_host, "example.com"}, {local_host, "dc1.example.com"}, ...]').
+%% Options: `callback' (default: log and drop), `workers' (delivery pool
+%% size, default 4), `store' (a store from {@link new_store/0} shared by the
+%% runtimes of this VM instead of the configured backend),
+%% `worker_threads', `dispatch_shards'.
+%% A wrong configuration fails with `{error, {config, <<"path: message">>}}'.
+-spec start(term(), start_opts()) -> {ok, runtime()} | {error, term()}.
+start(Config, Opts) ->
+    {ok, _} = application:ensure_all_started(global_distrib),
+    Key = make_ref(),
+    N = maps:get(workers, Opts, 4),
+    Callback = maps:get(callback, Opts, fun default_callback/3),
+    case global_distrib_sup:start_pool(Key, N, Callback) of
+        {ok, Pool} ->
+            Workers = global_distrib_pool_sup:workers(Pool),
+            NifOpts = maps:put(workers, Workers,
+                               maps:with([store, worker_threads, dispatch_shards], Opts)),
+            case global_distrib_nif:start(Config, NifOpts) of
+                {ok, Nif} ->
+                    persistent_term:put({global_distrib_rt, Key}, Nif),
+                    #{local_host := Host} = global_distrib_nif:info(Nif),
+                    logger:info(#{what => global_distrib_started, local_host => Host}),
+                    {ok, #gd_rt{nif = Nif, key = Key, host = Host}};
+                {error, _} = E ->
+                    global_distrib_sup:stop_pool(Key),
+                    E
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+%% @doc Reads `Config' as {@link start/2} would, without starting anything.
+-spec check_config(term()) -> ok | {error, {config, binary()}}.
+check_config(Config) ->
+    {ok, _} = application:ensure_all_started(global_distrib),
+    global_distrib_nif:check_config(Config).
+
+%% @equiv stop(Rt, 5000)
+-spec stop(runtime()) -> {ok, non_neg_integer()}.
+stop(Rt) ->
+    stop(Rt, ?TIMEOUT).
+
+%% @doc Graceful stop: flushes queues within `TimeoutMs', reports the rest
+%% undeliverable (their count is returned), then stops the worker pool.
+-spec stop(runtime(), non_neg_integer()) -> {ok, non_neg_integer()}.
+stop(#gd_rt{nif = Nif, key = Key, host = Host}, TimeoutMs) ->
+    {ok, N} = global_distrib_nif:stop(Nif, TimeoutMs),
+    %% Undeliverable reports of the stop were sent before it returned; let
+    %% the workers run them before the pool goes.
+    _ = [sys:get_state(W) || {_, W, _, _} <- pool_children(Key)],
+    global_distrib_sup:stop_pool(Key),
+    _ = persistent_term:erase({global_distrib_rt, Key}),
+    logger:info(#{what => global_distrib_stopped, local_host => Host, undeliverable => N}),
+    {ok, N}.
+
+-spec pool_children(reference()) -> [{term(), pid(), worker, [module()]}].
+pool_children(Key) ->
+    case [P || {{pool, K}, P, _, _} <- supervisor:which_children(global_distrib_sup),
+               K =:= Key, is_pid(P)] of
+        [Pool] -> [C || {_, W, _, _} = C <- supervisor:which_children(Pool), is_pid(W)];
+        [] -> []
+    end.
+
+%% @doc A new in-process metadata store to share between runtimes of one VM.
+-spec new_store() -> store().
+new_store() ->
+    {ok, _} = application:ensure_all_started(global_distrib),
+    global_distrib_nif:new_embedded_store().
+
+%% @doc A user's session opened at this datacenter (newest login wins).
+-spec session_opened(runtime(), jid()) -> ok | {error, term()}.
+session_opened(#gd_rt{nif = Nif}, Jid) ->
+    await(global_distrib_nif:session_opened(Nif, Jid), ?TIMEOUT).
+
+%% @doc A user's session closed at this datacenter.
+-spec session_closed(runtime(), jid()) -> ok | {error, term()}.
+session_closed(#gd_rt{nif = Nif}, Jid) ->
+    await(global_distrib_nif:session_closed(Nif, Jid), ?TIMEOUT).
+
+%% @doc A component/MUC subdomain served here; `Public' lists it in disco.
+-spec register_subhost(runtime(), binary(), boolean()) -> ok | {error, term()}.
+register_subhost(#gd_rt{nif = Nif}, Domain, Public) ->
+    await(global_distrib_nif:register_subhost(Nif, Domain, Public), ?TIMEOUT).
+
+-spec unregister_subhost(runtime(), binary()) -> ok | {error, term()}.
+unregister_subhost(#gd_rt{nif = Nif}, Domain) ->
+    await(global_distrib_nif:unregister_subhost(Nif, Domain), ?TIMEOUT).
+
+%% @equiv route(Rt, From, To, Kind, Payload, 5000)
+-spec route(runtime(), jid(), jid(), kind(), binary()) -> route_result() | {error, term()}.
+route(Rt, From, To, Kind, Payload) ->
+    route(Rt, From, To, Kind, Payload, ?TIMEOUT).
+
+%% @doc route(): `local' (the host delivers it itself), `{forwarded, Host}',
+%% `stored' (held by bounce; it comes back through the callback) or
+%% `{undeliverable, Reason}' (answer the sender with an error). Inline on a
+%% cache hit; otherwise waits up to `Timeout' ms (`{undeliverable, timeout}').
+-spec route(runtime(), jid(), jid(), kind(), binary(), timeout()) ->
+          route_result() | {error, term()}.
+route(#gd_rt{nif = Nif}, From, To, Kind, Payload, Timeout) ->
+    case global_distrib_nif:route(Nif, From, To, Kind, Payload) of
+        {wait, Ref} ->
+            receive {Ref, R} -> R
+            after Timeout -> {undeliverable, timeout}
+            end;
+        R ->
+            R
+    end.
+
+%% @doc Where `Jid' is: `local', `{remote, Host}' or `unknown'.
+-spec lookup(runtime(), jid()) -> location() | {error, term()}.
+lookup(#gd_rt{nif = Nif}, Jid) ->
+    await(global_distrib_nif:lookup(Nif, Jid), ?TIMEOUT).
+
+%% @doc Public subdomains of every datacenter (disco items).
+-spec public_domains(runtime()) -> {ok, [binary()]} | {error, term()}.
+public_domains(#gd_rt{nif = Nif}) ->
+    await(global_distrib_nif:public_domains(Nif), ?TIMEOUT).
+
+%% @doc Reads the datacenter list of the store now.
+-spec refresh_hosts(runtime()) -> ok | {error, term()}.
+refresh_hosts(#gd_rt{nif = Nif}) ->
+    await(global_distrib_nif:refresh_hosts_now(Nif), ?TIMEOUT).
+
+%% @doc Refreshes hosts and waits until endpoints of datacenter `Host' are
+%% known (its connection pools are being set up).
+-spec await_peer(runtime(), binary(), timeout()) -> ok | {error, timeout}.
+await_peer(#gd_rt{nif = Nif} = Rt, Host, Timeout) ->
+    ok = refresh_hosts(Rt),
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    poll(fun() -> global_distrib_nif:endpoints_of(Nif, Host) > 0 end, Deadline).
+
+-spec poll(fun(() -> boolean()), integer()) -> ok | {error, timeout}.
+poll(Cond, Deadline) ->
+    case Cond() of
+        true -> ok;
+        false ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> {error, timeout};
+                false ->
+                    receive after 10 -> poll(Cond, Deadline) end
+            end
+    end.
+
+%% @doc Deletes metadata store keys (operations, tests).
+-spec store_del(runtime(), [binary()]) -> ok | {error, term()}.
+store_del(#gd_rt{nif = Nif}, Keys) ->
+    await(global_distrib_nif:store_del(Nif, Keys), ?TIMEOUT).
+
+%% @doc local_host, global_host, listen addresses, bounce queue size, etc.
+-spec info(runtime()) -> map().
+info(#gd_rt{nif = Nif}) ->
+    global_distrib_nif:info(Nif).
+
+%% @doc Every metric: counters and gauges as integers, histograms as maps.
+-spec metrics(runtime()) -> #{binary() => integer() | map()}.
+metrics(#gd_rt{nif = Nif}) ->
+    global_distrib_nif:metrics(Nif).
+
+%% @doc The metrics in the Prometheus text format.
+-spec prometheus(runtime()) -> binary().
+prometheus(#gd_rt{nif = Nif}) ->
+    global_distrib_nif:prometheus(Nif).
+
+-spec local_host(runtime()) -> binary().
+local_host(#gd_rt{host = Host}) ->
+    Host.
+
+%% @doc The NIF handle, for callers that use {@link global_distrib_nif} directly.
+-spec nif(runtime()) -> global_distrib_nif:rt().
+nif(#gd_rt{nif = Nif}) ->
+    Nif.
+
+%% @doc Pids of the runtime's delivery workers, in index order.
+-spec workers(runtime()) -> [pid()].
+workers(#gd_rt{key = Key}) ->
+    [W || {_, W, _, _} <- lists:keysort(1, pool_children(Key))].
+
+%% @doc Most verbose level of core log events forwarded to `logger'.
+-spec set_log_level(global_distrib_log:level()) -> ok.
+set_log_level(Level) ->
+    global_distrib_log:set_level(Level).
+
+-spec await(term(), timeout()) -> term().
+await({wait, Ref}, Timeout) ->
+    receive {Ref, R} -> R
+    after Timeout -> {error, timeout}
+    end;
+await(Other, _Timeout) ->
+    Other.
+
+-spec default_callback(global_distrib_worker:event(), meta(), binary()) -> ok.
+default_callback(Event, Meta, _Payload) ->
+    logger:warning(#{what => global_distrib_no_callback, event => Event, meta => Meta}).

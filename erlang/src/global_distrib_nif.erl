@@ -1,0 +1,105 @@
+%% @doc NIF stubs of `native/nif' (Rust). Use {@link global_distrib} instead:
+%% calls answering `{wait, Ref}' send `{Ref, Result}' to the caller later.
+-module(global_distrib_nif).
+
+-export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
+         session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
+         route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
+         store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
+
+-nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
+       session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
+       route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
+       store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
+
+-on_load(init/0).
+
+-type rt() :: reference().
+-type store() :: reference().
+-type wait() :: {wait, reference()}.
+-type bad_jid() :: {error, {bad_jid, binary()}}.
+-type stopped() :: {error, stopped}.
+-export_type([rt/0, store/0, wait/0]).
+
+-spec init() -> ok | {error, term()}.
+init() ->
+    erlang:load_nif(filename:join(priv_dir(), "global_distrib_nif"), 0).
+
+-spec priv_dir() -> file:filename().
+priv_dir() ->
+    case code:priv_dir(global_distrib) of
+        Dir when is_list(Dir) ->
+            Dir;
+        {error, bad_name} ->
+            %% Not loaded as an application (plain -pa): ../priv of the beam.
+            case code:which(?MODULE) of
+                Beam when is_list(Beam) ->
+                    filename:join([filename:dirname(filename:dirname(Beam)), "priv"]);
+                _ ->
+                    "priv"
+            end
+    end.
+
+-spec new_embedded_store() -> store().
+new_embedded_store() -> erlang:nif_error(nif_not_loaded).
+
+-spec check_config(term()) -> ok | {error, {config, binary()}}.
+check_config(_Config) -> erlang:nif_error(nif_not_loaded).
+
+-spec start(term(), map()) -> {ok, rt()} | {error, {config | start, binary()}}.
+start(_Config, _Opts) -> erlang:nif_error(nif_not_loaded).
+
+-spec stop(rt(), non_neg_integer()) -> {ok, non_neg_integer()}.
+stop(_Rt, _TimeoutMs) -> erlang:nif_error(nif_not_loaded).
+
+-spec set_worker(rt(), non_neg_integer(), pid()) -> ok.
+set_worker(_Rt, _Index, _Pid) -> erlang:nif_error(nif_not_loaded).
+
+-spec set_log(pid() | undefined, atom()) -> ok.
+set_log(_Pid, _Level) -> erlang:nif_error(nif_not_loaded).
+
+-spec session_opened(rt(), binary()) -> wait() | bad_jid() | stopped().
+session_opened(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).
+
+-spec session_closed(rt(), binary()) -> wait() | bad_jid() | stopped().
+session_closed(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).
+
+-spec register_subhost(rt(), binary(), boolean()) -> wait() | stopped().
+register_subhost(_Rt, _Domain, _Public) -> erlang:nif_error(nif_not_loaded).
+
+-spec unregister_subhost(rt(), binary()) -> wait() | stopped().
+unregister_subhost(_Rt, _Domain) -> erlang:nif_error(nif_not_loaded).
+
+-spec route(rt(), binary(), binary(), global_distrib:kind(), binary()) ->
+          global_distrib:route_result() | wait() | bad_jid() | stopped() | {error, bad_kind}.
+route(_Rt, _From, _To, _Kind, _Payload) -> erlang:nif_error(nif_not_loaded).
+
+-spec lookup(rt(), binary()) -> global_distrib:location() | wait() | bad_jid() | stopped().
+lookup(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).
+
+-spec public_domains(rt()) -> wait() | stopped().
+public_domains(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec refresh_hosts_now(rt()) -> wait() | stopped().
+refresh_hosts_now(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec refresh_now(rt()) -> wait() | stopped().
+refresh_now(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec store_del(rt(), [binary()]) -> wait() | stopped().
+store_del(_Rt, _Keys) -> erlang:nif_error(nif_not_loaded).
+
+-spec endpoints_of(rt(), binary()) -> non_neg_integer().
+endpoints_of(_Rt, _Host) -> erlang:nif_error(nif_not_loaded).
+
+-spec info(rt()) -> map().
+info(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec metrics(rt()) -> #{binary() => integer() | map()}.
+metrics(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec prometheus(rt()) -> binary().
+prometheus(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec version() -> binary().
+version() -> erlang:nif_error(nif_not_loaded).

@@ -1,0 +1,44 @@
+%% @doc Top supervisor: the log forwarder, then one
+%% {@link global_distrib_pool_sup} per running runtime (added and removed
+%% by {@link global_distrib:start/2} and {@link global_distrib:stop/1}).
+-module(global_distrib_sup).
+-behaviour(supervisor).
+
+-export([start_link/0, start_pool/3, stop_pool/1]).
+-export([init/1]).
+
+-spec start_link() -> {ok, pid()} | ignore | {error, term()}.
+start_link() ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+%% @doc Starts the delivery worker pool of runtime `Key'.
+-spec start_pool(reference(), pos_integer(), global_distrib_worker:callback()) ->
+          {ok, pid()} | {error, term()}.
+start_pool(Key, N, Callback) ->
+    Spec = #{id => {pool, Key},
+             start => {global_distrib_pool_sup, start_link, [Key, N, Callback]},
+             restart => temporary,
+             shutdown => infinity,
+             type => supervisor,
+             modules => [global_distrib_pool_sup]},
+    case supervisor:start_child(?MODULE, Spec) of
+        {ok, Pid} -> {ok, Pid};
+        {ok, Pid, _} -> {ok, Pid};
+        {error, _} = E -> E
+    end.
+
+-spec stop_pool(reference()) -> ok.
+stop_pool(Key) ->
+    _ = supervisor:terminate_child(?MODULE, {pool, Key}),
+    _ = supervisor:delete_child(?MODULE, {pool, Key}),
+    ok.
+
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init([]) ->
+    Log = #{id => global_distrib_log,
+            start => {global_distrib_log, start_link, []},
+            restart => permanent,
+            shutdown => 5000,
+            type => worker,
+            modules => [global_distrib_log]},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [Log]}}.

@@ -1,0 +1,465 @@
+%% Several datacenters in ONE VM through the Erlang API of global_distrib:
+%% runtimes on loopback (ephemeral ports) sharing one embedded store, a tiny
+%% test host recording what each DC is handed, and SPEC 11 scenarios.
+%% erlang:system_monitor long_schedule (5 ms) is on for the whole suite; an
+%% event involving global_distrib_nif fails the test case it happened in.
+-module(global_distrib_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, suite/0, init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([pm_between_dcs_both_directions/1,
+         message_before_presence_arrives/1,
+         subhosts_public_hidden_unregister/1,
+         recipient_gone_ends_undeliverable_not_lost/1,
+         origin_hint_lets_receiver_answer/1,
+         hundred_in_order_multi_connection_also_bounced/1,
+         reconnection_to_another_dc_loses_nothing/1,
+         wrong_config_fails_clearly/1,
+         proplist_config_and_metrics/1,
+         worker_restart_keeps_delivering/1,
+         stop_reports_and_refuses/1,
+         core_logs_reach_logger/1, log/2,
+         cached_route_cost/1]).
+
+-define(GLOBAL, <<"example.com">>).
+-define(WAIT, 10000).
+
+suite() ->
+    [{timetrap, {minutes, 3}}].
+
+all() ->
+    [{group, scenarios}, {group, binding}, cached_route_cost].
+
+groups() ->
+    [{scenarios, [],
+      [pm_between_dcs_both_directions,
+       message_before_presence_arrives,
+       subhosts_public_hidden_unregister,
+       recipient_gone_ends_undeliverable_not_lost,
+       origin_hint_lets_receiver_answer,
+       hundred_in_order_multi_connection_also_bounced,
+       reconnection_to_another_dc_loses_nothing,
+       wrong_config_fails_clearly]},
+     {binding, [],
+      [proplist_config_and_metrics,
+       worker_restart_keeps_delivering,
+       stop_reports_and_refuses,
+       core_logs_reach_logger]}].
+
+%%--------------------------------------------------------------------
+%% Setup: the long_schedule watcher lives for the whole suite.
+
+init_per_suite(Config) ->
+    {ok, _} = application:ensure_all_started(global_distrib),
+    Watcher = spawn(fun() -> watcher([]) end),
+    [{watcher, Watcher} | Config].
+
+end_per_suite(Config) ->
+    exit(?config(watcher, Config), kill),
+    ok.
+
+init_per_testcase(_Case, Config) ->
+    Watcher = ?config(watcher, Config),
+    Watcher ! {reset, self()},
+    receive {reset_done, Watcher} -> ok end,
+    Config.
+
+end_per_testcase(_Case, Config) ->
+    [catch global_distrib:stop(Rt, 1000) || Rt <- get_dcs()],
+    erase(gd_dcs),
+    Watcher = ?config(watcher, Config),
+    Watcher ! {events, self()},
+    Events = receive {events, Watcher, Es} -> Es end,
+    Ours = [E || E <- Events, caused_by_nif(E)],
+    ct:log("long_schedule events: ~p (ours: ~p)", [length(Events), Ours]),
+    case Ours of
+        [] -> ok;
+        _ -> {fail, {long_schedule_in_nif, Ours}}
+    end.
+
+watcher(Events) ->
+    erlang:system_monitor(self(), [{long_schedule, 5}]),
+    receive
+        {monitor, PidOrPort, long_schedule, Info} ->
+            watcher([{PidOrPort, Info} | Events]);
+        {reset, From} ->
+            From ! {reset_done, self()},
+            watcher([]);
+        {events, From} ->
+            From ! {events, self(), lists:reverse(Events)},
+            watcher(Events)
+    end.
+
+caused_by_nif({_Who, Info}) ->
+    lists:any(fun({K, {global_distrib_nif, _, _}}) when K =:= in; K =:= out -> true;
+                 (_) -> false
+              end, Info).
+
+%%--------------------------------------------------------------------
+%% The test host: each DC's deliveries land in an ETS table, in arrival
+%% order.
+
+host(N) ->
+    iolist_to_binary(["dc", integer_to_list(N), ".example.com"]).
+
+dc_config(N) ->
+    #{global_host => ?GLOBAL,
+      local_host => host(N),
+      node_name => "node" ++ integer_to_list(N) ++ "@localhost",
+      hosts_refresh_interval => 200,
+      connections => #{endpoints => [{"127.0.0.1", 0}],
+                       endpoint_refresh_interval => 1,
+                       endpoint_refresh_interval_when_empty => 1,
+                       disabled_gc_interval => 1},
+      bounce => #{resend_after_ms => 100, max_retries => 4},
+      cache => #{jid_lifetime_seconds => 1, domain_lifetime_seconds => 1}}.
+
+start_dc(Cfg, Store) ->
+    Tab = ets:new(inbox, [ordered_set, public]),
+    Cb = fun(Event, Meta, Payload) ->
+                 ets:insert(Tab, {erlang:unique_integer([monotonic]), Event, Meta, Payload})
+         end,
+    {ok, Rt} = global_distrib:start(Cfg, #{store => Store, callback => Cb}),
+    put(gd_dcs, [Rt | get_dcs()]),
+    {Rt, Tab}.
+
+get_dcs() ->
+    case get(gd_dcs) of
+        undefined -> [];
+        L -> L
+    end.
+
+two_dcs() ->
+    Store = global_distrib:new_store(),
+    {start_dc(dc_config(1), Store), start_dc(dc_config(2), Store)}.
+
+bodies_to(Tab, To) ->
+    [P || {_, deliver, #{to := T}, P} <- ets:tab2list(Tab), T =:= To].
+
+delivered(Tab) ->
+    [X || {_, deliver, _, _} = X <- ets:tab2list(Tab)].
+
+undeliverable(Tab) ->
+    [{M, P} || {_, undeliverable, M, P} <- ets:tab2list(Tab)].
+
+wait_until(Fun) ->
+    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
+
+wait_until(Fun, Deadline) ->
+    case Fun() of
+        true -> ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
+                false -> receive after 10 -> wait_until(Fun, Deadline) end
+            end
+    end.
+
+send({Rt, _}, From, To, Body) ->
+    global_distrib:route(Rt, From, To, message, Body).
+
+%%--------------------------------------------------------------------
+%% SPEC 11.1
+
+pm_between_dcs_both_directions(_Config) ->
+    {{R1, T1} = D1, {R2, T2} = D2} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    ?assertEqual({forwarded, host(2)},
+                 send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"hi bob">>)),
+    ?assertEqual({forwarded, host(1)},
+                 send(D2, <<"bob@example.com/b">>, <<"alice@example.com/a">>, <<"hi alice">>)),
+    wait_until(fun() -> bodies_to(T2, <<"bob@example.com/b">>) =:= [<<"hi bob">>] end),
+    wait_until(fun() -> bodies_to(T1, <<"alice@example.com/a">>) =:= [<<"hi alice">>] end),
+    [{_, deliver, Meta, _}] = delivered(T2),
+    #{from := <<"alice@example.com/a">>, kind := message, origin := <<"dc1.example.com">>,
+      from_host := <<"dc1.example.com">>, ttl := Ttl, message_id := Id} = Meta,
+    ?assert(is_integer(Ttl) andalso is_integer(Id)),
+    %% A local recipient stays local: the host routes it itself.
+    ok = global_distrib:session_opened(R1, <<"carol@example.com/c">>),
+    ?assertEqual(local, send(D1, <<"alice@example.com/a">>, <<"carol@example.com/c">>, <<"x">>)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, <<"bob@example.com/b">>)),
+    ?assertEqual(local, global_distrib:lookup(R1, <<"carol@example.com/c">>)).
+
+%% SPEC 11.2
+
+message_before_presence_arrives(_Config) ->
+    {{R1, _} = D1, {R2, T2}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    ?assertEqual({forwarded, host(2)},
+                 send(D1, <<"alice@example.com/a">>, <<"bob@example.com">>, <<"to the bare jid">>)),
+    wait_until(fun() -> bodies_to(T2, <<"bob@example.com">>) =:= [<<"to the bare jid">>] end).
+
+%% SPEC 11.3
+
+subhosts_public_hidden_unregister(_Config) ->
+    {{R1, _} = D1, {R2, T2}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:register_subhost(R2, <<"muc.example.com">>, true),
+    ok = global_distrib:register_subhost(R2, <<"hidden.example.com">>, false),
+    ?assertEqual({forwarded, host(2)},
+                 send(D1, <<"alice@example.com/a">>, <<"room@muc.example.com/nick">>, <<"to muc">>)),
+    ?assertEqual({forwarded, host(2)},
+                 send(D1, <<"alice@example.com/a">>, <<"hidden.example.com">>, <<"to hidden">>)),
+    wait_until(fun() -> bodies_to(T2, <<"room@muc.example.com/nick">>) =:= [<<"to muc">>] end),
+    wait_until(fun() -> bodies_to(T2, <<"hidden.example.com">>) =:= [<<"to hidden">>] end),
+    {ok, Public} = global_distrib:public_domains(R1),
+    ?assert(lists:member(<<"muc.example.com">>, Public)),
+    ?assertNot(lists:member(<<"hidden.example.com">>, Public)),
+    ok = global_distrib:unregister_subhost(R2, <<"muc.example.com">>),
+    {ok, Public2} = global_distrib:public_domains(R1),
+    ?assertNot(lists:member(<<"muc.example.com">>, Public2)),
+    %% Once dc1's domain cache expires, the subdomain has no route any more.
+    wait_until(fun() -> global_distrib:lookup(R1, <<"muc.example.com">>) =:= unknown end).
+
+%% SPEC 11.4
+
+recipient_gone_ends_undeliverable_not_lost(_Config) ->
+    {{R1, T1} = D1, {R2, T2}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"first">>),
+    wait_until(fun() -> length(delivered(T2)) =:= 1 end),
+    ok = global_distrib:session_closed(R2, <<"bob@example.com/b">>),
+    R = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"after logout">>),
+    ?assert(R =:= stored orelse element(1, R) =:= forwarded, R),
+    %% dc2 reports it after its bounce retries, or dc1 if its cache expired.
+    wait_until(fun() -> length(undeliverable(T1)) + length(undeliverable(T2)) =:= 1 end),
+    [{Meta, <<"after logout">>}] = undeliverable(T1) ++ undeliverable(T2),
+    #{from := <<"alice@example.com/a">>, to := <<"bob@example.com/b">>, reason := Reason} = Meta,
+    ?assert(is_atom(Reason) andalso Reason =/= undefined),
+    ?assertEqual(1, length(delivered(T2))).
+
+%% SPEC 11.6
+
+origin_hint_lets_receiver_answer(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, T1} = D1 = start_dc(dc_config(1), Store),
+    {R3, T3} = D3 = start_dc(dc_config(3), Store),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R3, <<"carol@example.com/c">>),
+    {forwarded, _} = send(D3, <<"carol@example.com/c">>, <<"alice@example.com/a">>, <<"hello">>),
+    wait_until(fun() -> length(delivered(T1)) =:= 1 end),
+    %% carol's session never reached the store as far as dc1 can tell.
+    ok = global_distrib:store_del(R1, [<<"carol@example.com/c">>, <<"carol@example.com">>]),
+    ?assertEqual({forwarded, host(3)},
+                 send(D1, <<"alice@example.com/a">>, <<"carol@example.com/c">>, <<"reply">>)),
+    wait_until(fun() -> bodies_to(T3, <<"carol@example.com/c">>) =:= [<<"reply">>] end).
+
+%% SPEC 11.7
+
+hundred_in_order_multi_connection_also_bounced(_Config) ->
+    Store = global_distrib:new_store(),
+    C1 = dc_config(1),
+    {R1, _} = D1 = start_dc(C1#{connections := maps:put(connections_per_endpoint, 4,
+                                                         maps:get(connections, C1))}, Store),
+    {R2, T2} = start_dc(dc_config(2), Store),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    Body = fun(I) -> integer_to_binary(I) end,
+    %% The first 30 find no route and are held by bounce ...
+    [?assertEqual(stored, send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, Body(I)))
+     || I <- lists:seq(0, 29)],
+    %% ... until bob logs in at dc2; the rest are routed at once.
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    [begin
+         R = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, Body(I)),
+         ?assert(R =:= stored orelse element(1, R) =:= forwarded, R)
+     end || I <- lists:seq(30, 99)],
+    wait_until(fun() -> length(delivered(T2)) =:= 100 end),
+    ?assertEqual([Body(I) || I <- lists:seq(0, 99)], bodies_to(T2, <<"bob@example.com/b">>)).
+
+%% SPEC 11.5: graceful and ungraceful reconnection of bob to another DC
+%% while messages flow: every message arrives somewhere, none twice.
+
+reconnection_to_another_dc_loses_nothing(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, T1} = D1 = start_dc(dc_config(1), Store),
+    {R2, T2} = start_dc(dc_config(2), Store),
+    {R3, T3} = start_dc(dc_config(3), Store),
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, Bob),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    ok = global_distrib:await_peer(R1, host(3), ?WAIT),
+    ok = global_distrib:await_peer(R2, host(3), ?WAIT),
+    Stream = fun(Tag) ->
+                     [begin
+                          B = iolist_to_binary([Tag, integer_to_list(I)]),
+                          R = send(D1, <<"alice@example.com/a">>, Bob, B),
+                          ?assertNotMatch({undeliverable, _}, R),
+                          B
+                      end || I <- lists:seq(1, 50)]
+             end,
+    S1 = Stream("g"),
+    %% Graceful: bob leaves dc2, then logs in at dc3 while messages flow.
+    ok = global_distrib:session_closed(R2, Bob),
+    S2 = Stream("h"),
+    ok = global_distrib:session_opened(R3, Bob),
+    S3 = Stream("i"),
+    %% Ungraceful: bob appears at dc2 again before dc3 notices he left.
+    ok = global_distrib:session_opened(R2, Bob),
+    S4 = Stream("j"),
+    ok = global_distrib:session_closed(R3, Bob),
+    S5 = Stream("k"),
+    Sent = S1 ++ S2 ++ S3 ++ S4 ++ S5,
+    Got = fun() -> lists:append([bodies_to(T, Bob) || T <- [T1, T2, T3]]) end,
+    wait_until(fun() -> length(Got()) >= length(Sent) end),
+    ?assertEqual(lists:sort(Sent), lists:sort(Got())),
+    ?assertEqual([], undeliverable(T1) ++ undeliverable(T2) ++ undeliverable(T3)).
+
+%% SPEC 11.13
+
+wrong_config_fails_clearly(_Config) ->
+    Store = global_distrib:new_store(),
+    Bad = fun(Cfg) ->
+                  {error, {config, Msg}} = global_distrib:start(Cfg, #{store => Store}),
+                  ct:log("~s", [Msg]),
+                  Msg
+          end,
+    M1 = Bad(maps:remove(local_host, dc_config(1))),
+    ?assertMatch({match, _}, re:run(M1, "local_host")),
+    M2 = Bad((dc_config(1))#{local_host := ?GLOBAL}),
+    ?assertMatch({match, _}, re:run(M2, "local_host")),
+    M3 = Bad((dc_config(1))#{connections := #{endpoints => [{"127.0.0.1", 70000}]}}),
+    ?assertMatch({match, _}, re:run(M3, "connections.endpoints\\[0\\]")),
+    M4 = Bad([{global_host, "example.com"}, {local_host, "dc1.example.com"},
+              {message_ttl, self()}]),
+    ?assertMatch({match, _}, re:run(M4, "message_ttl")),
+    %% check_config/1 reads the same way without starting anything.
+    ?assertEqual(ok, global_distrib:check_config(dc_config(1))),
+    ?assertEqual({error, {config, M1}},
+                 global_distrib:check_config(maps:remove(local_host, dc_config(1)))),
+    %% No pool is left behind by a failed start.
+    Pools = [Id || {{pool, _} = Id, _, _, _} <- supervisor:which_children(global_distrib_sup)],
+    ?assertEqual([], Pools).
+
+%%--------------------------------------------------------------------
+%% The binding itself
+
+proplist_config_and_metrics(_Config) ->
+    Store = global_distrib:new_store(),
+    %% The seed's proplist idioms: charlists, {Host, Port} endpoints, atoms.
+    Seed = [{global_host, "example.com"}, {local_host, "dc1.example.com"},
+            {node_name, 'node1@localhost'},
+            {connections, [{endpoints, [{"127.0.0.1", 0}]}, {tls, false}]},
+            {cache, [{jid_lifetime_seconds, 1}]},
+            {bounce, false}],
+    {R1, _} = D1 = start_dc(Seed, Store),
+    {R2, _} = start_dc(dc_config(2), Store),
+    ?assertEqual(<<"dc1.example.com">>, global_distrib:local_host(R1)),
+    #{listen := [{<<"127.0.0.1">>, Port}]} = global_distrib:info(R1),
+    ?assert(Port > 0),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"m">>),
+    %% bounce disabled: no route is undeliverable at once.
+    ?assertEqual({undeliverable, no_route},
+                 send(D1, <<"alice@example.com/a">>, <<"nobody@example.com/x">>, <<"m">>)),
+    ?assertMatch({error, {bad_jid, _}},
+                 global_distrib:route(R1, <<"@@">>, <<"b@example.com">>, message, <<>>)),
+    Metrics = global_distrib:metrics(R1),
+    ?assert(map_size(Metrics) > 0),
+    ?assert(lists:all(fun(V) -> is_integer(V) orelse is_map(V) end, maps:values(Metrics))),
+    Prom = global_distrib:prometheus(R1),
+    ?assertMatch({match, _}, re:run(Prom, "# TYPE")).
+
+worker_restart_keeps_delivering(_Config) ->
+    {{R1, _} = D1, {R2, T2}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"1">>),
+    wait_until(fun() -> length(delivered(T2)) =:= 1 end),
+    %% Kill every delivery worker of dc2; the restarted ones re-register.
+    Old = global_distrib:workers(R2),
+    ?assertEqual(4, length(Old)),
+    [exit(W, kill) || W <- Old],
+    wait_until(fun() ->
+                       New = global_distrib:workers(R2),
+                       length(New) =:= length(Old) andalso
+                           lists:all(fun(W) -> not lists:member(W, Old) end, New)
+               end),
+    {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"2">>),
+    wait_until(fun() -> bodies_to(T2, <<"bob@example.com/b">>) =:= [<<"1">>, <<"2">>] end).
+
+stop_reports_and_refuses(_Config) ->
+    {{R1, T1} = D1, {R2, _}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"m">>),
+    {ok, _} = global_distrib:stop(R1, 1000),
+    ?assertEqual({undeliverable, stopped},
+                 send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"late">>)),
+    ?assertEqual({error, stopped}, global_distrib:session_opened(R1, <<"x@example.com/y">>)),
+    ?assertEqual([], undeliverable(T1)),
+    %% Stopping twice is harmless.
+    {ok, 0} = global_distrib_nif:stop(global_distrib:nif(R1), 100).
+
+%% The core's tracing events reach logger as maps (#{what => ...}).
+core_logs_reach_logger(_Config) ->
+    ok = logger:add_handler(gd_test_handler, ?MODULE,
+                            #{level => all, config => #{pid => self()},
+                              filter_default => stop,
+                              filters => [{gd, {fun logger_filters:domain/2,
+                                                {log, sub, [global_distrib]}}}]}),
+    #{level := Primary} = logger:get_primary_config(),
+    ok = logger:set_primary_config(level, info),
+    try
+        two_dcs(),
+        receive
+            {logged, info, #{what := gd_started, local_host := _} = Event} ->
+                ct:log("~p", [Event])
+        after ?WAIT ->
+                ct:fail(no_log_event)
+        end
+    after
+        logger:set_primary_config(level, Primary),
+        logger:remove_handler(gd_test_handler)
+    end.
+
+%% logger handler callback of core_logs_reach_logger.
+log(#{level := Level, msg := {report, Report}}, #{config := #{pid := Pid}}) ->
+    Pid ! {logged, Level, Report};
+log(_, _) ->
+    ok.
+
+%%--------------------------------------------------------------------
+%% Cost of a cached route() from Erlang beside an ETS lookup, median of
+%% 1000 batches of 1000 calls each (1M calls), in ns per call.
+
+cached_route_cost(_Config) ->
+    C1 = dc_config(1),
+    {R1, _} = start_dc(C1#{cache := #{jid_lifetime_seconds => 3600}}, global_distrib:new_store()),
+    From = <<"alice@example.com/a">>,
+    To = <<"carol@example.com/c">>,
+    ok = global_distrib:session_opened(R1, From),
+    ok = global_distrib:session_opened(R1, To),
+    Nif = global_distrib:nif(R1),
+    local = global_distrib_nif:route(Nif, From, To, message, <<"x">>),
+    Route = fun() -> local = global_distrib_nif:route(Nif, From, To, message, <<"x">>) end,
+    Ets = ets:new(bench, [set, public, {read_concurrency, true}]),
+    ets:insert(Ets, {To, <<"dc1.example.com">>}),
+    Lookup = fun() -> [_] = ets:lookup(Ets, To) end,
+    Empty = fun() -> ok end,
+    RouteNs = median_ns(Route),
+    EtsNs = median_ns(Lookup),
+    LoopNs = median_ns(Empty),
+    ct:pal("cached route(): ~.1f ns/call, ets:lookup: ~.1f ns/call, empty loop: ~.1f ns/call "
+           "(median of 1000 batches x 1000 calls)", [RouteNs, EtsNs, LoopNs]),
+    {comment, io_lib:format("route ~.1f ns, ets ~.1f ns, loop ~.1f ns", [RouteNs, EtsNs, LoopNs])}.
+
+median_ns(F) ->
+    _ = batch(F, 1000),
+    Samples = lists:sort([batch(F, 1000) || _ <- lists:seq(1, 1000)]),
+    lists:nth(500, Samples).
+
+batch(F, N) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    loop(F, N),
+    (erlang:monotonic_time(nanosecond) - T0) / N.
+
+loop(_, 0) -> ok;
+loop(F, N) -> F(), loop(F, N - 1).

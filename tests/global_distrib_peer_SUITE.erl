@@ -1,0 +1,311 @@
+%% Each datacenter as a separate Erlang node (OTP peer, standard_io
+%% connection: no distribution needed), sharing a real redis-server started
+%% by the suite on a free port; mutual TLS between the DCs in the main
+%% group, certificates made with the openssl CLI.
+-module(global_distrib_peer_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, suite/0, init_per_suite/1, end_per_suite/1,
+         init_per_group/2, end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
+-export([pm_between_nodes_both_directions/1, message_before_presence_arrives/1,
+         recipient_gone_ends_undeliverable_not_lost/1, dc_down_and_back/1,
+         throughput_between_nodes/1, foreign_ca_peer_is_refused/1]).
+
+-define(WAIT, 15000).
+
+suite() ->
+    [{timetrap, {minutes, 3}}].
+
+all() ->
+    [{group, tls}, {group, plain}].
+
+groups() ->
+    Cases = [pm_between_nodes_both_directions, message_before_presence_arrives,
+             recipient_gone_ends_undeliverable_not_lost, dc_down_and_back],
+    [{tls, [sequence], Cases ++ [throughput_between_nodes, foreign_ca_peer_is_refused]},
+     {plain, [sequence], Cases}].
+
+init_per_suite(Config) ->
+    case os:find_executable("redis-server") of
+        false ->
+            {skip, "redis-server not installed"};
+        Exe ->
+            Port = free_port(),
+            RedisPort = open_port({spawn_executable, Exe},
+                                  [{args, ["--port", integer_to_list(Port), "--save", "",
+                                           "--appendonly", "no", "--bind", "127.0.0.1"]},
+                                   exit_status, stderr_to_stdout]),
+            ok = wait_tcp(Port, erlang:monotonic_time(millisecond) + 10000),
+            Certs = make_certs(?config(priv_dir, Config)),
+            [{redis_port, Port}, {redis, RedisPort}, {certs, Certs} | Config]
+    end.
+
+end_per_suite(Config) ->
+    stop_redis(?config(redis, Config)).
+
+stop_redis(undefined) ->
+    ok;
+stop_redis(RedisPort) ->
+    case erlang:port_info(RedisPort, os_pid) of
+        {os_pid, OsPid} -> _ = os:cmd("kill " ++ integer_to_list(OsPid));
+        undefined -> ok
+    end,
+    catch port_close(RedisPort),
+    ok.
+
+init_per_group(Group, Config) ->
+    [{tls, Group =:= tls} | Config].
+
+end_per_group(_Group, _Config) ->
+    ok.
+
+init_per_testcase(Case, Config) ->
+    %% A clean Redis per case: no state leaks between cases (only database
+    %% 0 is supported, so FLUSHALL).
+    ok = flushall(?config(redis_port, Config)),
+    Db = 0,
+    _ = Case,
+    Peers = [start_dc(N, Db, Config) || N <- [1, 2]],
+    _ = [ok = call(P, gd_test_host, await_peer, [host(3 - N)]) || {N, P} <- Peers],
+    [{peers, Peers}, {db, Db} | Config].
+
+end_per_testcase(_Case, Config) ->
+    LongSchedules = lists:append([case catch call(P, gd_test_host, nif_long_schedules, []) of
+                                      L when is_list(L) -> L;
+                                      _ -> []
+                                  end || {_, P} <- ?config(peers, Config)]),
+    [begin catch call(P, gd_test_host, stop, []), catch peer:stop(P) end
+     || {_, P} <- ?config(peers, Config)],
+    case LongSchedules of
+        [] -> ok;
+        _ -> {fail, {long_schedule_in_nif, LongSchedules}}
+    end.
+
+host(N) ->
+    iolist_to_binary(["dc", integer_to_list(N), ".example.com"]).
+
+start_dc(N, Db, Config) ->
+    Paths = [D || D <- code:get_path(), string:find(D, "_build") =/= nomatch],
+    Peer = case peer:start_link(#{connection => standard_io,
+                                  args => lists:append([["-pa", D] || D <- Paths])}) of
+               {ok, P} -> P;
+               {ok, P, _Node} -> P
+           end,
+    TlsOpt = case ?config(tls, Config) of
+                 true ->
+                     {_, Dir} = ?config(certs, Config),
+                     Name = binary_to_list(host(N)),
+                     %% dc3's certificate comes from another CA.
+                     Ca = filename:join(Dir, case N of 3 -> "ca2.crt"; _ -> "ca.crt" end),
+                     [{tls, [{certfile, filename:join(Dir, Name ++ ".crt")},
+                             {keyfile, filename:join(Dir, Name ++ ".key")},
+                             {cacertfile, Ca}]}];
+                 false ->
+                     [{tls, false}]
+             end,
+    Cfg = [{global_host, "example.com"},
+           {local_host, host(N)},
+           {node_name, "node" ++ integer_to_list(N) ++ "@localhost"},
+           {hosts_refresh_interval, 200},
+           {backend, redis},
+           {redis, [{url, "redis://127.0.0.1:" ++ integer_to_list(?config(redis_port, Config))
+                          ++ "/" ++ integer_to_list(Db)},
+                    {refresh_after, 2}, {expire_after, 10}]},
+           {connections, [{endpoints, [{"127.0.0.1", 0}]},
+                          {endpoint_refresh_interval, 1},
+                          {endpoint_refresh_interval_when_empty, 1},
+                          {disabled_gc_interval, 1} | TlsOpt]},
+           {bounce, [{resend_after_ms, 100}, {max_retries, 4}]},
+           {cache, [{jid_lifetime_seconds, 1}]}],
+    {ok, _} = call(Peer, gd_test_host, start, [Cfg]),
+    {N, Peer}.
+
+call(Peer, M, F, A) ->
+    peer:call(Peer, M, F, A, 20000).
+
+peer_of(N, Config) ->
+    proplists:get_value(N, ?config(peers, Config)).
+
+wait_until(Fun) ->
+    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
+
+wait_until(Fun, Deadline) ->
+    case Fun() of
+        true -> ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
+                false -> receive after 20 -> wait_until(Fun, Deadline) end
+            end
+    end.
+
+flushall(Port) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 2000),
+    ok = gen_tcp:send(S, <<"*1\r\n$8\r\nFLUSHALL\r\n">>),
+    {ok, <<"+OK\r\n">>} = gen_tcp:recv(S, 0, 2000),
+    gen_tcp:close(S).
+
+free_port() ->
+    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(S),
+    ok = gen_tcp:close(S),
+    Port.
+
+wait_tcp(Port, Deadline) ->
+    case gen_tcp:connect({127, 0, 0, 1}, Port, [], 200) of
+        {ok, S} -> gen_tcp:close(S);
+        {error, _} ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {error, redis_not_listening};
+                false -> receive after 20 -> wait_tcp(Port, Deadline) end
+            end
+    end.
+
+%% A CA and one leaf per DC (DNS SAN = its local_host, usable as server and
+%% client), with the openssl CLI.
+make_certs(Dir) ->
+    Sh = fun(Cmd) ->
+                 Out = os:cmd("cd " ++ Dir ++ " && " ++ Cmd ++ " 2>&1; echo EXIT=$?"),
+                 case string:find(Out, "EXIT=0") of
+                     nomatch -> ct:fail({openssl, Cmd, Out});
+                     _ -> ok
+                 end
+         end,
+    [Sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+        "-subj /CN=gd-test-" ++ Ca ++ " -keyout " ++ Ca ++ ".key -out " ++ Ca ++ ".crt "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+     || Ca <- ["ca", "ca2"]],
+    [begin
+         Name = binary_to_list(host(N)),
+         ok = file:write_file(filename:join(Dir, Name ++ ".ext"),
+                              ["subjectAltName=DNS:", Name, ",IP:127.0.0.1\n",
+                               "extendedKeyUsage=serverAuth,clientAuth\n",
+                               "keyUsage=digitalSignature,keyEncipherment\n",
+                               "authorityKeyIdentifier=keyid\n",
+                               "basicConstraints=CA:FALSE\n"]),
+         Sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            "-subj /CN=" ++ Name ++ " -keyout " ++ Name ++ ".key -out " ++ Name ++ ".csr"),
+         Ca = case N of 3 -> "ca2"; _ -> "ca" end,
+         Sh("openssl x509 -req -in " ++ Name ++ ".csr -CA " ++ Ca ++ ".crt -CAkey " ++ Ca ++ ".key "
+            "-CAcreateserial -days 2 -extfile " ++ Name ++ ".ext -out " ++ Name ++ ".crt")
+     end || N <- [1, 2, 3]],
+    {filename:join(Dir, "ca.crt"), Dir}.
+
+%%--------------------------------------------------------------------
+
+pm_between_nodes_both_directions(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+    ok = call(P2, gd_test_host, login, [<<"bob@example.com/b">>]),
+    ?assertEqual({forwarded, host(2)},
+                 call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"hi bob">>])),
+    ?assertEqual({forwarded, host(1)},
+                 call(P2, gd_test_host, send, [<<"bob@example.com/b">>, <<"alice@example.com/a">>, <<"hi alice">>])),
+    wait_until(fun() -> call(P2, gd_test_host, bodies_to, [<<"bob@example.com/b">>]) =:= [<<"hi bob">>] end),
+    wait_until(fun() -> call(P1, gd_test_host, bodies_to, [<<"alice@example.com/a">>]) =:= [<<"hi alice">>] end).
+
+message_before_presence_arrives(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+    ok = call(P2, gd_test_host, login, [<<"bob@example.com/b">>]),
+    ?assertEqual({forwarded, host(2)},
+                 call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com">>, <<"bare">>])),
+    wait_until(fun() -> call(P2, gd_test_host, bodies_to, [<<"bob@example.com">>]) =:= [<<"bare">>] end).
+
+recipient_gone_ends_undeliverable_not_lost(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+    ok = call(P2, gd_test_host, login, [<<"bob@example.com/b">>]),
+    {forwarded, _} = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"first">>]),
+    wait_until(fun() -> length(call(P2, gd_test_host, delivered, [])) =:= 1 end),
+    ok = call(P2, gd_test_host, logout, [<<"bob@example.com/b">>]),
+    _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"after">>]),
+    Undeliverable = fun() -> call(P1, gd_test_host, undeliverable, [])
+                                 ++ call(P2, gd_test_host, undeliverable, []) end,
+    wait_until(fun() -> length(Undeliverable()) =:= 1 end),
+    [{#{to := <<"bob@example.com/b">>}, <<"after">>}] = Undeliverable().
+
+%% SPEC 11.8: a whole DC goes down; senders get undeliverable after
+%% retries; when it comes back, traffic resumes without restarting dc1.
+dc_down_and_back(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+    ok = call(P2, gd_test_host, login, [<<"bob@example.com/b">>]),
+    {forwarded, _} = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"before">>]),
+    wait_until(fun() -> call(P2, gd_test_host, bodies_to, [<<"bob@example.com/b">>]) =:= [<<"before">>] end),
+    %% dc2 dies without a word (its keys stay in Redis until they expire).
+    peer:stop(P2),
+    T0 = erlang:monotonic_time(millisecond),
+    _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"while down">>]),
+    %% Keep sending (a sender keeps talking): each stanza either reaches
+    %% dc2 (it cannot) or comes back undeliverable after retries.
+    wait_until(fun() ->
+                       _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>,
+                                                         <<"bob@example.com/b">>, <<"while down">>]),
+                       receive after 200 -> ok end,
+                       length(call(P1, gd_test_host, undeliverable, [])) >= 1
+               end, T0 + 30000),
+    ct:log("first undeliverable after ~b ms", [erlang:monotonic_time(millisecond) - T0]),
+    %% dc2 comes back (a new node, same local_host); bob logs in again.
+    {2, P2b} = start_dc(2, ?config(db, Config), Config),
+    ok = call(P2b, gd_test_host, login, [<<"bob@example.com/b">>]),
+    ok = call(P1, gd_test_host, await_peer, [host(2)]),
+    wait_until(fun() ->
+                       _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"back">>]),
+                       lists:member(<<"back">>, call(P2b, gd_test_host, bodies_to, [<<"bob@example.com/b">>]))
+               end),
+    catch call(P2b, gd_test_host, stop, []),
+    peer:stop(P2b).
+
+%% End-to-end stanzas/s from dc1's Erlang API to dc2's delivery callback.
+throughput_between_nodes(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    ok = call(P2, gd_test_host, login, [<<"bob@example.com/b">>]),
+    N = 20000,
+    {forwarded, _} = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"warm">>]),
+    wait_until(fun() -> length(call(P2, gd_test_host, delivered, [])) =:= 1 end),
+    T0 = erlang:monotonic_time(microsecond),
+    ok = peer:call(P1, erlang, apply,
+                   [fun() ->
+                            Rt = gd_test_host:rt(),
+                            lists:foreach(
+                              fun(I) ->
+                                      global_distrib:route(Rt, <<"alice@example.com/a">>,
+                                                           <<"bob@example.com/b">>, message,
+                                                           integer_to_binary(I))
+                              end, lists:seq(1, N))
+                    end, []], 60000),
+    wait_until(fun() -> call(P2, gd_test_host, delivered_count, []) =:= N + 1 end),
+    Us = erlang:monotonic_time(microsecond) - T0,
+    Rate = N * 1000000 div max(Us, 1),
+    ct:pal("~b stanzas dc1 -> dc2 (TLS, separate nodes) in ~b ms: ~b stanzas/s", [N, Us div 1000, Rate]),
+    {comment, io_lib:format("~b stanzas/s", [Rate])}.
+
+%% SPEC 11.15: a DC whose certificate comes from another CA is refused:
+%% nothing reaches it, dc1 counts the failed connections.
+foreign_ca_peer_is_refused(Config) ->
+    P1 = peer_of(1, Config),
+    {3, P3} = start_dc(3, 0, Config),
+    try
+        ok = call(P3, gd_test_host, login, [<<"carol@example.com/c">>]),
+        ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
+        ok = call(P1, gd_test_host, await_peer, [host(3)]),
+        Errored = <<"global.mod_global_distrib.outgoing.errored.dc3.example.com">>,
+        wait_until(fun() ->
+                           _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>,
+                                                             <<"carol@example.com/c">>, <<"psst">>]),
+                           receive after 100 -> ok end,
+                           maps:get(Errored, call(P1, gd_test_host, metrics, []), 0) >= 1
+                   end),
+        ?assertEqual([], call(P3, gd_test_host, delivered, []))
+    after
+        catch call(P3, gd_test_host, stop, []),
+        peer:stop(P3)
+    end.
