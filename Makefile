@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build test check fmt-check clippy cargo-test c-test demo bench clean
+.PHONY: all setup build test check fmt-check clippy cargo-test c-test erlang-test demo bench clean
 
 all: build
 
@@ -15,8 +15,8 @@ build: setup
 	$(CARGO) build --workspace
 
 ## Everything: formatting, lints, Rust tests, the C ABI (header check, C
-## tests, valgrind).
-test: setup fmt-check clippy cargo-test c-test
+## tests, valgrind), the Erlang binding (Common Test, dialyzer, xref).
+test: setup fmt-check clippy cargo-test c-test erlang-test
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -30,6 +30,11 @@ cargo-test:
 
 c-test:
 	$(MAKE) -C tests/c
+
+erlang-test:
+	rebar3 ct
+	rebar3 dialyzer
+	rebar3 xref
 
 ## The multi-datacenter demo.
 demo: setup
