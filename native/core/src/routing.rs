@@ -270,8 +270,14 @@ impl Router {
                 self.local(&env)
             }
             Location::Remote(host) => {
-                self.flush_bounced(&env, &Location::Remote(host.clone()))
-                    .await;
+                // Flushing towards a DC that cannot be reached would only put
+                // the held stanzas back with a fresh schedule, again and again
+                // while the sender keeps talking: their retries would never
+                // run out. They stay held; their own retries decide.
+                if self.outgoing.is_reachable(&host) {
+                    self.flush_bounced(&env, &Location::Remote(host.clone()))
+                        .await;
+                }
                 self.forward(host, env).await
             }
             Location::Unknown => self.bounce.store(env, Reason::NoRoute),

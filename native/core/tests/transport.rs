@@ -308,3 +308,31 @@ fn mutual_tls_works_and_a_foreign_ca_is_refused() {
         assert!(!got.contains(&bad.to_owned()), "{bad} got through");
     }
 }
+
+#[test]
+fn a_sender_that_keeps_talking_to_a_dead_dc_gets_undeliverable_after_retries() {
+    let prt = proxy_rt();
+    let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
+    dc1.send("alice@example.com/a", "bob@example.com/b", "before");
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+    proxy.cut();
+    // The store still says bob is at dc2 (his keys expire only after
+    // expire_after, 120 s): only the bounce retries can end this.
+    let mut sent = 0;
+    let gave_up = wait_for(WAIT, || {
+        sent += 1;
+        dc1.send(
+            "alice@example.com/a",
+            "bob@example.com/b",
+            &format!("down{sent}"),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        dc1.inbox.undeliverable_count() > 0
+    });
+    assert!(
+        gave_up,
+        "no undeliverable after {sent} stanzas to a dead DC"
+    );
+    assert_eq!(dc2.inbox.delivered_count(), 1);
+}

@@ -318,6 +318,20 @@ impl Outgoing {
             .unwrap_or_default()
     }
 
+    /// Whether a stanza for `host` could be queued now: its endpoints are
+    /// known and at least one connection is not failing (connections not
+    /// opened yet count as live).
+    pub(crate) fn is_reachable(&self, host: &str) -> bool {
+        let Some(h) = self.hosts.read().get(host).cloned() else {
+            return true;
+        };
+        if !h.is_ready() {
+            return true;
+        }
+        let pools = h.pools.read();
+        pools.conns.iter().any(|c| !c.is_failed())
+    }
+
     /// Number of disabled pools still open for `host`.
     pub fn disabled_pools(&self, host: &str) -> usize {
         self.hosts
