@@ -38,21 +38,21 @@ init_per_suite(Config) ->
                                            "--appendonly", "no", "--bind", "127.0.0.1"]},
                                    exit_status, stderr_to_stdout]),
             ok = wait_tcp(Port, erlang:monotonic_time(millisecond) + 10000),
+            %% The port dies with this process (CT runs init_per_suite in a
+            %% process of its own), and redis-server does not exit when its
+            %% stdin closes: remember the OS pid to kill it at the end.
+            {os_pid, OsPid} = erlang:port_info(RedisPort, os_pid),
             Certs = make_certs(?config(priv_dir, Config)),
-            [{redis_port, Port}, {redis, RedisPort}, {certs, Certs} | Config]
+            [{redis_port, Port}, {redis_os_pid, OsPid}, {certs, Certs} | Config]
     end.
 
 end_per_suite(Config) ->
-    stop_redis(?config(redis, Config)).
+    stop_redis(?config(redis_os_pid, Config)).
 
 stop_redis(undefined) ->
     ok;
-stop_redis(RedisPort) ->
-    case erlang:port_info(RedisPort, os_pid) of
-        {os_pid, OsPid} -> _ = os:cmd("kill " ++ integer_to_list(OsPid));
-        undefined -> ok
-    end,
-    catch port_close(RedisPort),
+stop_redis(OsPid) ->
+    _ = os:cmd("kill " ++ integer_to_list(OsPid)),
     ok.
 
 init_per_group(Group, Config) ->
