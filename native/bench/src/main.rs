@@ -112,13 +112,17 @@ impl Plan {
 }
 
 /// Runs `f` `runs` times and summarises each of the figures it returns.
+/// Progress goes to stderr, so that stdout is the table alone.
 fn repeat<const K: usize>(
+    label: &str,
     runs: usize,
     mut f: impl FnMut() -> Result<[f64; K], BenchError>,
 ) -> Result<[Stat; K], BenchError> {
     let mut all: Vec<[f64; K]> = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        all.push(f()?);
+    for run in 1..=runs {
+        let figures = f()?;
+        eprintln!("{label} run {run}/{runs}: {figures:?}");
+        all.push(figures);
     }
     Ok(std::array::from_fn(|k| {
         Stat::of(&all.iter().map(|r| r[k]).collect::<Vec<_>>())
@@ -166,7 +170,7 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError
                 continue;
             }
             let link = Link { tls, connections };
-            let [rate, cpu] = repeat(plan.runs, || {
+            let [rate, cpu] = repeat(&format!("B1 {link:?}"), plan.runs, || {
                 let t = transport::throughput(certs, link, plan.stanzas)?;
                 Ok([t.per_sec, t.cpu_s_per_million])
             })?;
@@ -183,7 +187,7 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError
     }
     for (i, tls) in [false, true].into_iter().enumerate() {
         let proto = if tls { "TLS" } else { "TCP" };
-        let [rate, cpu] = repeat(plan.runs, || {
+        let [rate, cpu] = repeat(&format!("B3 raw {proto}"), plan.runs, || {
             let t = raw::raw(certs, tls, plan.raw_frames)?;
             Ok([t.per_sec, t.cpu_s_per_million])
         })?;
@@ -197,7 +201,7 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError
 }
 
 fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
-    let [p50, p99, p999, max] = repeat(plan.runs, || {
+    let [p50, p99, p999, max] = repeat("B2", plan.runs, || {
         let l = transport::latency(certs, plan.latency_rate, plan.latency_secs)?;
         Ok([l.p50, l.p99, l.p999, l.max])
     })?;
@@ -215,10 +219,10 @@ fn b6(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
         connections: 1,
     };
     let pair = Pair::start(link, certs, sink)?;
-    let [lookup] = repeat(plan.runs, || {
+    let [lookup] = repeat("B6a lookup_cached", plan.runs, || {
         Ok([lookup::lookup_cached_ns(&pair, plan.lookups)?])
     })?;
-    let [route] = repeat(plan.runs, || {
+    let [route] = repeat("B6a try_route", plan.runs, || {
         Ok([lookup::try_route_ns(&pair, plan.lookups)?])
     })?;
     pair.stop();
@@ -238,7 +242,7 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
     let n = plan.sessions;
     for (via, port) in [("redis", redis.port), ("nutcracker", proxy.port)] {
         let r = refresh::refresher(&state, port, plan.pace_period)?;
-        let [wall, ops] = repeat(plan.runs, || {
+        let [wall, ops] = repeat(&format!("B7 via {via}"), plan.runs, || {
             let (wall, ops) = refresh::unpaced(&rt, &r)?;
             Ok([wall, ops])
         })?;
@@ -256,7 +260,7 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
         );
     }
     let r = refresh::refresher(&state, redis.port, plan.pace_period)?;
-    let [share, peak] = repeat(plan.runs, || {
+    let [share, peak] = repeat("B7 paced", plan.runs, || {
         let p = refresh::paced(&rt, &r, redis.port, plan.pace_period)?;
         Ok([p.share_of_period, p.peak_to_mean])
     })?;
@@ -273,10 +277,10 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
 
 fn b8(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
     let n = plan.memory_items;
-    let [jid] = repeat(plan.runs, || {
+    let [jid] = repeat("B8 jids", plan.runs, || {
         Ok([memory::per_item(memory::Subject::Jids, n)?])
     })?;
-    let [session] = repeat(plan.runs, || {
+    let [session] = repeat("B8 sessions", plan.runs, || {
         Ok([memory::per_item(memory::Subject::Sessions, n)?])
     })?;
     table.row("B8", &format!("RSS per cached JID ({n} JIDs)"), jid, "B");
