@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gd_core::config::{Config, Endpoint, TlsConfig};
 use gd_core::jid::Jid;
+use gd_core::metrics::{names, MetricValue};
 use gd_core::routing::{Delivered, Delivery, Envelope, Reason};
 use gd_core::runtime::{Runtime, StartOptions};
 use gd_core::store::{Backend, EmbeddedBackend};
@@ -198,10 +199,11 @@ impl Pair {
             backend: Some(backend),
             ..StartOptions::default()
         };
-        let idle = Sink::new(sink.epoch, false);
+        // One sink for both: DC1 delivers nothing, but what it gives up on
+        // (undeliverable) must show in the same counters.
         let dc1 = Runtime::start_with(
             config(DC1, "node1@bench", link, &certs.dc1)?,
-            idle,
+            sink.clone(),
             opts.clone(),
         )?;
         let dc2 = Runtime::start_with(
@@ -255,6 +257,29 @@ impl Pair {
         if let Err(env) = self.dc1.try_route(env) {
             self.dc1.block_on(self.dc1.route(env));
         }
+    }
+
+    /// What a run that came up short left behind, for its error message.
+    pub fn diagnose(&self) -> String {
+        let mut out = format!(
+            "delivered {}, undeliverable {}, DC1 bounce queue {}, DC1 in flight {}",
+            self.sink.count(),
+            self.sink.undeliverable.load(Ordering::Relaxed),
+            self.dc1.bounce_queue_size(),
+            self.dc1.outgoing().in_flight(),
+        );
+        for (name, rt) in [("DC1", &self.dc1), ("DC2", &self.dc2)] {
+            for (metric, value) in rt.metrics().snapshot().0 {
+                let v = match value {
+                    MetricValue::Counter(v) if v > 0 => v.to_string(),
+                    MetricValue::Gauge(v) if v != 0 => v.to_string(),
+                    _ => continue,
+                };
+                let short = metric.strip_prefix(names::PREFIX).unwrap_or(&metric);
+                out.push_str(&format!("; {name} {short}={v}"));
+            }
+        }
+        out
     }
 
     pub fn stop(self) {

@@ -54,7 +54,7 @@ impl Table {
         self.row(bench, metric, stat, "ratio");
     }
 
-    pub fn print(&self, took: Duration) {
+    pub fn print(&self, took: Duration, failures: &[String]) {
         let mode = if self.smoke { "smoke" } else { "full" };
         println!(
             "global_distrib bench ({mode}, median of {} runs with min–max) — {} UTC, {} CPUs, load average at start {}",
@@ -85,6 +85,9 @@ impl Table {
                 r.unit
             );
         }
+        for f in failures {
+            println!("FAILED {f}");
+        }
         println!(
             "total {:.1} s; load average now {}",
             took.as_secs_f64(),
@@ -92,7 +95,12 @@ impl Table {
         );
     }
 
-    pub fn write_json(&self, path: &Path, took: Duration) -> Result<(), BenchError> {
+    pub fn write_json(
+        &self,
+        path: &Path,
+        took: Duration,
+        failures: &[String],
+    ) -> Result<(), BenchError> {
         let rows: Vec<serde_json::Value> = self
             .rows
             .iter()
@@ -116,6 +124,7 @@ impl Table {
             "load_average_at_end": load_average(),
             "total_seconds": took.as_secs_f64(),
             "rows": rows,
+            "failures": failures,
         });
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;

@@ -36,19 +36,17 @@ pub fn throughput(certs: &Certs, link: Link, n: u64) -> Result<Throughput, Bench
         let from = &pair.senders[(i as usize) % SENDERS];
         pair.send(pair.envelope(from, payload.clone()));
     }
-    let arrived = wait_for(Duration::from_secs(120), || sink.count() >= n);
+    let arrived = wait_for(Duration::from_secs(60), || sink.count() >= n);
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let lost = sink
-        .undeliverable
-        .load(std::sync::atomic::Ordering::Relaxed);
-    pair.stop();
     if !arrived {
+        let why = pair.diagnose();
+        pair.stop();
         return Err(BenchError::msg(format!(
-            "B1 {link:?}: only {} of {n} stanzas arrived ({lost} undeliverable)",
-            sink.count()
+            "B1 {link:?}: {n} stanzas sent, not all arrived: {why}"
         )));
     }
+    pair.stop();
     Ok(Throughput {
         per_sec: n as f64 / elapsed.as_secs_f64(),
         cpu_s_per_million: cpu.as_secs_f64() * 1e6 / n as f64,
@@ -87,13 +85,14 @@ pub fn latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, BenchErro
         pair.send(pair.envelope(from, p.freeze()));
     }
     let arrived = wait_for(Duration::from_secs(60), || sink.count() >= n);
-    pair.stop();
     if !arrived {
+        let why = pair.diagnose();
+        pair.stop();
         return Err(BenchError::msg(format!(
-            "B2: only {} of {n} stanzas arrived",
-            sink.count()
+            "B2: {n} stanzas sent, not all arrived: {why}"
         )));
     }
+    pair.stop();
     let mut samples = sink
         .latencies
         .as_ref()
