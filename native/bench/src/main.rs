@@ -1,0 +1,305 @@
+//! `gd_bench`: the benchmarks of issue 6 that need no Erlang, as one
+//! program printing one table and writing `bench/results/latest.json`.
+//! Every figure is the median of the runs with their min–max. The method
+//! behind each row is in `docs/PERFORMANCE.md`.
+//!
+//! ```text
+//! gd_bench [--smoke] [--only b1|b2|b3|b6|b7|b8] [--stanzas N] [--sessions N]
+//!          [--runs N] [--out PATH]
+//! ```
+
+mod dcs;
+mod lookup;
+mod memory;
+mod raw;
+mod refresh;
+mod stats;
+mod table;
+mod transport;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dcs::{Certs, Link, Pair, Sink};
+use stats::Stat;
+use table::Table;
+
+/// Anything that stops the bench, with a message saying what and why.
+pub struct BenchError(String);
+
+impl BenchError {
+    pub fn msg(m: impl std::fmt::Display) -> BenchError {
+        BenchError(m.to_string())
+    }
+}
+
+impl<E: std::error::Error> From<E> for BenchError {
+    fn from(e: E) -> Self {
+        BenchError(e.to_string())
+    }
+}
+
+impl std::fmt::Debug for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Sizes of one invocation: full (`make bench`) or smoke (`make bench-smoke`).
+struct Plan {
+    smoke: bool,
+    only: Option<String>,
+    runs: usize,
+    stanzas: u64,
+    raw_frames: u64,
+    latency_rate: u64,
+    latency_secs: f64,
+    lookups: u64,
+    sessions: u64,
+    pace_period: Duration,
+    memory_items: u64,
+    out: PathBuf,
+}
+
+fn usage() -> BenchError {
+    BenchError::msg(
+        "usage: gd_bench [--smoke] [--only b1|b2|b3|b6|b7|b8] [--stanzas N] \
+         [--sessions N] [--runs N] [--out PATH]",
+    )
+}
+
+fn parse_args() -> Result<Plan, BenchError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let mut plan = Plan {
+        smoke,
+        only: None,
+        runs: 3,
+        stanzas: if smoke { 20_000 } else { 1_000_000 },
+        raw_frames: if smoke { 100_000 } else { 3_000_000 },
+        latency_rate: 20_000,
+        latency_secs: if smoke { 1.0 } else { 10.0 },
+        lookups: if smoke { 100_000 } else { 1_000_000 },
+        sessions: if smoke { 10_000 } else { 1_000_000 },
+        pace_period: Duration::from_secs(if smoke { 1 } else { 10 }),
+        memory_items: if smoke { 100_000 } else { 1_000_000 },
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/latest.json"),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(usage);
+        let number = |v: &String| v.parse::<u64>().map_err(|_| usage());
+        match a.as_str() {
+            "--smoke" => {}
+            "--only" => plan.only = Some(value()?.to_ascii_lowercase()),
+            "--stanzas" => plan.stanzas = number(value()?)?,
+            "--sessions" => plan.sessions = number(value()?)?,
+            "--runs" => plan.runs = number(value()?)?.max(1) as usize,
+            "--out" => plan.out = PathBuf::from(value()?),
+            _ => return Err(usage()),
+        }
+    }
+    Ok(plan)
+}
+
+impl Plan {
+    fn wants(&self, name: &str) -> bool {
+        match &self.only {
+            None => true,
+            Some(o) => o == name,
+        }
+    }
+}
+
+/// Runs `f` `runs` times and summarises each of the figures it returns.
+/// Progress goes to stderr, so that stdout is the table alone.
+fn repeat<const K: usize>(
+    label: &str,
+    runs: usize,
+    mut f: impl FnMut() -> Result<[f64; K], BenchError>,
+) -> Result<[Stat; K], BenchError> {
+    let mut all: Vec<[f64; K]> = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        let figures = f()?;
+        eprintln!("{label} run {run}/{runs}: {figures:?}");
+        all.push(figures);
+    }
+    Ok(std::array::from_fn(|k| {
+        Stat::of(&all.iter().map(|r| r[k]).collect::<Vec<_>>())
+    }))
+}
+
+fn main() -> Result<(), BenchError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--b8-child") {
+        let subject = args.get(2).ok_or_else(usage)?;
+        let n = args.get(3).and_then(|n| n.parse().ok()).ok_or_else(usage)?;
+        return memory::child(subject, n);
+    }
+    let plan = parse_args()?;
+    let started = Instant::now();
+    let mut table = Table::new(plan.smoke, plan.runs);
+    let certs = Certs::generate()?;
+
+    // A failing bench does not cost the others: its error is printed under
+    // the table and the exit status says the run was not complete.
+    let mut failures = Vec::new();
+    let mut run = |name: &str, result: Result<(), BenchError>| {
+        if let Err(e) = result {
+            eprintln!("{name} failed: {e:?}");
+            failures.push(format!("{name}: {e:?}"));
+        }
+    };
+    if plan.wants("b8") {
+        run("B8", b8(&plan, &mut table));
+    }
+    if plan.wants("b1") || plan.wants("b3") {
+        run("B1/B3", b1_b3(&plan, &certs, &mut table));
+    }
+    if plan.wants("b2") {
+        run("B2", b2(&plan, &certs, &mut table));
+    }
+    if plan.wants("b6") {
+        run("B6a", b6(&plan, &certs, &mut table));
+    }
+    if plan.wants("b7") {
+        run("B7", b7(&plan, &mut table));
+    }
+    table.print(started.elapsed(), &failures);
+    table.write_json(&plan.out, started.elapsed(), &failures)?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(BenchError::msg(format!(
+            "{} bench(es) failed",
+            failures.len()
+        )))
+    }
+}
+
+fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
+    let mut ours_1conn = [None, None];
+    for (i, tls) in [false, true].into_iter().enumerate() {
+        let proto = if tls { "TLS" } else { "TCP" };
+        for connections in [1, 4] {
+            if !plan.wants("b1") && connections != 1 {
+                continue;
+            }
+            let link = Link { tls, connections };
+            let [rate, cpu] = repeat(&format!("B1 {link:?}"), plan.runs, || {
+                let t = transport::throughput(certs, link, plan.stanzas)?;
+                Ok([t.per_sec, t.cpu_s_per_million])
+            })?;
+            let what = format!("{proto}, {connections} conn");
+            table.row("B1", &format!("{what}: throughput"), rate, "stanzas/s");
+            table.row("B1", &format!("{what}: CPU"), cpu, "CPU-s/M stanzas");
+            if connections == 1 {
+                ours_1conn[i] = Some(rate);
+            }
+        }
+    }
+    if !plan.wants("b3") {
+        return Ok(());
+    }
+    for (i, tls) in [false, true].into_iter().enumerate() {
+        let proto = if tls { "TLS" } else { "TCP" };
+        let [rate, cpu] = repeat(&format!("B3 raw {proto}"), plan.runs, || {
+            let t = raw::raw(certs, tls, plan.raw_frames)?;
+            Ok([t.per_sec, t.cpu_s_per_million])
+        })?;
+        table.row("B3", &format!("raw {proto}: throughput"), rate, "frames/s");
+        table.row("B3", &format!("raw {proto}: CPU"), cpu, "CPU-s/M frames");
+        if let Some(ours) = ours_1conn[i] {
+            table.ratio("B3", &format!("ours ÷ raw, {proto} (1 conn)"), ours, rate);
+        }
+    }
+    Ok(())
+}
+
+fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
+    let [p50, p99, p999, max] = repeat("B2", plan.runs, || {
+        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs)?;
+        Ok([l.p50, l.p99, l.p999, l.max])
+    })?;
+    let what = format!("TLS {}k/s", plan.latency_rate / 1000);
+    for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
+        table.row("B2", &format!("{what}: {name}"), s, "µs");
+    }
+    Ok(())
+}
+
+fn b6(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
+    let sink = Sink::new(Instant::now(), false);
+    let link = Link {
+        tls: false,
+        connections: 1,
+    };
+    let pair = Pair::start(link, certs, sink)?;
+    let [lookup] = repeat("B6a lookup_cached", plan.runs, || {
+        Ok([lookup::lookup_cached_ns(&pair, plan.lookups)?])
+    })?;
+    let [route] = repeat("B6a try_route", plan.runs, || {
+        Ok([lookup::try_route_ns(&pair, plan.lookups)?])
+    })?;
+    pair.stop();
+    table.row("B6a", "mapping.lookup_cached (cached JID)", lookup, "ns/op");
+    table.row("B6a", "rt.try_route (cached remote)", route, "ns/op");
+    Ok(())
+}
+
+fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let redis = refresh::start_redis()?;
+    let proxy = refresh::start_nutcracker(redis.port)?;
+    let state = refresh::owned_sessions(plan.sessions);
+    let n = plan.sessions;
+    for (via, port) in [("redis", redis.port), ("nutcracker", proxy.port)] {
+        let r = refresh::refresher(&state, port, plan.pace_period)?;
+        let [wall, ops] = repeat(&format!("B7 via {via}"), plan.runs, || {
+            let (wall, ops) = refresh::unpaced(&rt, &r)?;
+            Ok([wall, ops])
+        })?;
+        table.row(
+            "B7",
+            &format!("{n} sessions via {via}: full refresh"),
+            wall,
+            "s",
+        );
+        table.row(
+            "B7",
+            &format!("{n} sessions via {via}: Redis ops"),
+            ops,
+            "ops/s",
+        );
+    }
+    let r = refresh::refresher(&state, redis.port, plan.pace_period)?;
+    let [share, peak] = repeat("B7 paced", plan.runs, || {
+        let p = refresh::paced(&rt, &r, redis.port, plan.pace_period)?;
+        Ok([p.share_of_period, p.peak_to_mean])
+    })?;
+    let period = plan.pace_period.as_secs();
+    table.row(
+        "B7",
+        &format!("paced pass ÷ refresh_after ({period} s)"),
+        share,
+        "ratio",
+    );
+    table.row("B7", "paced: busiest tenth ÷ mean tenth", peak, "ratio");
+    Ok(())
+}
+
+fn b8(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
+    let n = plan.memory_items;
+    let [jid] = repeat("B8 jids", plan.runs, || {
+        Ok([memory::per_item(memory::Subject::Jids, n)?])
+    })?;
+    let [session] = repeat("B8 sessions", plan.runs, || {
+        Ok([memory::per_item(memory::Subject::Sessions, n)?])
+    })?;
+    table.row("B8", &format!("RSS per cached JID ({n} JIDs)"), jid, "B");
+    table.row("B8", &format!("RSS per owned session ({n})"), session, "B");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! B1 (throughput) and B2 (latency) through the real runtimes: DC1's
+//! `try_route` on a plain thread, DC2's `Delivery` counting arrivals.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::dcs::{wait_for, Certs, Link, Pair, Sink, PAYLOAD_LEN, SENDERS};
+use crate::stats::{cpu_time, percentile};
+use crate::BenchError;
+
+/// Stanzas sent but not yet delivered, at most: keeps the outgoing queue
+/// (100 000 by default) from filling, which would divert stanzas to bounce.
+const WINDOW: u64 = 50_000;
+
+/// What one throughput run measured.
+pub struct Throughput {
+    pub per_sec: f64,
+    /// Process CPU seconds (both runtimes and the sender) per million stanzas.
+    pub cpu_s_per_million: f64,
+}
+
+/// B1: sends `n` stanzas from DC1 as fast as the fast path takes them and
+/// stops the clock when DC2 has delivered all of them.
+pub fn throughput(certs: &Certs, link: Link, n: u64) -> Result<Throughput, BenchError> {
+    let sink = Sink::new(Instant::now(), false);
+    let pair = Pair::start(link, certs, sink.clone())?;
+    let payload = Bytes::from(vec![b'x'; PAYLOAD_LEN]);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for i in 0..n {
+        while i.saturating_sub(sink.count()) >= WINDOW {
+            // Sleep rather than spin: the CPU figure is the runtimes' cost.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let from = &pair.senders[(i as usize) % SENDERS];
+        pair.send(pair.envelope(from, payload.clone()));
+    }
+    let arrived = wait_for(Duration::from_secs(60), || sink.count() >= n);
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    if !arrived {
+        let why = pair.diagnose();
+        pair.stop();
+        return Err(BenchError::msg(format!(
+            "B1 {link:?}: {n} stanzas sent, not all arrived: {why}"
+        )));
+    }
+    pair.stop();
+    Ok(Throughput {
+        per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_s_per_million: cpu.as_secs_f64() * 1e6 / n as f64,
+    })
+}
+
+/// Send-to-delivery percentiles of one latency run, µs.
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// B2: `rate` stanzas/s for `secs` over TLS. Each payload carries the time
+/// the stanza was *due* (not when the sender got round to it), so a sender
+/// falling behind shows up as latency instead of hiding it.
+pub fn latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, BenchError> {
+    let epoch = Instant::now();
+    let sink = Sink::new(epoch, true);
+    let link = Link {
+        tls: true,
+        connections: 1,
+    };
+    let pair = Pair::start(link, certs, sink.clone())?;
+    let n = (rate as f64 * secs) as u64;
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        pace_until(due);
+        let mut p = BytesMut::with_capacity(PAYLOAD_LEN);
+        p.put_u64_le(due.saturating_duration_since(epoch).as_nanos() as u64);
+        p.put_bytes(b'x', PAYLOAD_LEN - 8);
+        let from = &pair.senders[(i as usize) % SENDERS];
+        pair.send(pair.envelope(from, p.freeze()));
+    }
+    let arrived = wait_for(Duration::from_secs(60), || sink.count() >= n);
+    if !arrived {
+        let why = pair.diagnose();
+        pair.stop();
+        return Err(BenchError::msg(format!(
+            "B2: {n} stanzas sent, not all arrived: {why}"
+        )));
+    }
+    pair.stop();
+    let mut samples = sink
+        .latencies
+        .as_ref()
+        .map(|s| s.take())
+        .unwrap_or_default();
+    samples.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Ok(Latency {
+        p50: us(percentile(&samples, 50.0)),
+        p99: us(percentile(&samples, 99.0)),
+        p999: us(percentile(&samples, 99.9)),
+        max: us(samples.last().copied().unwrap_or(0)),
+    })
+}
+
+/// Sleeps while `due` is far, spins (yielding) for the last stretch.
+fn pace_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let left = due - now;
+        if left > Duration::from_micros(1500) {
+            std::thread::sleep(left - Duration::from_millis(1));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
