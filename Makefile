@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build test check fmt-check clippy cargo-test c-test erlang-test demo bench clean
+.PHONY: all setup build test check fmt-check clippy cargo-test c-test erlang-test demo bench bench-smoke clean
 
 all: build
 
@@ -16,7 +16,7 @@ build: setup
 
 ## Everything: formatting, lints, Rust tests, the C ABI (header check, C
 ## tests, valgrind), the Erlang binding (Common Test, dialyzer, xref).
-test: setup fmt-check clippy cargo-test c-test erlang-test
+test: setup fmt-check clippy cargo-test c-test erlang-test bench-smoke
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -35,6 +35,14 @@ erlang-test:
 	rebar3 ct
 	rebar3 dialyzer
 	rebar3 xref
+
+## Benchmarks (release build): one table, bench/results/latest.json.
+## The smoke run keeps every bench compiling and running (part of test).
+bench: setup
+	$(CARGO) run --release -p gd_bench
+
+bench-smoke: setup
+	$(CARGO) run --release -p gd_bench -- --smoke --out bench/results/smoke.json
 
 ## The multi-datacenter demo.
 demo: setup
