@@ -161,7 +161,9 @@ wait_until(Fun, Deadline) ->
         true -> ok;
         _ ->
             case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
+                true ->
+                    ct:log("last endpoints seen: ~p", [get(last_endpoints)]),
+                    ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
                 false -> receive after 10 -> wait_until(Fun, Deadline) end
             end
     end.
@@ -378,8 +380,9 @@ rebalancing_enables_disables_and_collects(_Config) ->
                      R1, [{hset, <<"dc2.example.com#{nodes}">>, <<"extra@localhost">>, Now},
                           {sadd, XKey, [<<"127.0.0.1#", (integer_to_binary(Second))/binary>>]}]),
     wait_until(fun() ->
-                       lists:sort(global_distrib:endpoints_of(R1, host(2)))
-                           =:= [{Loop, First}, {Loop, Second}]
+                       Eps = lists:sort(global_distrib:endpoints_of(R1, host(2))),
+                       put(last_endpoints, Eps),
+                       Eps =:= lists:sort([{Loop, First}, {Loop, Second}])
                end),
     Send(<<"r2">>),
     %% The node goes away: its pool is disabled, then garbage-collected,
