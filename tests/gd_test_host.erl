@@ -5,7 +5,7 @@
 
 -export([start/1, stop/0, handle/3, rt/0, login/1, logout/1, send/3, bodies_to/1,
          delivered/0, delivered_count/0, undeliverable/0, await_peer/1, metrics/0,
-         nif_long_schedules/0]).
+         nif_long_schedules/0, refresh_now/0, store_exec/1, info/0, lookup/1]).
 
 -spec start(term()) -> {ok, binary()} | {error, term()}.
 start(Config) ->
@@ -87,3 +87,15 @@ await_peer(Host) -> global_distrib:await_peer(rt(), Host, 10000).
 
 -spec metrics() -> map().
 metrics() -> global_distrib:metrics(rt()).
+
+-spec refresh_now() -> ok | {error, term()}.
+refresh_now() -> global_distrib:refresh_now(rt()).
+
+-spec store_exec([global_distrib:store_cmd()]) -> {ok, [global_distrib:store_reply()]} | {error, term()}.
+store_exec(Cmds) -> global_distrib:debug_store_exec(rt(), Cmds).
+
+-spec info() -> map().
+info() -> global_distrib:info(rt()).
+
+-spec lookup(binary()) -> global_distrib:location() | {error, term()}.
+lookup(Jid) -> global_distrib:lookup(rt(), Jid).

@@ -18,6 +18,10 @@
          hundred_in_order_multi_connection_also_bounced/1,
          reconnection_to_another_dc_loses_nothing/1,
          wrong_config_fails_clearly/1,
+         rebalancing_enables_disables_and_collects/1,
+         advertised_endpoints_override_listen/1,
+         global_distrib_addr_override_is_used/1,
+         ttl_stops_stanza_bouncing_between_stale_caches/1,
          proplist_config_and_metrics/1,
          worker_restart_keeps_delivering/1,
          stop_reports_and_refuses/1,
@@ -42,7 +46,11 @@ groups() ->
        origin_hint_lets_receiver_answer,
        hundred_in_order_multi_connection_also_bounced,
        reconnection_to_another_dc_loses_nothing,
-       wrong_config_fails_clearly]},
+       wrong_config_fails_clearly,
+       rebalancing_enables_disables_and_collects,
+       advertised_endpoints_override_listen,
+       global_distrib_addr_override_is_used,
+       ttl_stops_stanza_bouncing_between_stale_caches]},
      {binding, [],
       [proplist_config_and_metrics,
        worker_restart_keeps_delivering,
@@ -153,7 +161,9 @@ wait_until(Fun, Deadline) ->
         true -> ok;
         _ ->
             case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
+                true ->
+                    ct:log("last endpoints seen: ~p", [get(last_endpoints)]),
+                    ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
                 false -> receive after 10 -> wait_until(Fun, Deadline) end
             end
     end.
@@ -337,6 +347,200 @@ wrong_config_fails_clearly(_Config) ->
     %% No pool is left behind by a failed start.
     Pools = [Id || {{pool, _} = Id, _, _, _} <- supervisor:which_children(global_distrib_sup)],
     ?assertEqual([], Pools).
+
+%% SPEC 11.9: rebalancing. dc2 listens on two ports but advertises only the
+%% first; a new "node" of dc2 then advertises the second (written to the
+%% store as another node would), dc1 enables a pool for it on refresh; the
+%% node's endpoints vanish, dc1 disables the pool and later collects it.
+%% A stanza is sent in each phase: all arrive, none undeliverable.
+
+rebalancing_enables_disables_and_collects(_Config) ->
+    Store = global_distrib:new_store(),
+    First = free_port(),
+    Second = free_port(),
+    Loop = <<"127.0.0.1">>,
+    C2 = dc_config(2),
+    Conns2 = (maps:get(connections, C2))#{endpoints := [{"127.0.0.1", First}, {"127.0.0.1", Second}],
+                                          advertised_endpoints => [{"127.0.0.1", First}]},
+    {R2, T2} = start_dc(C2#{connections := Conns2}, Store),
+    {R1, T1} = D1 = start_dc(dc_config(1), Store),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    ?assertEqual([{Loop, First}], global_distrib:endpoints_of(R1, host(2))),
+    Send = fun(B) ->
+                   R = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, B),
+                   ?assertNotMatch({undeliverable, _}, R)
+           end,
+    Send(<<"r1">>),
+    %% A new node of dc2 advertises the second listener.
+    Now = integer_to_binary(erlang:system_time(second)),
+    XKey = <<"dc2.example.com#extra@localhost#{endpoints}">>,
+    {ok, [_, _]} = global_distrib:debug_store_exec(
+                     R1, [{hset, <<"dc2.example.com#{nodes}">>, <<"extra@localhost">>, Now},
+                          {sadd, XKey, [<<"127.0.0.1#", (integer_to_binary(Second))/binary>>]}]),
+    wait_until(fun() ->
+                       Eps = lists:sort(global_distrib:endpoints_of(R1, host(2))),
+                       put(last_endpoints, Eps),
+                       Eps =:= lists:sort([{Loop, First}, {Loop, Second}])
+               end),
+    Send(<<"r2">>),
+    %% The node goes away: its pool is disabled, then garbage-collected,
+    %% while traffic goes on.
+    {ok, [_]} = global_distrib:debug_store_exec(R1, [{del, XKey}]),
+    wait_until(fun() -> global_distrib:endpoints_of(R1, host(2)) =:= [{Loop, First}] end),
+    SeenDisabled = global_distrib:disabled_pools(R1, host(2)),
+    %% The disabled pool usually shows before the collector (every
+    %% disabled_gc_interval = 1 s) removes it; not asserted: timing.
+    ct:log("disabled pools right after the endpoint vanished: ~p", [SeenDisabled]),
+    Send(<<"r3">>),
+    wait_until(fun() -> global_distrib:disabled_pools(R1, host(2)) =:= 0 end),
+    Send(<<"r4">>),
+    wait_until(fun() -> length(bodies_to(T2, <<"bob@example.com/b">>)) =:= 4 end),
+    ?assertEqual([<<"r1">>, <<"r2">>, <<"r3">>, <<"r4">>], bodies_to(T2, <<"bob@example.com/b">>)),
+    ?assertEqual([], undeliverable(T1) ++ undeliverable(T2)).
+
+%% SPEC 11.10 (a): dc2 listens on one port and advertises another, a TCP
+%% forwarder standing in for NAT: dc1 uses the advertised endpoint and the
+%% link goes through the forwarder.
+
+advertised_endpoints_override_listen(_Config) ->
+    Store = global_distrib:new_store(),
+    Listen = free_port(),
+    Fwd = start_forwarder(Listen),
+    FwdPort = forwarder_port(Fwd),
+    C2 = dc_config(2),
+    Conns2 = (maps:get(connections, C2))#{endpoints := [{"127.0.0.1", Listen}],
+                                          advertised_endpoints => [{"127.0.0.1", FwdPort}]},
+    try
+        {R2, T2} = start_dc(C2#{connections := Conns2}, Store),
+        {R1, _} = D1 = start_dc(dc_config(1), Store),
+        #{listen := [{_, Listen}]} = global_distrib:info(R2),
+        ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+        ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+        ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+        ?assertEqual([{<<"127.0.0.1">>, FwdPort}], global_distrib:endpoints_of(R1, host(2))),
+        {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"via advertised">>),
+        wait_until(fun() -> bodies_to(T2, <<"bob@example.com/b">>) =:= [<<"via advertised">>] end),
+        ?assert(forwarder_accepted(Fwd) >= 1)
+    after
+        stop_forwarder(Fwd)
+    end.
+
+%% SPEC 11.10 (b): dc1's global_distrib_addr names a forwarder for dc2,
+%% overriding what dc2 advertises (its real listener).
+
+global_distrib_addr_override_is_used(_Config) ->
+    Store = global_distrib:new_store(),
+    {R2, T2} = start_dc(dc_config(2), Store),
+    #{listen := [{_, Listen}]} = global_distrib:info(R2),
+    Fwd = start_forwarder(Listen),
+    FwdPort = forwarder_port(Fwd),
+    try
+        C1 = (dc_config(1))#{global_distrib_addr => #{host(2) => [{"127.0.0.1", FwdPort}]}},
+        {R1, _} = D1 = start_dc(C1, Store),
+        ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+        ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+        ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+        ?assertEqual([{<<"127.0.0.1">>, FwdPort}], global_distrib:endpoints_of(R1, host(2))),
+        {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"via override">>),
+        wait_until(fun() -> bodies_to(T2, <<"bob@example.com/b">>) =:= [<<"via override">>] end),
+        ?assert(forwarder_accepted(Fwd) >= 1)
+    after
+        stop_forwarder(Fwd)
+    end.
+
+%% SPEC 11.12: stale caches at dc1 and dc2 point at each other (the store
+%% knows nothing of bob): the stanza goes dc1 -> dc2 -> dc1 -> dc2 -> dc1,
+%% where its TTL (message_ttl = 4) is 0; it is stopped there and counted in
+%% stop_ttl_zero.
+
+ttl_stops_stanza_bouncing_between_stale_caches(_Config) ->
+    Store = global_distrib:new_store(),
+    Cfg = fun(N) -> (dc_config(N))#{message_ttl => 4,
+                                    cache => #{jid_lifetime_seconds => 60,
+                                               domain_lifetime_seconds => 60}}
+          end,
+    {R1, T1} = D1 = start_dc(Cfg(1), Store),
+    {R2, T2} = start_dc(Cfg(2), Store),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    ok = global_distrib:await_peer(R2, host(1), ?WAIT),
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:debug_cache_session(R1, Bob, host(2)),
+    ok = global_distrib:debug_cache_session(R2, Bob, host(1)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, Bob)),
+    ?assertEqual({forwarded, host(2)}, send(D1, <<"alice@example.com/a">>, Bob, <<"ping-pong">>)),
+    StopTtl = <<"global.mod_global_distrib.stop_ttl_zero">>,
+    Counter = fun(Rt, Name) -> maps:get(Name, global_distrib:metrics(Rt), 0) end,
+    wait_until(fun() -> Counter(R1, StopTtl) + Counter(R2, StopTtl) =:= 1 end),
+    wait_until(fun() -> length(delivered(T1)) + length(delivered(T2)) =:= 1 end),
+    ?assertEqual(1, Counter(R1, StopTtl)),
+    [{_, deliver, #{ttl := 0, to := Bob}, <<"ping-pong">>}] = delivered(T1),
+    ?assertEqual(2, Counter(R1, <<"global.mod_global_distrib.outgoing.messages.dc2.example.com">>)),
+    ?assertEqual(2, Counter(R2, <<"global.mod_global_distrib.outgoing.messages.dc1.example.com">>)).
+
+%%--------------------------------------------------------------------
+%% A TCP forwarder standing in for NAT: accepts on an ephemeral port,
+%% forwards each connection to 127.0.0.1:Target, counts accepted ones.
+
+start_forwarder(Target) ->
+    Parent = self(),
+    Pid = spawn(fun() ->
+                        {ok, L} = gen_tcp:listen(0, [binary, {ip, {127, 0, 0, 1}},
+                                                     {active, false}, {reuseaddr, true}]),
+                        {ok, Port} = inet:port(L),
+                        Counter = counters:new(1, []),
+                        Parent ! {forwarder, self(), Port, Counter},
+                        Acceptor = spawn_link(fun() -> fwd_accept(L, Target, Counter) end),
+                        ok = gen_tcp:controlling_process(L, Acceptor),
+                        receive stop -> ok end,
+                        exit(Acceptor, kill),
+                        gen_tcp:close(L)
+                end),
+    receive {forwarder, Pid, Port, Counter} -> {Pid, Port, Counter} end.
+
+forwarder_port({_, Port, _}) -> Port.
+
+forwarder_accepted({_, _, Counter}) -> counters:get(Counter, 1).
+
+stop_forwarder({Pid, _, _}) -> Pid ! stop, ok.
+
+fwd_accept(L, Target, Counter) ->
+    case gen_tcp:accept(L) of
+        {ok, Down} ->
+            counters:add(Counter, 1, 1),
+            case gen_tcp:connect({127, 0, 0, 1}, Target, [binary, {active, false}], 2000) of
+                {ok, Up} ->
+                    P1 = spawn(fun() -> receive go -> fwd_pump(Down, Up) end end),
+                    P2 = spawn(fun() -> receive go -> fwd_pump(Up, Down) end end),
+                    ok = gen_tcp:controlling_process(Down, P1),
+                    ok = gen_tcp:controlling_process(Up, P2),
+                    P1 ! go,
+                    P2 ! go;
+                {error, _} ->
+                    gen_tcp:close(Down)
+            end,
+            fwd_accept(L, Target, Counter);
+        {error, _} ->
+            ok
+    end.
+
+fwd_pump(From, To) ->
+    case gen_tcp:recv(From, 0) of
+        {ok, Data} ->
+            case gen_tcp:send(To, Data) of
+                ok -> fwd_pump(From, To);
+                {error, _} -> gen_tcp:close(From)
+            end;
+        {error, _} ->
+            gen_tcp:close(To)
+    end.
+
+free_port() ->
+    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(S),
+    ok = gen_tcp:close(S),
+    Port.
 
 %%--------------------------------------------------------------------
 %% The binding itself

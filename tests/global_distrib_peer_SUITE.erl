@@ -11,9 +11,11 @@
          init_per_group/2, end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
 -export([pm_between_nodes_both_directions/1, message_before_presence_arrives/1,
          recipient_gone_ends_undeliverable_not_lost/1, dc_down_and_back/1,
-         throughput_between_nodes/1, foreign_ca_peer_is_refused/1]).
+         throughput_between_nodes/1, foreign_ca_peer_is_refused/1,
+         dead_node_pruned_on_refresh/1, redis_restarted_mid_traffic/1]).
 
 -define(WAIT, 15000).
+-define(REDIS_PID, {?MODULE, redis_os_pid}).
 
 suite() ->
     [{timetrap, {minutes, 3}}].
@@ -23,7 +25,8 @@ all() ->
 
 groups() ->
     Cases = [pm_between_nodes_both_directions, message_before_presence_arrives,
-             recipient_gone_ends_undeliverable_not_lost, dc_down_and_back],
+             recipient_gone_ends_undeliverable_not_lost, dc_down_and_back,
+             dead_node_pruned_on_refresh, redis_restarted_mid_traffic],
     [{tls, [sequence], Cases ++ [throughput_between_nodes, foreign_ca_peer_is_refused]},
      {plain, [sequence], Cases}].
 
@@ -42,12 +45,38 @@ init_per_suite(Config) ->
             %% process of its own), and redis-server does not exit when its
             %% stdin closes: remember the OS pid to kill it at the end.
             {os_pid, OsPid} = erlang:port_info(RedisPort, os_pid),
+            %% A case may restart redis-server (SPEC 11.14): the OS pid of
+            %% the one running now is kept where every process sees it.
+            persistent_term:put(?REDIS_PID, OsPid),
             Certs = make_certs(?config(priv_dir, Config)),
-            [{redis_port, Port}, {redis_os_pid, OsPid}, {certs, Certs} | Config]
+            [{redis_port, Port}, {redis_exe, Exe}, {certs, Certs} | Config]
     end.
 
-end_per_suite(Config) ->
-    stop_redis(?config(redis_os_pid, Config)).
+end_per_suite(_Config) ->
+    stop_redis(persistent_term:get(?REDIS_PID, undefined)),
+    _ = persistent_term:erase(?REDIS_PID),
+    ok.
+
+%% Starts redis-server on Port (no persistence) and records its OS pid.
+start_redis(Exe, Port) ->
+    RedisPort = open_port({spawn_executable, Exe},
+                          [{args, ["--port", integer_to_list(Port), "--save", "",
+                                   "--appendonly", "no", "--bind", "127.0.0.1"]},
+                           exit_status, stderr_to_stdout]),
+    {os_pid, OsPid} = erlang:port_info(RedisPort, os_pid),
+    persistent_term:put(?REDIS_PID, OsPid),
+    ok = wait_tcp(Port, erlang:monotonic_time(millisecond) + 10000).
+
+%% Kills the current redis-server and waits until its port refuses.
+kill_redis(Port) ->
+    stop_redis(persistent_term:get(?REDIS_PID)),
+    persistent_term:put(?REDIS_PID, undefined),
+    wait_until(fun() ->
+                       case gen_tcp:connect({127, 0, 0, 1}, Port, [], 200) of
+                           {ok, S} -> gen_tcp:close(S), false;
+                           {error, _} -> true
+                       end
+               end).
 
 stop_redis(undefined) ->
     ok;
@@ -66,10 +95,12 @@ init_per_testcase(Case, Config) ->
     %% 0 is supported, so FLUSHALL).
     ok = flushall(?config(redis_port, Config)),
     Db = 0,
-    _ = Case,
-    Peers = [start_dc(N, Db, Config) || N <- [1, 2]],
+    %% Routing from cache while Redis is down needs entries that outlive it.
+    CacheLifetime = case Case of redis_restarted_mid_traffic -> 60; _ -> 1 end,
+    Config1 = [{cache_lifetime, CacheLifetime} | Config],
+    Peers = [start_dc(N, Db, Config1) || N <- [1, 2]],
     _ = [ok = call(P, gd_test_host, await_peer, [host(3 - N)]) || {N, P} <- Peers],
-    [{peers, Peers}, {db, Db} | Config].
+    [{peers, Peers}, {db, Db} | Config1].
 
 end_per_testcase(_Case, Config) ->
     LongSchedules = lists:append([case catch call(P, gd_test_host, nif_long_schedules, []) of
@@ -118,7 +149,7 @@ start_dc(N, Db, Config) ->
                           {endpoint_refresh_interval_when_empty, 1},
                           {disabled_gc_interval, 1} | TlsOpt]},
            {bounce, [{resend_after_ms, 100}, {max_retries, 4}]},
-           {cache, [{jid_lifetime_seconds, 1}]}],
+           {cache, [{jid_lifetime_seconds, proplists:get_value(cache_lifetime, Config, 1)}]}],
     {ok, _} = call(Peer, gd_test_host, start, [Cfg]),
     {N, Peer}.
 
@@ -309,3 +340,60 @@ foreign_ca_peer_is_refused(Config) ->
         catch call(P3, gd_test_host, stop, []),
         peer:stop(P3)
     end.
+
+%% SPEC 11.11: a node that stopped refreshing long ago (its timestamp in
+%% <host>#{nodes} is older than expire_after) is pruned by the next refresh.
+dead_node_pruned_on_refresh(Config) ->
+    P1 = peer_of(1, Config),
+    Nodes = <<"dc1.example.com#{nodes}">>,
+    {ok, [_]} = call(P1, gd_test_host, store_exec, [[{hset, Nodes, <<"ghost@localhost">>, <<"1000">>}]]),
+    {ok, [Before]} = call(P1, gd_test_host, store_exec, [[{hgetall, Nodes}]]),
+    ?assert(lists:keymember(<<"ghost@localhost">>, 1, Before)),
+    ok = call(P1, gd_test_host, refresh_now, []),
+    {ok, [After]} = call(P1, gd_test_host, store_exec, [[{hgetall, Nodes}]]),
+    ?assertEqual([<<"node1@localhost">>], [F || {F, _} <- After]).
+
+%% SPEC 11.14: Redis restarted (empty) mid-traffic: dc1 keeps routing to
+%% bob from its cache while Redis is down, a refresh while it is down fails
+%% quietly, and after it comes back the next refresh of each node restores
+%% everything it owns; traffic and new logins work again.
+redis_restarted_mid_traffic(Config) ->
+    P1 = peer_of(1, Config),
+    P2 = peer_of(2, Config),
+    Port = ?config(redis_port, Config),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = call(P1, gd_test_host, login, [Alice]),
+    ok = call(P2, gd_test_host, login, [Bob]),
+    {forwarded, _} = call(P1, gd_test_host, send, [Alice, Bob, <<"before">>]),
+    wait_until(fun() -> call(P2, gd_test_host, bodies_to, [Bob]) =:= [<<"before">>] end),
+    kill_redis(Port),
+    try
+        During = [iolist_to_binary(["during", integer_to_list(I)]) || I <- lists:seq(1, 20)],
+        [?assertEqual({forwarded, host(2)}, call(P1, gd_test_host, send, [Alice, Bob, B]))
+         || B <- During],
+        wait_until(fun() -> call(P2, gd_test_host, bodies_to, [Bob]) =:= [<<"before">> | During] end),
+        %% A refresh while Redis is down fails quietly.
+        ct:log("refresh while down: ~p", [call(P1, gd_test_host, refresh_now, [])])
+    after
+        start_redis(?config(redis_exe, Config), Port)
+    end,
+    Get = fun(P, K) -> {ok, [V]} = call(P, gd_test_host, store_exec, [[{get, K}]]), V end,
+    ?assertEqual(nil, Get(P1, Bob)),
+    ok = call(P1, gd_test_host, refresh_now, []),
+    ok = call(P2, gd_test_host, refresh_now, []),
+    ?assertEqual(host(2), Get(P1, Bob)),
+    ?assertEqual(host(2), Get(P1, <<"bob@example.com">>)),
+    ?assertEqual(host(1), Get(P2, Alice)),
+    {ok, [Hosts]} = call(P1, gd_test_host, store_exec, [[{smembers, <<"hosts">>}]]),
+    ?assertEqual([host(1), host(2)], lists:sort(Hosts)),
+    {ok, [Eps]} = call(P1, gd_test_host, store_exec,
+                       [[{smembers, <<"dc2.example.com#node2@localhost#{endpoints}">>}]]),
+    #{listen := [{_, Dc2Port}]} = call(P2, gd_test_host, info, []),
+    ?assertEqual([<<"127.0.0.1#", (integer_to_binary(Dc2Port))/binary>>], Eps),
+    %% Traffic goes on, and a login made after the restart is found through
+    %% the restored store.
+    {forwarded, _} = call(P1, gd_test_host, send, [Alice, Bob, <<"after">>]),
+    ok = call(P2, gd_test_host, login, [<<"carol@example.com/c">>]),
+    ?assertEqual({remote, host(2)}, call(P1, gd_test_host, lookup, [<<"carol@example.com/c">>])),
+    wait_until(fun() -> lists:member(<<"after">>, call(P2, gd_test_host, bodies_to, [Bob])) end).

@@ -17,11 +17,12 @@
          session_opened/2, session_closed/2,
          register_subhost/3, unregister_subhost/2,
          route/5, route/6, lookup/2, public_domains/1,
-         refresh_hosts/1, await_peer/3, store_del/2,
+         refresh_hosts/1, refresh_now/1, await_peer/3, store_del/2,
+         endpoints_of/2, disabled_pools/2, debug_cache_session/3, debug_store_exec/2,
          info/1, metrics/1, prometheus/1, local_host/1, nif/1, workers/1, set_log_level/1]).
 
 -export_type([runtime/0, store/0, kind/0, route_result/0, location/0, meta/0,
-              start_opts/0, jid/0]).
+              start_opts/0, jid/0, store_cmd/0, store_reply/0]).
 
 -record(gd_rt, {nif :: global_distrib_nif:rt(),
                 key :: reference(),
@@ -41,6 +42,12 @@
                   ttl := non_neg_integer(), from_host := binary() | undefined,
                   transfer_time_us := non_neg_integer(),
                   reason := reason() | undefined}.
+-type store_cmd() :: {get | del | smembers | hgetall, Key :: binary()}
+                   | {sadd | srem, Key :: binary(), Members :: [binary()]}
+                   | {hdel, Key :: binary(), Field :: binary()}
+                   | {hset, Key :: binary(), Field :: binary(), Value :: binary()}.
+-type store_reply() :: nil | ok | integer() | binary() | [binary()]
+                     | [{binary(), binary()}] | {error, binary()}.
 -type start_opts() :: #{callback => global_distrib_worker:callback(),
                         workers => pos_integer(),
                         store => store(),
@@ -178,6 +185,39 @@ public_domains(#gd_rt{nif = Nif}) ->
 -spec refresh_hosts(runtime()) -> ok | {error, term()}.
 refresh_hosts(#gd_rt{nif = Nif}) ->
     await(global_distrib_nif:refresh_hosts_now(Nif), ?TIMEOUT).
+
+%% @doc Runs one whole refresh cycle now (re-writes what this node owns,
+%% prunes dead nodes from `<host>#{nodes}', re-reads hosts and endpoints:
+%% new endpoints enabled, vanished ones disabled). Runs on the runtime's
+%% threads; the caller waits for the answer by message.
+-spec refresh_now(runtime()) -> ok | {error, term()}.
+refresh_now(#gd_rt{nif = Nif}) ->
+    await(global_distrib_nif:refresh_now(Nif), ?TIMEOUT).
+
+%% @doc Endpoints of datacenter `Host' whose connection pools are enabled
+%% (empty while unknown).
+-spec endpoints_of(runtime(), binary()) -> [{binary(), inet:port_number()}].
+endpoints_of(#gd_rt{nif = Nif}, Host) ->
+    global_distrib_nif:endpoints(Nif, Host).
+
+%% @doc Pools towards `Host' disabled by a refresh (their endpoint vanished)
+%% and not garbage-collected yet.
+-spec disabled_pools(runtime(), binary()) -> non_neg_integer().
+disabled_pools(#gd_rt{nif = Nif}, Host) ->
+    global_distrib_nif:disabled_pools(Nif, Host).
+
+%% @doc DEBUGGING ONLY (tests): puts `Key -> Host' in this runtime's session
+%% cache without touching the store, as a stale cache entry would be.
+-spec debug_cache_session(runtime(), binary(), binary()) -> ok.
+debug_cache_session(#gd_rt{nif = Nif}, Key, Host) ->
+    global_distrib_nif:debug_cache_session(Nif, Key, Host).
+
+%% @doc DEBUGGING ONLY (tests, operations): raw commands of the store
+%% dialect (see docs/REDIS.md) through this runtime's backend, one reply per
+%% command; `{error, {store, Msg}}' when the store cannot be reached.
+-spec debug_store_exec(runtime(), [store_cmd()]) -> {ok, [store_reply()]} | {error, term()}.
+debug_store_exec(#gd_rt{nif = Nif}, Cmds) ->
+    await(global_distrib_nif:debug_store_exec(Nif, Cmds), ?TIMEOUT).
 
 %% @doc Refreshes hosts and waits until endpoints of datacenter `Host' are
 %% known (its connection pools are being set up).

@@ -5,12 +5,14 @@
 -export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
          route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
-         store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
+         store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
+         debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
 -nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
        route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
-       store_del/2, endpoints_of/2, info/1, metrics/1, prometheus/1, version/0]).
+       store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
+       debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
 -on_load(init/0).
 
@@ -91,6 +93,22 @@ store_del(_Rt, _Keys) -> erlang:nif_error(nif_not_loaded).
 
 -spec endpoints_of(rt(), binary()) -> non_neg_integer().
 endpoints_of(_Rt, _Host) -> erlang:nif_error(nif_not_loaded).
+
+-spec endpoints(rt(), binary()) -> [{binary(), inet:port_number()}].
+endpoints(_Rt, _Host) -> erlang:nif_error(nif_not_loaded).
+
+-spec disabled_pools(rt(), binary()) -> non_neg_integer().
+disabled_pools(_Rt, _Host) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc DEBUGGING ONLY: puts `Key -> Host' in the runtime's session cache
+%% without touching the store (a stale cache entry). Tests only.
+-spec debug_cache_session(rt(), binary(), binary()) -> ok.
+debug_cache_session(_Rt, _Key, _Host) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc DEBUGGING ONLY: raw commands of the store dialect through the
+%% runtime's backend; see {@link global_distrib:debug_store_exec/2}.
+-spec debug_store_exec(rt(), [global_distrib:store_cmd()]) -> wait() | stopped().
+debug_store_exec(_Rt, _Cmds) -> erlang:nif_error(nif_not_loaded).
 
 -spec info(rt()) -> map().
 info(_Rt) -> erlang:nif_error(nif_not_loaded).

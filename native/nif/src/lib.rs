@@ -51,7 +51,7 @@ mod atoms {
         workers, worker_threads, dispatch_shards,
         local_host, global_host, listen, bounce_queue_size, delivered_sent, delivered_lost,
         log_dropped, error_level = "error", warning, info, debug, trace, none,
-        count, min, max, mean, sum, p50, p95, p99,
+        count, min, max, mean, sum, p50, p95, p99, nil,
     }
 }
 
@@ -423,6 +423,117 @@ fn store_del<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, keys: Vec<String>) -> Ter
 #[rustler::nif]
 fn endpoints_of(rt: ResourceArc<RtRes>, host: String) -> usize {
     rt.rt.outgoing().endpoints_of(&host).len()
+}
+
+/// `endpoints(Rt, Host)`: the endpoints of DC `Host` whose pools are
+/// enabled, as `[{Address, Port}]` (inline: a copy under a read lock).
+#[rustler::nif]
+fn endpoints(rt: ResourceArc<RtRes>, host: String) -> Vec<(String, u16)> {
+    rt.rt
+        .outgoing()
+        .endpoints_of(&host)
+        .into_iter()
+        .map(|e| (e.host, e.port))
+        .collect()
+}
+
+/// `disabled_pools(Rt, Host)`: pools towards `Host` disabled by a refresh
+/// and not yet garbage-collected.
+#[rustler::nif]
+fn disabled_pools(rt: ResourceArc<RtRes>, host: String) -> usize {
+    rt.rt.outgoing().disabled_pools(&host)
+}
+
+/// DEBUGGING ONLY: `debug_cache_session(Rt, Key, Host)` puts `Key → Host`
+/// in this runtime's session cache without touching the store, as a stale
+/// cache entry would be (tests of the TTL scenario). Never for production.
+#[rustler::nif]
+fn debug_cache_session(rt: ResourceArc<RtRes>, key: String, host: String) -> Atom {
+    rt.rt.mapping().insert_session(&key, &host);
+    atoms::ok()
+}
+
+fn store_cmd(t: Term<'_>) -> NifResult<gd_core::store::Cmd> {
+    use gd_core::store::Cmd;
+    let tuple = rustler::types::tuple::get_tuple(t)?;
+    let name: Atom = tuple.first().ok_or(rustler::Error::BadArg)?.decode()?;
+    let arg =
+        |i: usize| -> NifResult<Term<'_>> { tuple.get(i).copied().ok_or(rustler::Error::BadArg) };
+    let s = |i: usize| -> NifResult<String> { arg(i)?.decode() };
+    Ok(
+        match (
+            name.to_term(t.get_env()).atom_to_string()?.as_str(),
+            tuple.len(),
+        ) {
+            ("get", 2) => Cmd::Get { key: s(1)? },
+            ("del", 2) => Cmd::Del { key: s(1)? },
+            ("smembers", 2) => Cmd::SMembers { key: s(1)? },
+            ("hgetall", 2) => Cmd::HGetAll { key: s(1)? },
+            ("sadd", 3) => Cmd::SAdd {
+                key: s(1)?,
+                members: arg(2)?.decode()?,
+            },
+            ("srem", 3) => Cmd::SRem {
+                key: s(1)?,
+                members: arg(2)?.decode()?,
+            },
+            ("hdel", 3) => Cmd::HDel {
+                key: s(1)?,
+                field: s(2)?,
+            },
+            ("hset", 4) => Cmd::HSet {
+                key: s(1)?,
+                field: s(2)?,
+                value: s(3)?,
+            },
+            _ => return Err(rustler::Error::BadArg),
+        },
+    )
+}
+
+fn store_reply(env: Env<'_>, r: gd_core::store::Reply) -> Term<'_> {
+    use gd_core::store::Reply;
+    match r {
+        Reply::Nil => atoms::nil().encode(env),
+        Reply::Ok => atoms::ok().encode(env),
+        Reply::Int(i) => i.encode(env),
+        Reply::Str(s) => s.encode(env),
+        Reply::List(l) => l.encode(env),
+        Reply::Pairs(p) => p.encode(env),
+        Reply::Error(m) => err(env, m),
+    }
+}
+
+/// DEBUGGING ONLY: `debug_store_exec(Rt, Cmds)` runs raw commands of the
+/// store dialect through this runtime's backend (tests and operations:
+/// simulate other nodes, inspect keys). Cmds: `{get, K}`, `{del, K}`,
+/// `{smembers, K}`, `{hgetall, K}`, `{sadd, K, [M]}`, `{srem, K, [M]}`,
+/// `{hdel, K, F}`, `{hset, K, F, V}`. `{wait, Ref}`, then
+/// `{Ref, {ok, Replies}}` (`nil | ok | integer() | binary() | [binary()]
+/// | [{binary(), binary()}] | {error, Msg}` each) or `{Ref, {error, {store, Msg}}}`.
+#[rustler::nif]
+fn debug_store_exec<'a>(
+    env: Env<'a>,
+    rt: ResourceArc<RtRes>,
+    cmds: Vec<Term<'a>>,
+) -> NifResult<Term<'a>> {
+    let cmds = cmds
+        .into_iter()
+        .map(store_cmd)
+        .collect::<NifResult<Vec<_>>>()?;
+    let backend = rt.rt.store().backend().clone();
+    Ok(wait_for(
+        env,
+        &rt,
+        async move { backend.exec(&cmds).await },
+        |e, r| match r {
+            Ok(replies) => {
+                let terms: Vec<Term<'_>> = replies.into_iter().map(|x| store_reply(e, x)).collect();
+                (atoms::ok(), terms).encode(e)
+            }
+            Err(x) => err(e, (atoms::store(), x.to_string())),
+        },
+    ))
 }
 
 #[rustler::nif]
