@@ -45,8 +45,15 @@ bench-smoke: setup
 	$(CARGO) run --release -p gd_bench -- --smoke --out bench/results/smoke.json
 
 ## The multi-datacenter demo.
+## With GD_DEMO_REDIS=redis://host:port the DCs are separate Erlang nodes
+## driving the runtime through the Erlang API, sharing that Redis.
 demo: setup
+ifdef GD_DEMO_REDIS
+	rebar3 compile
+	escript scripts/demo_nodes.escript $(GD_DEMO_REDIS)
+else
 	$(CARGO) run --release -p global_distrib_core --example demo
+endif
 
 clean:
 	$(CARGO) clean
