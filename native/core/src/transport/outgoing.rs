@@ -114,13 +114,18 @@ impl Conn {
         if q.failed || self.closing.load(Ordering::Relaxed) {
             return Err(env);
         }
+        // The writer only waits after finding `pending` empty, so only the
+        // push that makes it non-empty needs to wake it.
+        let was_empty = q.pending.is_empty();
         q.pending.push_back(Outbound {
             env,
             enqueued: Instant::now(),
             seq: 0,
         });
         drop(q);
-        self.wake.notify_one();
+        if was_empty {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
