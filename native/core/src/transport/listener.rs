@@ -333,6 +333,9 @@ impl Receiver {
                     out.clear();
                     frame::encode(&Frame::Ack(Ack { seq }), &mut out, self.max_frame)?;
                     io.write_all(&out).await?;
+                    // With TLS, `write_all` may leave the record inside
+                    // rustls when the socket is full; only a flush sends it.
+                    io.flush().await?;
                     acked = last;
                 }
             }

@@ -857,6 +857,11 @@ async fn io_loop(
                 continue;
             }
             wr.write_all(&buf).await?;
+            // With TLS, `write_all` may leave encrypted records inside
+            // rustls when the socket is full, and nothing would send them
+            // before the next batch: the last stanzas of a burst stayed
+            // unsent. A flush writes them out (a no-op on plain TCP).
+            wr.flush().await?;
             buf.clear();
         }
     };
