@@ -14,7 +14,7 @@
 //! is logged in as does not cost a store round trip per stanza.
 //!
 //! Metrics: each lookup counts one `mapping_fetches` and records its
-//! duration in `mapping_fetch_time` (µs); a lookup that had to ask the store
+//! duration in `mapping_fetch_time` (µs; 0 for an answer from the caches); a lookup that had to ask the store
 //! (once or twice) counts one `mapping_cache_misses`. [`Mapping::lookup_cached`]
 //! counts only when it answers: when it cannot, the caller goes on with
 //! [`Mapping::lookup`], which counts then.
@@ -150,7 +150,6 @@ impl Mapping {
     ///
     /// [`lookup`]: Mapping::lookup
     pub fn lookup_cached(&self, to: &Jid) -> Option<Location> {
-        let start = Instant::now();
         let location = match self.plan(to) {
             Plan::Local => Location::Local,
             // `?`: not in the cache, only the store can tell. A cached
@@ -162,7 +161,11 @@ impl Mapping {
                 None => self.resolve(self.jids.get(bare)?),
             },
         };
-        self.count_fetch(start);
+        // An answer from memory takes a fraction of a microsecond, so it is
+        // recorded as 0 µs without reading the clock (a reading per stanza
+        // was 3 % of the transport's CPU time).
+        self.fetches.inc();
+        self.fetch_time.record(0);
         Some(location)
     }
 
