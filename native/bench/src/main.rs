@@ -17,6 +17,13 @@ mod stats;
 mod table;
 mod transport;
 
+/// glibc malloc made the figures swing from run to run (payloads are freed
+/// on another thread than the one that allocated them); mimalloc is what a
+/// host embedding the runtime would pick too. The core library leaves the
+/// choice to the program.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

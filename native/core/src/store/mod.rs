@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{FuturesOrdered, StreamExt};
 
 pub mod embedded;
 pub mod keys;
@@ -107,6 +108,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `"embedded"` or `"redis"`, for logs.
     fn kind(&self) -> &'static str;
+
+    /// How many pipelines bulk work (a refresh pass, a large batch) may keep
+    /// in flight at once. One pipeline at a time leaves a networked store
+    /// idle for a round trip per batch; the store then sets the pace.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// The session/routing table as the runtime sees it.
@@ -192,13 +200,36 @@ fn check_replies(replies: &[Reply]) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Runs `cmds` in pipelines of at most [`BATCH`] commands.
+    /// Pipelines the backend may keep in flight at once (at least 1).
+    pub fn concurrency(&self) -> usize {
+        self.backend.concurrency().max(1)
+    }
+
+    /// Runs `cmds` in pipelines of at most [`BATCH`] commands, up to
+    /// [`Store::concurrency`] of them in flight; replies come back in
+    /// command order. Overlapping pipelines are safe because every command
+    /// of the dialect is idempotent and the commands of one call never depend
+    /// on each other's order (distinct keys, or distinct fields of one hash).
     pub async fn exec_batched(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
-        let mut out = Vec::with_capacity(cmds.len());
-        for chunk in cmds.chunks(BATCH) {
-            out.extend(self.backend.exec(chunk).await?);
+        if cmds.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        if cmds.len() <= BATCH {
+            return self.backend.exec(cmds).await;
+        }
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut chunks = cmds.chunks(BATCH);
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            while in_flight.len() < self.concurrency() {
+                let Some(chunk) = chunks.next() else { break };
+                in_flight.push_back(self.backend.exec(chunk));
+            }
+            match in_flight.next().await {
+                Some(batch) => out.extend(batch?),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// A user logged in here: plain `SET k local_host EX ttl` for each key

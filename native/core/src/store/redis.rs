@@ -396,4 +396,12 @@ impl Backend for RedisBackend {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    /// At least 4 pipelines in flight, spread round-robin over the pooled
+    /// connections: a multiplexed connection answers them in order, so
+    /// several on one connection keep the server busy instead of idling a
+    /// round trip per batch.
+    fn concurrency(&self) -> usize {
+        self.slots.len().max(4)
+    }
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -231,6 +232,39 @@ impl OwnedState {
         for k in keys {
             pending.remove(k.as_str());
         }
+    }
+}
+
+/// The owned session keys, shard by shard, in batches of at most [`BATCH`].
+struct SessionBatches<'a> {
+    state: &'a OwnedState,
+    next_shard: usize,
+    buf: Vec<String>,
+}
+
+impl<'a> SessionBatches<'a> {
+    fn new(state: &'a OwnedState) -> Self {
+        SessionBatches {
+            state,
+            next_shard: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Iterator for SessionBatches<'_> {
+    type Item = Vec<String>;
+
+    fn next(&mut self) -> Option<Vec<String>> {
+        while self.buf.len() < BATCH && self.next_shard < SESSION_SHARDS {
+            self.state.shard_keys(self.next_shard, &mut self.buf);
+            self.next_shard += 1;
+        }
+        if self.buf.is_empty() {
+            return None;
+        }
+        let rest = self.buf.split_off(self.buf.len().min(BATCH));
+        Some(std::mem::replace(&mut self.buf, rest))
     }
 }
 
@@ -447,42 +481,41 @@ impl Refresher {
         } else {
             Duration::ZERO
         };
-        let mut buf = Vec::with_capacity(BATCH);
-        for shard in 0..SESSION_SHARDS {
-            self.state.shard_keys(shard, &mut buf);
-            while buf.len() >= BATCH || (shard + 1 == SESSION_SHARDS && !buf.is_empty()) {
-                let rest = buf.split_off(buf.len().min(BATCH));
-                self.session_batch(&buf, &mut stats, started, gap).await;
-                buf = rest;
+        // Several pipelines in flight: with one, each batch waits a full
+        // round trip and the store idles in between. Batches are built
+        // lazily, so at most `concurrency` of them exist at a time; a paced
+        // batch still waits for its slot, so the spread over the period holds.
+        let mut batches = SessionBatches::new(&self.state);
+        let mut in_flight = FuturesUnordered::new();
+        let mut n = 0u32;
+        loop {
+            while in_flight.len() < self.store.concurrency() {
+                let Some(keys) = batches.next() else { break };
+                in_flight.push(self.session_batch(keys, started + gap * n));
+                n = n.saturating_add(1);
             }
+            match in_flight.next().await {
+                Some(Ok(c)) => stats.add(c),
+                Some(Err(())) => stats.errors += 1,
+                None => break,
+            }
+            stats.batches += 1;
         }
         stats.elapsed = started.elapsed();
         stats
     }
 
-    async fn session_batch(
-        &self,
-        keys: &[String],
-        stats: &mut RefreshStats,
-        started: Instant,
-        gap: Duration,
-    ) {
-        if !gap.is_zero() {
-            let n = u32::try_from(stats.batches).unwrap_or(u32::MAX);
-            tokio::time::sleep_until((started + gap * n).into()).await;
+    /// Refreshes one batch of session keys once `due` has come.
+    async fn session_batch(&self, keys: Vec<String>, due: Instant) -> Result<RefreshCount, ()> {
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
         }
-        stats.batches += 1;
-        let res = self
-            .store
-            .refresh_sessions(keys, &self.me.local_host, self.expire_after)
-            .await;
-        match res {
-            Ok(c) => stats.add(c),
-            Err(e) => {
-                stats.errors += 1;
+        self.store
+            .refresh_sessions(&keys, &self.me.local_host, self.expire_after)
+            .await
+            .map_err(|e| {
                 tracing::warn!(what = "refresh_sessions_failed", keys = keys.len(), error = %e);
-            }
-        }
+            })
     }
 
     /// Starts the periodic passes (the first one at once) and the pending

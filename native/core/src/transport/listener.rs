@@ -37,6 +37,8 @@ const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 const MAX_SESSIONS: usize = 65_536;
 /// Stanzas waiting in one dispatch shard before the readers feeding it pause.
 const SHARD_QUEUE: usize = 4096;
+/// Stanzas a dispatch shard takes off its queue at once (one wake-up).
+const DISPATCH_BATCH: usize = 64;
 
 /// Binds every endpoint, retrying a while on address-in-use (a restarting
 /// node may find its previous socket still closing).
@@ -331,6 +333,9 @@ impl Receiver {
                     out.clear();
                     frame::encode(&Frame::Ack(Ack { seq }), &mut out, self.max_frame)?;
                     io.write_all(&out).await?;
+                    // With TLS, `write_all` may leave the record inside
+                    // rustls when the socket is full; only a flush sends it.
+                    io.flush().await?;
                     acked = last;
                 }
             }
@@ -356,6 +361,10 @@ impl Receiver {
         m: &PeerMetrics,
     ) -> Result<Option<u64>, TransportError> {
         let mut last = slot.last.lock().await;
+        // One clock reading per read, not per stanza: every frame of the
+        // buffer arrived with the same read.
+        let received = Instant::now();
+        let received_us = now_us();
         while let Some(f) = frame::decode(buf, self.max_frame)? {
             let Frame::Stanza(s) = f else {
                 return Err(TransportError::Protocol(format!(
@@ -385,14 +394,14 @@ impl Receiver {
                 }
             }
             m.messages.inc();
-            let transfer = now_us().saturating_sub(s.sent_at_us);
+            let transfer = received_us.saturating_sub(s.sent_at_us);
             m.transfer_time.record(transfer);
             let shard = shard_of(&s.sender_key, self.shards.len());
             let incoming = Incoming {
                 envelope: envelope_of(s)?,
                 from_host: host.clone(),
                 transfer_time_us: transfer,
-                received: Instant::now(),
+                received,
             };
             if self.shards[shard].send(incoming).await.is_err() {
                 // The runtime is stopping.
@@ -438,22 +447,33 @@ async fn dispatch(
     router: Arc<Router>,
     queue_time: Arc<Histogram>,
 ) {
-    while let Some(inc) = rx.recv().await {
-        queue_time.record(inc.received.elapsed().as_micros() as u64);
-        let env = inc.envelope;
-        if env.kind != PayloadKind::PresenceUnavailable {
-            router
-                .mapping
-                .insert_origin_hint(&env.from, &env.meta.origin);
+    let mut batch = Vec::with_capacity(DISPATCH_BATCH);
+    while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
+        // Queue time up to the moment the batch was taken: one clock
+        // reading per batch rather than per stanza.
+        let now = Instant::now();
+        for inc in batch.drain(..) {
+            let queued = now.saturating_duration_since(inc.received);
+            queue_time.record(queued.as_micros() as u64);
+            dispatch_one(inc, &router).await;
         }
-        match router.route(env.clone()).await {
-            RouteResult::Local => router.delivery.deliver(Delivered {
-                envelope: env,
-                from_host: Some(inc.from_host),
-                transfer_time_us: inc.transfer_time_us,
-            }),
-            RouteResult::Undeliverable(reason) => router.delivery.undeliverable(env, reason),
-            RouteResult::Forwarded(_) | RouteResult::Stored => {}
-        }
+    }
+}
+
+async fn dispatch_one(inc: Incoming, router: &Router) {
+    let env = inc.envelope;
+    if env.kind != PayloadKind::PresenceUnavailable {
+        router
+            .mapping
+            .insert_origin_hint(&env.from, &env.meta.origin);
+    }
+    match router.route(env.clone()).await {
+        RouteResult::Local => router.delivery.deliver(Delivered {
+            envelope: env,
+            from_host: Some(inc.from_host),
+            transfer_time_us: inc.transfer_time_us,
+        }),
+        RouteResult::Undeliverable(reason) => router.delivery.undeliverable(env, reason),
+        RouteResult::Forwarded(_) | RouteResult::Stored => {}
     }
 }

@@ -114,13 +114,18 @@ impl Conn {
         if q.failed || self.closing.load(Ordering::Relaxed) {
             return Err(env);
         }
+        // The writer only waits after finding `pending` empty, so only the
+        // push that makes it non-empty needs to wake it.
+        let was_empty = q.pending.is_empty();
         q.pending.push_back(Outbound {
             env,
             enqueued: Instant::now(),
             seq: 0,
         });
         drop(q);
-        self.wake.notify_one();
+        if was_empty {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -852,6 +857,11 @@ async fn io_loop(
                 continue;
             }
             wr.write_all(&buf).await?;
+            // With TLS, `write_all` may leave encrypted records inside
+            // rustls when the socket is full, and nothing would send them
+            // before the next batch: the last stanzas of a burst stayed
+            // unsent. A flush writes them out (a no-op on plain TCP).
+            wr.flush().await?;
             buf.clear();
         }
     };
