@@ -154,19 +154,7 @@ undeliverable(Tab) ->
     [{M, P} || {_, undeliverable, M, P} <- ets:tab2list(Tab)].
 
 wait_until(Fun) ->
-    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
-
-wait_until(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true ->
-                    ct:log("last endpoints seen: ~p", [get(last_endpoints)]),
-                    ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
-                false -> receive after 10 -> wait_until(Fun, Deadline) end
-            end
-    end.
+    gd_wait:within(Fun, ?WAIT).
 
 send({Rt, _}, From, To, Body) ->
     global_distrib:route(Rt, From, To, message, Body).

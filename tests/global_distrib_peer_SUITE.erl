@@ -160,17 +160,10 @@ peer_of(N, Config) ->
     proplists:get_value(N, ?config(peers, Config)).
 
 wait_until(Fun) ->
-    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
+    gd_wait:within(Fun, ?WAIT).
 
 wait_until(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
-                false -> receive after 20 -> wait_until(Fun, Deadline) end
-            end
-    end.
+    gd_wait:until(Fun, Deadline).
 
 flushall(Port) ->
     {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 2000),

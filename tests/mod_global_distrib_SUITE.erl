@@ -82,17 +82,7 @@ routed(HostType) ->
      || {_, HT, F, T, P} <- ets:tab2list(mim_standin_routed), HT =:= HostType].
 
 wait_until(Fun) ->
-    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
-
-wait_until(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail({condition_not_met, erlang:fun_info(Fun, name)});
-                false -> receive after 10 -> wait_until(Fun, Deadline) end
-            end
-    end.
+    gd_wait:within(Fun, ?WAIT).
 
 %%--------------------------------------------------------------------
 
