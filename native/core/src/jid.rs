@@ -76,6 +76,53 @@ pub struct Jid {
 impl Jid {
     /// Parses and normalises a JID. Never panics, whatever the input.
     pub fn parse(s: &str) -> Result<Jid, JidError> {
+        if let Some(jid) = Jid::parse_canonical_ascii(s) {
+            return Ok(jid);
+        }
+        Jid::parse_general(s)
+    }
+
+    /// The fast path of [`Jid::parse`]: ASCII text that is already in
+    /// canonical form (what another DC or the XMPP server sends) becomes a
+    /// JID with one allocation and one pass over the bytes. `None` means
+    /// "not sure", never "invalid": the general path then decides.
+    fn parse_canonical_ascii(s: &str) -> Option<Jid> {
+        let b = s.as_bytes();
+        let end = b.iter().position(|&c| c == b'/').unwrap_or(b.len());
+        let at = b[..end].iter().position(|&c| c == b'@');
+        let domain_start = at.map_or(0, |i| i + 1);
+        let user = &b[..at.unwrap_or(0)];
+        let domain = &b[domain_start..end];
+        let resource = b.get(end + 1..);
+        let user_ok = at.is_none()
+            || (!user.is_empty()
+                && user.len() <= MAX_PART_BYTES
+                && user.iter().all(|&c| {
+                    c.is_ascii_graphic()
+                        && !c.is_ascii_uppercase()
+                        && !USER_FORBIDDEN.contains(&char::from(c))
+                }));
+        let domain_ok = !domain.is_empty()
+            && domain.len() <= MAX_PART_BYTES
+            && domain.first() != Some(&b'.')
+            && domain.last() != Some(&b'.')
+            && !domain.windows(2).any(|w| w == b"..")
+            && domain
+                .iter()
+                .all(|&c| c.is_ascii_graphic() && !c.is_ascii_uppercase() && c != b'@');
+        let resource_ok = resource.is_none_or(|r| {
+            !r.is_empty()
+                && r.len() <= MAX_PART_BYTES
+                && r.iter().all(|&c| (b' '..0x7f).contains(&c))
+        });
+        (user_ok && domain_ok && resource_ok).then(|| Jid {
+            text: Arc::from(s),
+            domain_start,
+            domain_end: end,
+        })
+    }
+
+    fn parse_general(s: &str) -> Result<Jid, JidError> {
         // RFC 7622 3.1: the resource starts at the first '/', and only then
         // is the first '@' looked for, so resources may contain '@'.
         let (rest, resource) = match s.split_once('/') {
@@ -268,5 +315,47 @@ fn check_resource(resource: &str) -> Result<(), JidError> {
             ch,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whenever the fast path answers, it answers what the general path
+        /// does, on input made to hit the edge cases of both.
+        #[test]
+        fn fast_path_agrees_with_the_general_path(
+            s in "[a-cA-C0-9@/. \u{0}\u{7f}\"&'<>:éİ]{0,24}"
+        ) {
+            if let Some(fast) = Jid::parse_canonical_ascii(&s) {
+                let general = Jid::parse_general(&s);
+                // Equality covers the text and both offsets.
+                prop_assert_eq!(Ok(fast), general);
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_input_takes_the_fast_path_and_the_rest_does_not() {
+        for s in ["a@b.c/r", "b.c", "a@b", "b/r x", "a@b/r@x/y"] {
+            assert!(Jid::parse_canonical_ascii(s).is_some(), "{s}");
+        }
+        for s in [
+            "A@b",
+            "a@B",
+            "a@b.",
+            "a@.b",
+            "a@b..c",
+            "a@b/",
+            "@b",
+            "a@b/\u{1}",
+            "é@b",
+            "a b@c",
+        ] {
+            assert!(Jid::parse_canonical_ascii(s).is_none(), "{s}");
+        }
     }
 }

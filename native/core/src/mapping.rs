@@ -9,7 +9,7 @@
 //!              └─> full, then bare JID key ──> JID cache ──> store
 //! ```
 //!
-//! Cache values are `Option<Arc<str>>`: `Some(local_host of the owning DC)`,
+//! Cache values are `Some(local_host of the owning DC)`,
 //! or `None` for a cached miss (only with `cache_missed`), so a JID nobody
 //! is logged in as does not cost a store round trip per stanza.
 //!
@@ -46,7 +46,97 @@ pub enum Location {
 }
 
 /// Keys are `Box<str>`: moka already keeps each key behind its own `Arc`.
-type MapCache = Cache<Box<str>, Option<Arc<str>>>;
+/// A DC's shared host name behind a thin pointer (see [`Cached`]).
+type SharedHost = Arc<Arc<str>>;
+
+/// One cached answer: the DC (None: a cached miss) and when it expires.
+/// 16 bytes: a fat `Arc<str>` beside the expiry would make it 24 and move
+/// moka's entry into the next size class (+33 bytes per entry, measured).
+#[derive(Clone)]
+struct Cached {
+    host: Option<SharedHost>,
+    expires_ms: u64,
+}
+
+/// A moka cache whose entries expire on a lifetime kept in the entry
+/// itself rather than through moka's `time_to_live`: that policy costs a
+/// second queue node per entry (about 50 bytes, 15 % of an entry) and a
+/// clock reading per access, while a stale entry is simply a miss here and
+/// is overwritten by the next fetch. The bound stays moka's (`max_jids`),
+/// so stale entries never pass it.
+///
+/// The hasher is foldhash rather than SipHash: the keys are short strings
+/// hashed on every route(), and foldhash is seeded per process, so keys
+/// chosen by remote users still cannot be aimed at one bucket.
+struct TtlCache {
+    cache: Cache<Box<str>, Cached, foldhash::fast::RandomState>,
+    lifetime_ms: u64,
+}
+
+impl TtlCache {
+    fn new(capacity: u64, lifetime: Duration) -> TtlCache {
+        TtlCache {
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The cached answer, unless absent or expired.
+    fn get(&self, key: &str) -> Option<Option<Arc<str>>> {
+        let e = self.cache.get(key)?;
+        (e.expires_ms > coarse_now_ms()).then(|| e.host.map(|h| Arc::clone(&*h)))
+    }
+
+    fn insert(&self, key: &str, host: Option<SharedHost>) {
+        let expires_ms = coarse_now_ms().saturating_add(self.lifetime_ms);
+        self.cache
+            .insert(Box::from(key), Cached { host, expires_ms });
+    }
+
+    /// Caches a fetched answer unless a fresh one was written meanwhile
+    /// (a session opened here during the fetch is newer than the store).
+    fn insert_unless_fresh(&self, key: &str, host: Option<SharedHost>) {
+        let now = coarse_now_ms();
+        let fresh = Cached {
+            host,
+            expires_ms: now.saturating_add(self.lifetime_ms),
+        };
+        self.cache
+            .entry(Box::from(key))
+            .and_upsert_with(|old| match old {
+                Some(e) if e.value().expires_ms > now => e.into_value(),
+                _ => fresh,
+            });
+    }
+
+    fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key);
+    }
+}
+
+/// Milliseconds of a monotonic clock at the resolution of the kernel tick
+/// (a few ms): plenty for lifetimes counted in seconds, and read from the
+/// vDSO without the cost of a precise clock on every lookup.
+fn coarse_now_ms() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the call only
+        // writes into it.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0 {
+            return (ts.tv_sec as u64)
+                .saturating_mul(1000)
+                .saturating_add(ts.tv_nsec as u64 / 1_000_000);
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Host names a runtime has seen more than this many of are no longer shared.
 const MAX_SHARED_HOSTS: usize = 64;
@@ -56,18 +146,18 @@ const MAX_SHARED_HOSTS: usize = 64;
 /// Bounded: host names come from the store and the wire, and past
 /// [`MAX_SHARED_HOSTS`] a name is simply allocated per entry as before.
 #[derive(Default)]
-struct HostNames(parking_lot::RwLock<Vec<Arc<str>>>);
+struct HostNames(parking_lot::RwLock<Vec<SharedHost>>);
 
 impl HostNames {
-    fn get(&self, name: &str) -> Arc<str> {
-        if let Some(h) = self.0.read().iter().find(|h| ***h == *name) {
+    fn get(&self, name: &str) -> SharedHost {
+        if let Some(h) = self.0.read().iter().find(|h| ****h == *name) {
             return Arc::clone(h);
         }
         let mut names = self.0.write();
-        if let Some(h) = names.iter().find(|h| ***h == *name) {
+        if let Some(h) = names.iter().find(|h| ****h == *name) {
             return Arc::clone(h);
         }
-        let host: Arc<str> = Arc::from(name);
+        let host: SharedHost = Arc::new(Arc::from(name));
         if names.len() < MAX_SHARED_HOSTS {
             names.push(Arc::clone(&host));
         }
@@ -92,8 +182,8 @@ pub struct Mapping {
     global_host: Arc<str>,
     local_host: Arc<str>,
     cache_missed: bool,
-    jids: MapCache,
-    domains: MapCache,
+    jids: Arc<TtlCache>,
+    domains: Arc<TtlCache>,
     hosts: Arc<HostNames>,
     store: Store,
     fetches: Arc<Counter>,
@@ -109,14 +199,14 @@ impl Mapping {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Mapping {
-        let jids = Cache::builder()
-            .max_capacity(cache.max_jids)
-            .time_to_live(Duration::from_secs(cache.jid_lifetime_seconds))
-            .build();
-        let domains = Cache::builder()
-            .max_capacity(DOMAIN_CACHE_CAPACITY)
-            .time_to_live(Duration::from_secs(cache.domain_lifetime_seconds))
-            .build();
+        let jids = Arc::new(TtlCache::new(
+            cache.max_jids,
+            Duration::from_secs(cache.jid_lifetime_seconds),
+        ));
+        let domains = Arc::new(TtlCache::new(
+            DOMAIN_CACHE_CAPACITY,
+            Duration::from_secs(cache.domain_lifetime_seconds),
+        ));
         Mapping {
             global_host: Arc::from(global_host),
             local_host: Arc::from(local_host),
@@ -222,7 +312,7 @@ impl Mapping {
     /// cache with what the store said (a miss only with `cache_missed`).
     async fn fetch(
         &self,
-        cache: &MapCache,
+        cache: &TtlCache,
         key: &str,
         asked: &mut bool,
     ) -> Result<Option<Arc<str>>, StoreError> {
@@ -235,9 +325,9 @@ impl Mapping {
             // Only into a gap: a session opened (or an origin hint taken)
             // while the GET was in flight is newer than what the store said,
             // and overwriting it would misroute that user for a lifetime.
-            cache.entry(Box::from(key)).or_insert(value.clone());
+            cache.insert_unless_fresh(key, value.clone());
         }
-        Ok(value)
+        Ok(value.map(|h| Arc::clone(&*h)))
     }
 
     /// Rule 6 for a missing mapping, else the location of the owning DC.
@@ -266,7 +356,7 @@ impl Mapping {
     /// (full or bare JID) lives at `host`. Called before the store write so
     /// that routing sees the session at once.
     pub fn insert_session(&self, key: &str, host: &str) {
-        self.jids.insert(Box::from(key), Some(self.hosts.get(host)));
+        self.jids.insert(key, Some(self.hosts.get(host)));
     }
 
     /// Forgets `key` so that the next lookup reads the store (bounce does
@@ -276,8 +366,7 @@ impl Mapping {
     }
 
     pub fn insert_domain(&self, domain: &str, host: &str) {
-        self.domains
-            .insert(Box::from(domain), Some(self.hosts.get(host)));
+        self.domains.insert(domain, Some(self.hosts.get(host)));
     }
 
     pub fn remove_domain(&self, domain: &str) {
@@ -307,10 +396,9 @@ impl Mapping {
         }
         let origin = self.hosts.get(origin_host);
         self.jids
-            .insert(Box::from(sender.as_full_str()), Some(Arc::clone(&origin)));
+            .insert(sender.as_full_str(), Some(Arc::clone(&origin)));
         if !sender.is_bare() && !known(sender.as_bare_str()) {
-            self.jids
-                .insert(Box::from(sender.as_bare_str()), Some(origin));
+            self.jids.insert(sender.as_bare_str(), Some(origin));
         }
         true
     }
@@ -318,17 +406,18 @@ impl Mapping {
     /// Runs the caches' pending maintenance (evictions, expirations), so
     /// that the entry counts below are exact.
     pub fn run_pending_tasks(&self) {
-        self.jids.run_pending_tasks();
-        self.domains.run_pending_tasks();
+        self.jids.cache.run_pending_tasks();
+        self.domains.cache.run_pending_tasks();
     }
 
-    /// Approximate number of cached JID entries (exact after
+    /// Approximate number of cached JID entries, expired ones not yet
+    /// overwritten or evicted included (exact after
     /// [`Mapping::run_pending_tasks`]).
     pub fn cached_jids(&self) -> u64 {
-        self.jids.entry_count()
+        self.jids.cache.entry_count()
     }
 
     pub fn cached_domains(&self) -> u64 {
-        self.domains.entry_count()
+        self.domains.cache.entry_count()
     }
 }

@@ -398,7 +398,7 @@ impl Receiver {
             m.transfer_time.record(transfer);
             let shard = shard_of(&s.sender_key, self.shards.len());
             let incoming = Incoming {
-                envelope: envelope_of(s)?,
+                envelope: envelope_of(s, host)?,
                 from_host: host.clone(),
                 transfer_time_us: transfer,
                 received,
@@ -421,8 +421,9 @@ fn shard_of(key: &str, n: usize) -> usize {
 }
 
 /// A received stanza as route() takes it; a malformed address is a
-/// malformed frame.
-fn envelope_of(s: frame::Stanza) -> Result<Envelope, TransportError> {
+/// malformed frame. The origin is nearly always the peer itself, whose
+/// name is shared rather than copied for every stanza.
+fn envelope_of(s: frame::Stanza, peer: &Arc<str>) -> Result<Envelope, TransportError> {
     let from = Jid::parse(&s.from)
         .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
     let to = Jid::parse(&s.to)
@@ -434,7 +435,11 @@ fn envelope_of(s: frame::Stanza) -> Result<Envelope, TransportError> {
         s.payload,
         Meta {
             message_id: s.message_id,
-            origin: Arc::from(s.origin.as_str()),
+            origin: if s.origin == **peer {
+                Arc::clone(peer)
+            } else {
+                Arc::from(s.origin.as_str())
+            },
             ttl: s.ttl,
             target: s.target.map(|t| Arc::from(t.as_str())),
         },
