@@ -38,10 +38,13 @@ erlang-test:
 
 ## Benchmarks (release build): one table, bench/results/latest.json.
 ## The smoke run keeps every bench compiling and running (part of test).
+## rebar3 compile builds the NIF (release) and the app the Erlang benches load.
 bench: setup
+	rebar3 compile
 	$(CARGO) run --release -p gd_bench
 
 bench-smoke: setup
+	rebar3 compile
 	$(CARGO) run --release -p gd_bench -- --smoke --out bench/results/smoke.json
 
 ## The multi-datacenter demo.

@@ -4,11 +4,12 @@
 //! behind each row is in `docs/PERFORMANCE.md`.
 //!
 //! ```text
-//! gd_bench [--smoke] [--only b1|b2|b3|b6|b7|b8] [--stanzas N] [--sessions N]
+//! gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8] [--stanzas N] [--sessions N]
 //!          [--runs N] [--out PATH]
 //! ```
 
 mod dcs;
+mod erlang;
 mod lookup;
 mod memory;
 mod raw;
@@ -70,7 +71,7 @@ struct Plan {
 
 fn usage() -> BenchError {
     BenchError::msg(
-        "usage: gd_bench [--smoke] [--only b1|b2|b3|b6|b7|b8] [--stanzas N] \
+        "usage: gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8] [--stanzas N] \
          [--sessions N] [--runs N] [--out PATH]",
     )
 }
@@ -160,11 +161,26 @@ fn main() -> Result<(), BenchError> {
     if plan.wants("b8") {
         run("B8", b8(&plan, &mut table));
     }
-    if plan.wants("b1") || plan.wants("b3") {
-        run("B1/B3", b1_b3(&plan, &certs, &mut table));
+    // Throughputs the ratios of B4 and B5 are taken against.
+    let mut ours = Ours::default();
+    if plan.wants("b1") || plan.wants("b3") || plan.wants("b4") {
+        run("B1/B3", b1_b3(&plan, &certs, &mut table, &mut ours));
     }
     if plan.wants("b2") {
         run("B2", b2(&plan, &certs, &mut table));
+    }
+    if plan.wants("b4") || plan.wants("b5") || plan.wants("b6") {
+        match erlang::Erl::prepare() {
+            Ok(erl) => {
+                if plan.wants("b4") {
+                    run("B4", b4(&plan, &erl, &certs, &mut table, &mut ours));
+                }
+                if plan.wants("b5") || plan.wants("b6") {
+                    run("B5/B6", b5_b6(&plan, &erl, &certs, &mut table, &ours));
+                }
+            }
+            Err(e) => run("B4/B5/B6", Err(e)),
+        }
     }
     if plan.wants("b6") {
         run("B6a", b6(&plan, &certs, &mut table));
@@ -184,9 +200,17 @@ fn main() -> Result<(), BenchError> {
     }
 }
 
-fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
-    let mut ours_1conn = [None, None];
-    for (i, tls) in [false, true].into_iter().enumerate() {
+/// Our B1 throughputs over one connection, and the Erlang baseline's over
+/// TLS, kept for the ratios printed by later benches.
+#[derive(Default)]
+struct Ours {
+    tcp_1conn: Option<Stat>,
+    tls_1conn: Option<Stat>,
+    erlang_tls: Option<Stat>,
+}
+
+fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table, ours: &mut Ours) -> Result<(), BenchError> {
+    for tls in [false, true] {
         let proto = if tls { "TLS" } else { "TCP" };
         for connections in [1, 4] {
             if !plan.wants("b1") && connections != 1 {
@@ -201,14 +225,18 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError
             table.row("B1", &format!("{what}: throughput"), rate, "stanzas/s");
             table.row("B1", &format!("{what}: CPU"), cpu, "CPU-s/M stanzas");
             if connections == 1 {
-                ours_1conn[i] = Some(rate);
+                if tls {
+                    ours.tls_1conn = Some(rate);
+                } else {
+                    ours.tcp_1conn = Some(rate);
+                }
             }
         }
     }
     if !plan.wants("b3") {
         return Ok(());
     }
-    for (i, tls) in [false, true].into_iter().enumerate() {
+    for tls in [false, true] {
         let proto = if tls { "TLS" } else { "TCP" };
         let [rate, cpu] = repeat(&format!("B3 raw {proto}"), plan.runs, || {
             let t = raw::raw(certs, tls, plan.raw_frames)?;
@@ -216,8 +244,9 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError
         })?;
         table.row("B3", &format!("raw {proto}: throughput"), rate, "frames/s");
         table.row("B3", &format!("raw {proto}: CPU"), cpu, "CPU-s/M frames");
-        if let Some(ours) = ours_1conn[i] {
-            table.ratio("B3", &format!("ours ÷ raw, {proto} (1 conn)"), ours, rate);
+        let mine = if tls { ours.tls_1conn } else { ours.tcp_1conn };
+        if let Some(mine) = mine {
+            table.ratio("B3", &format!("ours ÷ raw, {proto} (1 conn)"), mine, rate);
         }
     }
     Ok(())
@@ -231,6 +260,122 @@ fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     let what = format!("TLS {}k/s", plan.latency_rate / 1000);
     for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
         table.row("B2", &format!("{what}: {name}"), s, "µs");
+    }
+    Ok(())
+}
+
+/// Arguments shared by the Erlang benches: the mode and the certificates.
+fn cert_args(plan: &Plan, certs: &Certs) -> Vec<String> {
+    let mode = if plan.smoke { "smoke" } else { "full" };
+    let path = |p: &std::path::Path| p.display().to_string();
+    let key = |t: &gd_core::config::TlsConfig| t.keyfile.as_deref().map(path).unwrap_or_default();
+    vec![
+        mode.to_owned(),
+        path(&certs.dc1.cacertfile),
+        path(&certs.dc1.certfile),
+        key(&certs.dc1),
+        path(&certs.dc2.certfile),
+        key(&certs.dc2),
+    ]
+}
+
+fn b4(
+    plan: &Plan,
+    erl: &erlang::Erl,
+    certs: &Certs,
+    table: &mut Table,
+    ours: &mut Ours,
+) -> Result<(), BenchError> {
+    const M: &str = "gd_bench_b4";
+    const KEYS: [&str; 8] = [
+        "tcp_rate",
+        "tcp_cpu",
+        "tls_rate",
+        "tls_cpu",
+        "tls_p50_us",
+        "tls_p99_us",
+        "tls_p999_us",
+        "tls_max_us",
+    ];
+    let args = cert_args(plan, certs);
+    let s = repeat("B4 Erlang baseline", plan.runs, || {
+        let f = erl.run(M, false, &args, Duration::from_secs(300))?;
+        let mut out = [0.0; 8];
+        for (slot, key) in out.iter_mut().zip(KEYS) {
+            *slot = erlang::figure(&f, M, key)?;
+        }
+        Ok(out)
+    })?;
+    table.row("B4", "Erlang TCP, 1 conn: throughput", s[0], "stanzas/s");
+    table.row("B4", "Erlang TCP, 1 conn: CPU", s[1], "CPU-s/M stanzas");
+    table.row("B4", "Erlang TLS, 1 conn: throughput", s[2], "stanzas/s");
+    table.row("B4", "Erlang TLS, 1 conn: CPU", s[3], "CPU-s/M stanzas");
+    for (i, name) in ["p50", "p99", "p99.9", "max"].into_iter().enumerate() {
+        table.row("B4", &format!("Erlang TLS 20k/s: {name}"), s[4 + i], "µs");
+    }
+    if let Some(mine) = ours.tcp_1conn {
+        table.ratio("B4", "ours ÷ Erlang, TCP (1 conn)", mine, s[0]);
+    }
+    if let Some(mine) = ours.tls_1conn {
+        table.ratio("B4", "ours ÷ Erlang, TLS (1 conn)", mine, s[2]);
+    }
+    ours.erlang_tls = Some(s[2]);
+    Ok(())
+}
+
+fn b5_b6(
+    plan: &Plan,
+    erl: &erlang::Erl,
+    certs: &Certs,
+    table: &mut Table,
+    ours: &Ours,
+) -> Result<(), BenchError> {
+    const M: &str = "gd_bench_nif";
+    const KEYS: [&str; 8] = [
+        "b5_rate",
+        "b5_p50_us",
+        "b5_p99_us",
+        "b5_max_us",
+        "b5_long_schedule",
+        "b6_route_ns",
+        "b6_lookup_ns",
+        "b6_ets_ns",
+    ];
+    let s = repeat("B5/B6 NIF from Erlang", plan.runs, || {
+        // A fresh, empty Redis per run: the two nodes' sessions and
+        // endpoints from the previous run are gone.
+        let redis = refresh::start_redis()?;
+        let mut args = cert_args(plan, certs);
+        args.insert(1, format!("redis://127.0.0.1:{}", redis.port));
+        let f = erl.run(M, true, &args, Duration::from_secs(360))?;
+        let mut out = [0.0; 8];
+        for (slot, key) in out.iter_mut().zip(KEYS) {
+            *slot = erlang::figure(&f, M, key)?;
+        }
+        Ok(out)
+    })?;
+    if plan.wants("b5") {
+        let what = "NIF, 2 nodes, TLS";
+        table.row("B5", &format!("{what}: throughput"), s[0], "stanzas/s");
+        for (i, name) in ["p50", "p99", "max"].into_iter().enumerate() {
+            table.row("B5", &format!("{what} 20k/s: {name}"), s[1 + i], "µs");
+        }
+        table.row("B5", "long_schedule events (both nodes)", s[4], "count");
+        if let Some(erlang_tls) = ours.erlang_tls {
+            table.ratio("B5", "NIF path ÷ Erlang baseline, TLS", s[0], erlang_tls);
+        }
+    }
+    if plan.wants("b6") {
+        table.row(
+            "B6",
+            "route() from Erlang, cached, forwarded",
+            s[5],
+            "ns/call",
+        );
+        table.row("B6", "lookup() from Erlang, cached", s[6], "ns/call");
+        table.row("B6", "ets:lookup", s[7], "ns/call");
+        table.ratio("B6", "route() ÷ ets:lookup", s[5], s[7]);
+        table.ratio("B6", "lookup() ÷ ets:lookup", s[6], s[7]);
     }
     Ok(())
 }

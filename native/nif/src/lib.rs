@@ -354,7 +354,13 @@ fn route<'a>(
     let envelope = rt
         .rt
         .envelope(from, to, kind, Bytes::copy_from_slice(payload.as_slice()));
-    match rt.rt.try_route(envelope) {
+    let routed = rt.rt.try_route(envelope);
+    // A route() costs about a microsecond but counts as one reduction: a
+    // process calling it in a loop would otherwise keep its scheduler for
+    // thousands of calls (several ms when the machine is busy). Charging
+    // 1 % of a timeslice makes it yield every hundred calls or so.
+    rustler::schedule::consume_timeslice(env, 1);
+    match routed {
         Ok(r) => Ok(route_result(env, r)),
         Err(envelope) => {
             let fut = rt.rt.route(envelope);
