@@ -137,11 +137,38 @@ run(Args) ->
     progress("B4: ~b stanzas per protocol, ~b s latency run, ~b delivery workers",
              [Total, LatencySecs, ?DELIVERY_WORKERS]),
     {TcpRate, TcpCpu} = throughput(gen_tcp, Files, Total),
+    Watcher = count_long_schedules(),
     {TlsRate, TlsCpu} = throughput(ssl, Files, Total),
     {P50, P99, P999, Max} = latency(ssl, Files, ?LATENCY_RATE * LatencySecs),
+    LongSchedules = stop_counting(Watcher),
     [{tcp_rate, TcpRate}, {tcp_cpu, TcpCpu},
      {tls_rate, TlsRate}, {tls_cpu, TlsCpu},
-     {tls_p50_us, P50}, {tls_p99_us, P99}, {tls_p999_us, P999}, {tls_max_us, Max}].
+     {tls_p50_us, P50}, {tls_p99_us, P99}, {tls_p999_us, P999}, {tls_max_us, Max},
+     {long_schedule, LongSchedules}].
+
+%% The control for B5's long_schedule count: the same monitor over the TLS
+%% runs of this pure-Erlang pattern. Events here cannot come from a NIF;
+%% they are the OS taking a scheduler thread away on a busy machine.
+count_long_schedules() ->
+    Self = self(),
+    Watcher = spawn_link(fun() ->
+                                 _ = erlang:system_monitor(self(), [{long_schedule, 5}]),
+                                 Self ! {watching, self()},
+                                 count_events(0)
+                         end),
+    receive {watching, Watcher} -> Watcher end.
+
+count_events(N) ->
+    receive
+        {monitor, _, long_schedule, _} -> count_events(N + 1);
+        {stop, From} ->
+            _ = erlang:system_monitor(undefined),
+            From ! {long_schedules, self(), N}
+    end.
+
+stop_counting(Watcher) ->
+    Watcher ! {stop, self()},
+    receive {long_schedules, Watcher, N} -> N end.
 
 parse_args([Mode, Ca, ServerCert, ServerKey, ClientCert, ClientKey | Rest]) ->
     Files = #tls_files{ca = Ca, server_cert = ServerCert, server_key = ServerKey,

@@ -287,7 +287,7 @@ fn b4(
     ours: &mut Ours,
 ) -> Result<(), BenchError> {
     const M: &str = "gd_bench_b4";
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 9] = [
         "tcp_rate",
         "tcp_cpu",
         "tls_rate",
@@ -296,11 +296,12 @@ fn b4(
         "tls_p99_us",
         "tls_p999_us",
         "tls_max_us",
+        "long_schedule",
     ];
     let args = cert_args(plan, certs);
     let s = repeat("B4 Erlang baseline", plan.runs, || {
         let f = erl.run(M, false, &args, Duration::from_secs(300))?;
-        let mut out = [0.0; 8];
+        let mut out = [0.0; 9];
         for (slot, key) in out.iter_mut().zip(KEYS) {
             *slot = erlang::figure(&f, M, key)?;
         }
@@ -313,6 +314,7 @@ fn b4(
     for (i, name) in ["p50", "p99", "p99.9", "max"].into_iter().enumerate() {
         table.row("B4", &format!("Erlang TLS 20k/s: {name}"), s[4 + i], "µs");
     }
+    table.row("B4", "long_schedule events (control, no NIF)", s[8], "count");
     if let Some(mine) = ours.tcp_1conn {
         table.ratio("B4", "ours ÷ Erlang, TCP (1 conn)", mine, s[0]);
     }
