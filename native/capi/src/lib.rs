@@ -21,6 +21,15 @@
 // The exported types carry their C names (gd_runtime, gd_status, ...).
 #![allow(non_camel_case_types)]
 
+/// mimalloc for the library's own allocations, with feature `mimalloc`
+/// (off by default here: valgrind cannot see into mimalloc's arenas, so the
+/// leak check of the C tests would prove nothing). Stanzas are allocated on
+/// one thread and freed on another, where glibc malloc made the figures
+/// swing from run to run (docs/PERFORMANCE.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod args;
 pub mod callbacks;
 pub mod error;

@@ -17,6 +17,14 @@
 // Functions that cannot take a stanza hand the `Envelope` back by value.
 #![allow(clippy::result_large_err)]
 
+/// mimalloc for the library's own allocations: stanzas are allocated on
+/// one thread and freed on another, where glibc malloc made the figures
+/// swing from run to run (docs/PERFORMANCE.md). Feature `mimalloc`, on by
+/// default.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod convert;
 mod delivery;
 mod log;
