@@ -314,7 +314,12 @@ fn b4(
     for (i, name) in ["p50", "p99", "p99.9", "max"].into_iter().enumerate() {
         table.row("B4", &format!("Erlang TLS 20k/s: {name}"), s[4 + i], "µs");
     }
-    table.row("B4", "long_schedule events (control, no NIF)", s[8], "count");
+    table.row(
+        "B4",
+        "long_schedule events (control, no NIF)",
+        s[8],
+        "count",
+    );
     if let Some(mine) = ours.tcp_1conn {
         table.ratio("B4", "ours ÷ Erlang, TCP (1 conn)", mine, s[0]);
     }
@@ -429,6 +434,27 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
             "ops/s",
         );
     }
+    let evals = plan.sessions.max(100_000);
+    let [ceiling] = repeat("B7 EVAL ceiling", plan.runs, || {
+        Ok([refresh::eval_ceiling(redis.port, evals)?])
+    })?;
+    table.row(
+        "B7",
+        "Redis alone: pipelined EVAL of the refresh script",
+        ceiling,
+        "ops/s",
+    );
+    let keys = 2.0 * n as f64;
+    table.row(
+        "B7",
+        &format!("floor for {keys:.0} keys at that ceiling"),
+        Stat {
+            median: keys / ceiling.median,
+            min: keys / ceiling.max,
+            max: keys / ceiling.min,
+        },
+        "s",
+    );
     let r = refresh::refresher(&state, redis.port, plan.pace_period)?;
     let [share, peak] = repeat("B7 paced", plan.runs, || {
         let p = refresh::paced(&rt, &r, redis.port, plan.pace_period)?;

@@ -162,6 +162,34 @@ pub fn refresher(
     ))
 }
 
+/// What Redis alone does with the refresh script: `redis-benchmark`
+/// pipelining `n` EVALs of it 1000 at a time over random keys (ops/s).
+/// This is the ceiling of any refresh that must compare-and-set each key
+/// (SPEC 3), whatever the client.
+pub fn eval_ceiling(port: u16, n: u64) -> Result<f64, BenchError> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .args(["-n", &n.to_string(), "-P", "1000", "-r", "1000000"])
+        .args([
+            "eval",
+            gd_core::store::redis::REFRESH_IF_OURS_LUA,
+            "1",
+            "key:__rand_int__",
+        ])
+        .args([DC1, "120"])
+        .output()
+        .map_err(|e| BenchError::msg(format!("cannot run redis-benchmark: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // With -q the last segment (after the progress lines' \r) reads
+    // "<command>: 286041.19 requests per second, p50=…".
+    text.rsplit('\r')
+        .find_map(|seg| {
+            let (before, _) = seg.split_once(" requests per second")?;
+            before.rsplit(' ').next()?.trim().parse::<f64>().ok()
+        })
+        .ok_or_else(|| BenchError::msg(format!("redis-benchmark printed {text:?}")))
+}
+
 /// One unpaced pass: (wall seconds, Redis ops/s).
 pub fn unpaced(rt: &tokio::runtime::Runtime, r: &Refresher) -> Result<(f64, f64), BenchError> {
     let stats = rt.block_on(r.run_once(false));
