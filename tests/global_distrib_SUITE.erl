@@ -24,6 +24,7 @@
          ttl_stops_stanza_bouncing_between_stale_caches/1,
          proplist_config_and_metrics/1,
          worker_restart_keeps_delivering/1,
+         burst_arrives_in_batches_in_order_per_sender/1,
          stop_reports_and_refuses/1,
          core_logs_reach_logger/1, log/2,
          cached_route_cost/1]).
@@ -54,6 +55,7 @@ groups() ->
      {binding, [],
       [proplist_config_and_metrics,
        worker_restart_keeps_delivering,
+       burst_arrives_in_batches_in_order_per_sender,
        stop_reports_and_refuses,
        core_logs_reach_logger]}].
 
@@ -558,6 +560,53 @@ proplist_config_and_metrics(_Config) ->
     ?assert(lists:all(fun(V) -> is_integer(V) orelse is_map(V) end, maps:values(Metrics))),
     Prom = global_distrib:prometheus(R1),
     ?assertMatch({match, _}, re:run(Prom, "# TYPE")).
+
+%% Stanzas of one network read reach the delivery workers as one
+%% deliver_batch message each; every sender's stanzas still reach the
+%% callback in order, and a callback crashing on one stanza of a batch
+%% costs that stanza only.
+burst_arrives_in_batches_in_order_per_sender(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, _} = D1 = start_dc(dc_config(1), Store),
+    Tab = ets:new(inbox, [ordered_set, public]),
+    Cb = fun(deliver, _Meta, <<"crash">>) -> error(callback_crash_on_purpose);
+            (Event, Meta, Payload) ->
+                 ets:insert(Tab, {erlang:unique_integer([monotonic]), Event, Meta, Payload})
+         end,
+    {ok, R2} = global_distrib:start(dc_config(2), #{store => Store, callback => Cb}),
+    put(gd_dcs, [R2 | get_dcs()]),
+    Bob = <<"bob@example.com/b">>,
+    Senders = [<<"s", (integer_to_binary(I))/binary, "@example.com/r">> || I <- lists:seq(1, 10)],
+    [ok = global_distrib:session_opened(R1, S) || S <- Senders],
+    ok = global_distrib:session_opened(R2, Bob),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    wait_until(fun() ->
+                       _ = send(D1, hd(Senders), Bob, <<"warm">>),
+                       bodies_to(Tab, Bob) =/= []
+               end),
+    [erlang:trace(W, true, ['receive']) || W <- global_distrib:workers(R2)],
+    Body = fun(S, I) -> <<S/binary, "#", (integer_to_binary(I))/binary>> end,
+    N = 200,
+    [begin
+         B = case {S, I} of
+                 {<<"s1@", _/binary>>, 100} -> <<"crash">>;
+                 _ -> Body(S, I)
+             end,
+         ?assertNotMatch({undeliverable, _}, send(D1, S, Bob, B))
+     end || I <- lists:seq(1, N), S <- Senders],
+    Expected = fun(S) -> [Body(S, I) || I <- lists:seq(1, N), {S, I} =/= {hd(Senders), 100}] end,
+    Of = fun(S) -> [P || P <- bodies_to(Tab, Bob), binary:match(P, <<S/binary, "#">>) =/= nomatch] end,
+    wait_until(fun() -> lists:all(fun(S) -> length(Of(S)) =:= length(Expected(S)) end, Senders) end),
+    [?assertEqual(Expected(S), Of(S)) || S <- Senders],
+    [erlang:trace(W, false, ['receive']) || W <- global_distrib:workers(R2)],
+    ?assert(count_batches(0) > 0, "no deliver_batch message reached a worker").
+
+count_batches(N) ->
+    receive
+        {trace, _, 'receive', {global_distrib, deliver_batch, [_, _ | _]}} -> count_batches(N + 1);
+        {trace, _, 'receive', _} -> count_batches(N)
+    after 0 -> N
+    end.
 
 worker_restart_keeps_delivering(_Config) ->
     {{R1, _} = D1, {R2, T2}} = two_dcs(),

@@ -1,7 +1,9 @@
 %% @doc A delivery worker: receives `{global_distrib, deliver | undeliverable,
-%% Meta, Payload}' sent by the NIF from runtime threads and hands it to the
-%% host's callback, one stanza at a time (so one sender's stanzas, which
-%% always hash to the same worker, keep their order).
+%% Meta, Payload}', or `{global_distrib, deliver_batch, [{Meta, Payload}]}'
+%% for several stanzas of one network read, sent by the NIF from runtime
+%% threads, and hands each to the host's callback, one stanza at a time in
+%% arrival order (so one sender's stanzas, which always hash to the same
+%% worker, keep their order).
 -module(global_distrib_worker).
 -behaviour(gen_server).
 
@@ -44,17 +46,27 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({global_distrib, Event, Meta, Payload}, #state{callback = Cb} = State)
   when Event =:= deliver; Event =:= undeliverable ->
-    try call(Cb, Event, Meta, Payload)
-    catch Class:Reason:Stacktrace ->
-            logger:error(#{what => global_distrib_callback_failed, event => Event,
-                           meta => Meta, class => Class, reason => Reason,
-                           stacktrace => Stacktrace})
-    end,
+    safe_call(Cb, Event, Meta, Payload),
+    {noreply, State};
+handle_info({global_distrib, deliver_batch, Stanzas}, #state{callback = Cb} = State)
+  when is_list(Stanzas) ->
+    lists:foreach(fun({Meta, Payload}) -> safe_call(Cb, deliver, Meta, Payload) end, Stanzas),
     {noreply, State};
 handle_info(Other, State) ->
     logger:warning(#{what => global_distrib_worker_unexpected_message,
                      index => State#state.index, message => Other}),
     {noreply, State}.
+
+%% One callback; a crash is logged and does not cost the other stanzas.
+-spec safe_call(callback(), event(), global_distrib:meta(), binary()) -> ok.
+safe_call(Cb, Event, Meta, Payload) ->
+    try call(Cb, Event, Meta, Payload) of
+        _ -> ok
+    catch Class:Reason:Stacktrace ->
+            logger:error(#{what => global_distrib_callback_failed, event => Event,
+                           meta => Meta, class => Class, reason => Reason,
+                           stacktrace => Stacktrace})
+    end.
 
 -spec call(callback(), event(), global_distrib:meta(), binary()) -> term().
 call({M, F}, Event, Meta, Payload) ->

@@ -144,6 +144,14 @@ pub trait Delivery: Send + Sync + 'static {
     fn deliver(&self, delivered: Delivered);
     /// A stanza given up on: answer the sender with an error.
     fn undeliverable(&self, envelope: Envelope, reason: Reason);
+    /// Several stanzas for local recipients, in arrival order, from one
+    /// read of the network: a host that pays per hand-over (a process
+    /// wake-up, a message) can take them at once. Drains `batch`.
+    fn deliver_many(&self, batch: &mut Vec<Delivered>) {
+        for d in batch.drain(..) {
+            self.deliver(d);
+        }
+    }
 }
 
 /// The ordering key: the sender's full JID if it is in the global domain,

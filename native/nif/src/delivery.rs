@@ -1,7 +1,10 @@
 //! The core's [`Delivery`] for Erlang: every stanza handed to the host is
 //! sent with `enif_send` to one of N worker pids registered by the host,
 //! chosen by hashing the sender key (so one sender's stanzas stay in order),
-//! as `{global_distrib, deliver | undeliverable, Meta, Payload}`.
+//! as `{global_distrib, deliver | undeliverable, Meta, Payload}`, or, for
+//! several stanzas of one network read bound to the same worker, as one
+//! `{global_distrib, deliver_batch, [{Meta, Payload}]}` in arrival order:
+//! one message and one wake-up instead of one per stanza.
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
@@ -16,7 +19,7 @@ use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 
 pub mod atoms {
     rustler::atoms! {
-        global_distrib, deliver, undeliverable, undefined,
+        global_distrib, deliver, deliver_batch, undeliverable, undefined,
         from, to, kind, message_id, origin, ttl, from_host, transfer_time_us, reason,
         message, presence, presence_unavailable, iq, other,
     }
@@ -155,10 +158,14 @@ impl ErlDelivery {
         if w.is_empty() {
             return None;
         }
+        w[self.slot(from, w.len())]
+    }
+
+    /// The worker slot of a sender among `slots` (> 0).
+    fn slot(&self, from: &gd_core::jid::Jid, slots: usize) -> usize {
         let mut h = DefaultHasher::new();
         sender_key(from, &self.global_host).hash(&mut h);
-        let i = (h.finish() % w.len() as u64) as usize;
-        w[i]
+        (h.finish() % slots as u64) as usize
     }
 
     fn dispatch<F>(&self, from: &gd_core::jid::Jid, build: F)
@@ -192,6 +199,51 @@ impl Delivery for ErlDelivery {
             )
                 .encode(env)
         });
+    }
+
+    fn deliver_many(&self, batch: &mut Vec<Delivered>) {
+        let slots = self.workers.read().len();
+        if batch.len() < 2 || slots == 0 {
+            for d in batch.drain(..) {
+                self.deliver(d);
+            }
+            return;
+        }
+        let mut groups: Vec<Vec<Delivered>> = (0..slots).map(|_| Vec::new()).collect();
+        for d in batch.drain(..) {
+            let i = self.slot(&d.envelope.from, slots);
+            groups[i].push(d);
+        }
+        for (i, mut group) in groups.into_iter().enumerate() {
+            if group.len() < 2 {
+                if let Some(d) = group.pop() {
+                    self.deliver(d);
+                }
+                continue;
+            }
+            let n = group.len() as u64;
+            let pid = self.workers.read().get(i).copied().flatten();
+            let ok = pid.is_some_and(|pid| {
+                send_any(pid, move |env| {
+                    let items: Vec<Term<'_>> = group
+                        .iter()
+                        .map(|d| {
+                            let e = &d.envelope;
+                            let meta =
+                                meta_term(env, e, d.from_host.as_deref(), d.transfer_time_us, None);
+                            (meta, binary(env, &e.payload)).encode(env)
+                        })
+                        .collect();
+                    (atoms::global_distrib(), atoms::deliver_batch(), items).encode(env)
+                })
+            });
+            if ok {
+                self.sent.fetch_add(n, Ordering::Relaxed);
+            } else {
+                self.lost.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(stanzas = n, "no live delivery worker: stanzas dropped");
+            }
+        }
     }
 
     fn undeliverable(&self, envelope: Envelope, reason: Reason) {

@@ -447,12 +447,17 @@ fn envelope_of(s: frame::Stanza, peer: &Arc<str>) -> Result<Envelope, TransportE
 }
 
 /// One dispatch shard: origin hint, route() again, hand-off to the host.
+/// Stanzas for local users are handed over per batch (`deliver_many`),
+/// in order; the batch is handed over early before anything that waits
+/// (a store lookup) or that the host hears of by another way
+/// (undeliverable), so nothing overtakes and nothing waits on a lookup.
 async fn dispatch(
     mut rx: mpsc::Receiver<Incoming>,
     router: Arc<Router>,
     queue_time: Arc<Histogram>,
 ) {
     let mut batch = Vec::with_capacity(DISPATCH_BATCH);
+    let mut ready = Vec::with_capacity(DISPATCH_BATCH);
     while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
         // Queue time up to the moment the batch was taken: one clock
         // reading per batch rather than per stanza.
@@ -460,25 +465,42 @@ async fn dispatch(
         for inc in batch.drain(..) {
             let queued = now.saturating_duration_since(inc.received);
             queue_time.record(queued.as_micros() as u64);
-            dispatch_one(inc, &router).await;
+            dispatch_one(inc, &router, &mut ready).await;
+        }
+        if !ready.is_empty() {
+            router.delivery.deliver_many(&mut ready);
         }
     }
 }
 
-async fn dispatch_one(inc: Incoming, router: &Router) {
+async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>) {
     let env = inc.envelope;
     if env.kind != PayloadKind::PresenceUnavailable {
         router
             .mapping
             .insert_origin_hint(&env.from, &env.meta.origin);
     }
-    match router.route(env.clone()).await {
-        RouteResult::Local => router.delivery.deliver(Delivered {
+    let result = match router.try_route(env.clone()) {
+        Ok(r) => r,
+        Err(env) => {
+            if !ready.is_empty() {
+                router.delivery.deliver_many(ready);
+            }
+            router.route(env).await
+        }
+    };
+    match result {
+        RouteResult::Local => ready.push(Delivered {
             envelope: env,
             from_host: Some(inc.from_host),
             transfer_time_us: inc.transfer_time_us,
         }),
-        RouteResult::Undeliverable(reason) => router.delivery.undeliverable(env, reason),
+        RouteResult::Undeliverable(reason) => {
+            if !ready.is_empty() {
+                router.delivery.deliver_many(ready);
+            }
+            router.delivery.undeliverable(env, reason)
+        }
         RouteResult::Forwarded(_) | RouteResult::Stored => {}
     }
 }
