@@ -216,6 +216,13 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table, ours: &mut Ours) -> Resu
             if !plan.wants("b1") && connections != 1 {
                 continue;
             }
+            // GD_BENCH_LINK=tls1 (tcp1, tcp4, tls4) runs one link only,
+            // for profiling.
+            if let Ok(only) = std::env::var("GD_BENCH_LINK") {
+                if only != format!("{}{connections}", proto.to_ascii_lowercase()) {
+                    continue;
+                }
+            }
             let link = Link { tls, connections };
             let [rate, cpu] = repeat(&format!("B1 {link:?}"), plan.runs, || {
                 let t = transport::throughput(certs, link, plan.stanzas)?;

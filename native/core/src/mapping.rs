@@ -119,7 +119,7 @@ impl TtlCache {
 /// Milliseconds of a monotonic clock at the resolution of the kernel tick
 /// (a few ms): plenty for lifetimes counted in seconds, and read from the
 /// vDSO without the cost of a precise clock on every lookup.
-fn coarse_now_ms() -> u64 {
+pub(crate) fn coarse_now_ms() -> u64 {
     #[cfg(target_os = "linux")]
     {
         let mut ts = libc::timespec {

@@ -6,8 +6,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gd_core::transport::frame::{
-    decode, encode, encode_stanza, encoded_len, negotiate, Frame, FrameError, Handshake,
-    HandshakeAck, PayloadKind, Stanza, HEADER_LEN, MAX_STRING_LEN, MIN_PROTOCOL_VERSION,
+    decode, decode_with, encode, encode_stanza, encoded_len, negotiate, Decoded, Frame, FrameError,
+    Handshake, HandshakeAck, PayloadKind, Stanza, HEADER_LEN, MAX_STRING_LEN, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
@@ -192,6 +192,60 @@ proptest! {
         }
         prop_assert!(buf.is_empty());
         prop_assert_eq!(out, frames);
+    }
+
+    /// The receive path's borrowed decoding sees exactly what `decode`
+    /// returns, on the same stream in the same arbitrary chunks, and
+    /// fails where it fails.
+    #[test]
+    fn decode_with_agrees_with_decode(
+        frames in proptest::collection::vec(any_frame(), 0..8),
+        garbage in proptest::collection::vec(any::<u8>(), 0..64),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..16),
+    ) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut wire, MAX).unwrap();
+        }
+        wire.extend_from_slice(&garbage);
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        let mut start = 0;
+        for end in cuts {
+            a.extend_from_slice(&wire[start..end]);
+            b.extend_from_slice(&wire[start..end]);
+            start = end;
+            loop {
+                let plain = decode(&mut a, MAX);
+                let with = decode_with(&mut b, MAX, |s| Ok::<_, FrameError>(Stanza {
+                    seq: s.seq,
+                    sent_at_us: s.sent_at_us,
+                    ttl: s.ttl,
+                    message_id: s.message_id,
+                    origin: s.origin.to_owned(),
+                    target: s.target.map(str::to_owned),
+                    prior: s.prior,
+                    sender_key: s.sender_key.to_owned(),
+                    from: s.from.to_owned(),
+                    to: s.to.to_owned(),
+                    kind: s.kind,
+                    payload: Bytes::new(),
+                }));
+                let with = with.map(|d| d.map(|d| match d {
+                    Decoded::Stanza(st, payload) => Frame::Stanza(Stanza { payload, ..st }),
+                    Decoded::Other(f) => f,
+                }));
+                prop_assert_eq!(&a, &b, "both consume the same bytes");
+                match (plain, with) {
+                    (Ok(Some(x)), Ok(Some(y))) => prop_assert_eq!(x, y),
+                    (Ok(None), Ok(None)) => break,
+                    (Err(_), Err(_)) => return Ok(()),
+                    (x, y) => prop_assert!(false, "decode {:?} but decode_with {:?}", x, y),
+                }
+            }
+        }
     }
 
     #[test]

@@ -413,6 +413,51 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
     Ok(Some(frame))
 }
 
+/// What [`decode_with`] found: a stanza, as the caller's `T` built from
+/// the borrowed frame plus its payload (no copy), or any other frame.
+#[derive(Debug)]
+pub enum Decoded<T> {
+    Stanza(T, Bytes),
+    Other(Frame),
+}
+
+/// [`decode`] for the receive path: a stanza frame is handed to `f` as a
+/// [`StanzaRef`] borrowing the frame's bytes, so that the receiver builds
+/// what it needs (e.g. parsed JIDs) without owned copies of every string
+/// first. `f`'s error is returned as is and leaves `src` untouched, like a
+/// decoding error; either way the connection must be closed.
+pub fn decode_with<T, E: From<FrameError>>(
+    src: &mut BytesMut,
+    max_frame_size: usize,
+    f: impl FnOnce(&StanzaRef<'_>) -> Result<T, E>,
+) -> Result<Option<Decoded<T>>, E> {
+    if src.first() != Some(&TYPE_STANZA) {
+        return Ok(decode(src, max_frame_size)?.map(Decoded::Other));
+    }
+    let Some(len_bytes) = src.get(1..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut len_arr = [0u8; 4];
+    len_arr.copy_from_slice(len_bytes);
+    let total = HEADER_LEN.saturating_add(u32::from_be_bytes(len_arr) as usize);
+    if total > max_frame_size {
+        return Err(FrameError::TooLarge {
+            declared: total,
+            max: max_frame_size,
+        }
+        .into());
+    }
+    let Some(body) = src.get(HEADER_LEN..total) else {
+        return Ok(None);
+    };
+    let view = read_stanza_view(&mut Reader { buf: body })?;
+    let payload_len = view.payload.len();
+    let value = f(&view)?;
+    let mut frame = src.split_to(total);
+    frame.advance(total - payload_len);
+    Ok(Some(Decoded::Stanza(value, frame.freeze())))
+}
+
 /// Rejects a foreign peer on the first bytes of its handshake, even before
 /// the whole frame has arrived.
 fn check_magic(body_prefix: &[u8]) -> Result<(), FrameError> {
@@ -474,14 +519,35 @@ fn read_ack(r: &mut Reader<'_>) -> Result<HandshakeAck, FrameError> {
 /// Everything of a stanza but its payload, plus the payload length, so the
 /// caller can take the payload out of the read buffer without copying.
 fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
+    let v = read_stanza_view(r)?;
+    let stanza = Stanza {
+        seq: v.seq,
+        sent_at_us: v.sent_at_us,
+        ttl: v.ttl,
+        message_id: v.message_id,
+        origin: v.origin.to_owned(),
+        target: v.target.map(str::to_owned),
+        prior: v.prior,
+        sender_key: v.sender_key.to_owned(),
+        from: v.from.to_owned(),
+        to: v.to.to_owned(),
+        kind: v.kind,
+        payload: Bytes::new(),
+    };
+    Ok((stanza, v.payload.len()))
+}
+
+/// A stanza body read in place: every string borrows the frame, the
+/// payload is the rest of the body.
+fn read_stanza_view<'a>(r: &mut Reader<'a>) -> Result<StanzaRef<'a>, FrameError> {
     let seq = r.u64("stanza.seq")?;
     let sent_at_us = r.u64("stanza.sent_at_us")?;
     let ttl = r.u8("stanza.ttl")?;
     let message_id = r.u128("stanza.message_id")?;
-    let origin = r.string("stanza.origin")?;
+    let origin = r.str("stanza.origin")?;
     let target = match r.u8("stanza.target_tag")? {
         TARGET_ABSENT => None,
-        TARGET_PRESENT => Some(r.string("stanza.target")?),
+        TARGET_PRESENT => Some(r.str("stanza.target")?),
         other => return Err(FrameError::BadTargetTag(other)),
     };
     let prior = match r.u8("stanza.prior_tag")? {
@@ -489,12 +555,12 @@ fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
         1 => Some((r.u64("stanza.prior_session")?, r.u64("stanza.prior_seq")?)),
         other => return Err(FrameError::BadTargetTag(other)),
     };
-    let sender_key = r.string("stanza.sender_key")?;
-    let from = r.string("stanza.from")?;
-    let to = r.string("stanza.to")?;
+    let sender_key = r.str("stanza.sender_key")?;
+    let from = r.str("stanza.from")?;
+    let to = r.str("stanza.to")?;
     let kind_byte = r.u8("stanza.kind")?;
     let kind = PayloadKind::from_u8(kind_byte).ok_or(FrameError::UnknownPayloadKind(kind_byte))?;
-    let stanza = Stanza {
+    Ok(StanzaRef {
         seq,
         sent_at_us,
         ttl,
@@ -506,9 +572,8 @@ fn read_stanza_head(r: &mut Reader<'_>) -> Result<(Stanza, usize), FrameError> {
         from,
         to,
         kind,
-        payload: Bytes::new(),
-    };
-    Ok((stanza, r.buf.len()))
+        payload: r.buf,
+    })
 }
 
 /// Bounds-checked reads from a frame body that is entirely in memory.
@@ -553,6 +618,10 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, FrameError> {
+        self.str(field).map(str::to_owned)
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<&'a str, FrameError> {
         let len = self.u16(field)? as usize;
         if len > MAX_STRING_LEN {
             return Err(FrameError::StringTooLong {
@@ -561,12 +630,10 @@ impl<'a> Reader<'a> {
                 max: MAX_STRING_LEN,
             });
         }
-        // The bytes are already in memory, so this allocation is bounded by
+        // The bytes are already in memory, so an owned copy is bounded by
         // what the peer actually sent, not by what it claims.
         let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| FrameError::BadUtf8 { field })
+        std::str::from_utf8(bytes).map_err(|_| FrameError::BadUtf8 { field })
     }
 
     fn finish(&self, frame: &'static str) -> Result<(), FrameError> {

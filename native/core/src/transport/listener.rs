@@ -11,7 +11,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::jid::Jid;
+use crate::mapping::coarse_now_ms;
 use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
-use crate::transport::frame::{self, Ack, Frame, HandshakeAck, PayloadKind};
+use crate::transport::frame::{self, Ack, Decoded, Frame, HandshakeAck, PayloadKind};
 use crate::transport::outgoing::{frame_name, read_frame};
 use crate::transport::tls::{peer_dns_names, TlsSetup};
 use crate::transport::{BoxedIo, TransportError};
@@ -39,6 +40,16 @@ const MAX_SESSIONS: usize = 65_536;
 const SHARD_QUEUE: usize = 4096;
 /// Stanzas a dispatch shard takes off its queue at once (one wake-up).
 const DISPATCH_BATCH: usize = 64;
+/// Spare room kept in a connection's read buffer before each read.
+const READ_ROOM_MIN: usize = 16 * 1024;
+const READ_ROOM: usize = 128 * 1024;
+/// A dispatch shard checks whether a sender is cached (origin hint) at most
+/// once per this many ms: the check is a cache read with bookkeeping, and
+/// it was a third of the cache's cost per stanza. A hint skipped meanwhile
+/// only means that an answer to that sender may need a store read.
+const HINT_RECHECK_MS: u64 = 1000;
+/// Senders remembered per shard before the memory of checks starts over.
+const HINT_MEMO_MAX: usize = 4096;
 
 /// Binds every endpoint, retrying a while on address-in-use (a restarting
 /// node may find its previous socket still closing).
@@ -339,6 +350,12 @@ impl Receiver {
                     acked = last;
                 }
             }
+            // Received payloads keep their part of the buffer alive, so
+            // the spare room shrinks as frames are taken; without room a
+            // read gets a few bytes (and the sender an Ack per read).
+            if buf.capacity() - buf.len() < READ_ROOM_MIN {
+                buf.reserve(READ_ROOM);
+            }
             tokio::select! {
                 r = io.read_buf(&mut buf) => {
                     if r? == 0 {
@@ -365,27 +382,38 @@ impl Receiver {
         // buffer arrived with the same read.
         let received = Instant::now();
         let received_us = now_us();
-        while let Some(f) = frame::decode(buf, self.max_frame)? {
-            let Frame::Stanza(s) = f else {
-                return Err(TransportError::Protocol(format!(
-                    "unexpected {} after the handshake",
-                    frame_name(&f)
-                )));
-            };
-            match *last {
-                // Already taken through an earlier connection of the session.
-                Some(l) if s.seq <= l => continue,
-                Some(l) if s.seq != l + 1 => {
+        let shards = self.shards.len();
+        loop {
+            let prev = *last;
+            // Addresses are parsed straight from the frame's bytes.
+            let decoded = frame::decode_with(buf, self.max_frame, |s| {
+                match prev {
+                    // Already taken through an earlier connection of the session.
+                    Some(l) if s.seq <= l => return Ok(None),
+                    Some(l) if s.seq != l + 1 => {
+                        return Err(TransportError::Protocol(format!(
+                            "sequence gap: expected {}, got {}",
+                            l + 1,
+                            s.seq
+                        )))
+                    }
+                    _ => {}
+                }
+                Arriving::of(s, host, shards).map(Some)
+            })?;
+            let (a, payload) = match decoded {
+                None => break,
+                Some(Decoded::Other(f)) => {
                     return Err(TransportError::Protocol(format!(
-                        "sequence gap: expected {}, got {}",
-                        l + 1,
-                        s.seq
+                        "unexpected {} after the handshake",
+                        frame_name(&f)
                     )))
                 }
-                _ => {}
-            }
-            let seq = s.seq;
-            if let Some((session, prior_seq)) = s.prior {
+                Some(Decoded::Stanza(None, _)) => continue,
+                Some(Decoded::Stanza(Some(a), payload)) => (a, payload),
+            };
+            let seq = a.seq;
+            if let Some((session, prior_seq)) = a.prior {
                 if self.already_taken(host, session, prior_seq) {
                     tracing::debug!(what = "gd_duplicate_dropped", host = %host, session, prior_seq);
                     *last = Some(seq);
@@ -394,16 +422,15 @@ impl Receiver {
                 }
             }
             m.messages.inc();
-            let transfer = received_us.saturating_sub(s.sent_at_us);
+            let transfer = received_us.saturating_sub(a.sent_at_us);
             m.transfer_time.record(transfer);
-            let shard = shard_of(&s.sender_key, self.shards.len());
             let incoming = Incoming {
-                envelope: envelope_of(s, host)?,
+                envelope: Envelope::new(a.from, a.to, a.kind, payload, a.meta),
                 from_host: host.clone(),
                 transfer_time_us: transfer,
                 received,
             };
-            if self.shards[shard].send(incoming).await.is_err() {
+            if self.shards[a.shard].send(incoming).await.is_err() {
                 // The runtime is stopping.
                 break;
             }
@@ -420,30 +447,73 @@ fn shard_of(key: &str, n: usize) -> usize {
     (h.finish() % n.max(1) as u64) as usize
 }
 
-/// A received stanza as route() takes it; a malformed address is a
-/// malformed frame. The origin is nearly always the peer itself, whose
-/// name is shared rather than copied for every stanza.
-fn envelope_of(s: frame::Stanza, peer: &Arc<str>) -> Result<Envelope, TransportError> {
-    let from = Jid::parse(&s.from)
-        .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
-    let to = Jid::parse(&s.to)
-        .map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
-    Ok(Envelope::new(
-        from,
-        to,
-        s.kind,
-        s.payload,
-        Meta {
-            message_id: s.message_id,
-            origin: if s.origin == **peer {
-                Arc::clone(peer)
-            } else {
-                Arc::from(s.origin.as_str())
+/// What the reader takes from a stanza frame before its payload: the
+/// parsed addresses (a malformed address is a malformed frame) and the
+/// metadata. The origin is nearly always the peer itself, whose name is
+/// shared rather than copied for every stanza.
+struct Arriving {
+    seq: u64,
+    prior: Option<(u64, u64)>,
+    sent_at_us: u64,
+    shard: usize,
+    from: Jid,
+    to: Jid,
+    kind: PayloadKind,
+    meta: Meta,
+}
+
+impl Arriving {
+    fn of(
+        s: &frame::StanzaRef<'_>,
+        peer: &Arc<str>,
+        shards: usize,
+    ) -> Result<Arriving, TransportError> {
+        let from = Jid::parse(s.from)
+            .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
+        let to = Jid::parse(s.to)
+            .map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
+        Ok(Arriving {
+            seq: s.seq,
+            prior: s.prior,
+            sent_at_us: s.sent_at_us,
+            shard: shard_of(s.sender_key, shards),
+            from,
+            to,
+            kind: s.kind,
+            meta: Meta {
+                message_id: s.message_id,
+                origin: if s.origin == &**peer {
+                    Arc::clone(peer)
+                } else {
+                    Arc::from(s.origin)
+                },
+                ttl: s.ttl,
+                target: s.target.map(Arc::from),
             },
-            ttl: s.ttl,
-            target: s.target.map(|t| Arc::from(t.as_str())),
-        },
-    ))
+        })
+    }
+}
+
+/// When each sender's origin hint was last checked, per dispatch shard (no
+/// lock); keyed by a hash of the sender, so a collision only delays a hint.
+#[derive(Default)]
+struct HintMemo(HashMap<u64, u64, foldhash::fast::RandomState>);
+
+impl HintMemo {
+    /// Whether the hint for `from` should be checked now, remembering it.
+    fn due(&mut self, from: &Jid, now_ms: u64) -> bool {
+        let key = self.0.hasher().hash_one(from.as_full_str());
+        match self.0.get(&key) {
+            Some(&at) if now_ms.saturating_sub(at) < HINT_RECHECK_MS => false,
+            _ => {
+                if self.0.len() >= HINT_MEMO_MAX {
+                    self.0.clear();
+                }
+                self.0.insert(key, now_ms);
+                true
+            }
+        }
+    }
 }
 
 /// One dispatch shard: origin hint, route() again, hand-off to the host.
@@ -458,13 +528,21 @@ async fn dispatch(
 ) {
     let mut batch = Vec::with_capacity(DISPATCH_BATCH);
     let mut ready = Vec::with_capacity(DISPATCH_BATCH);
+    let mut hints = HintMemo::default();
     while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
         // Queue time up to the moment the batch was taken: one clock
         // reading per batch rather than per stanza.
         let now = Instant::now();
+        let now_ms = coarse_now_ms();
         for inc in batch.drain(..) {
             let queued = now.saturating_duration_since(inc.received);
             queue_time.record(queued.as_micros() as u64);
+            let env = &inc.envelope;
+            if env.kind != PayloadKind::PresenceUnavailable && hints.due(&env.from, now_ms) {
+                router
+                    .mapping
+                    .insert_origin_hint(&env.from, &env.meta.origin);
+            }
             dispatch_one(inc, &router, &mut ready).await;
         }
         if !ready.is_empty() {
@@ -475,11 +553,6 @@ async fn dispatch(
 
 async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>) {
     let env = inc.envelope;
-    if env.kind != PayloadKind::PresenceUnavailable {
-        router
-            .mapping
-            .insert_origin_hint(&env.from, &env.meta.origin);
-    }
     let result = match router.try_route(env.clone()) {
         Ok(r) => r,
         Err(env) => {

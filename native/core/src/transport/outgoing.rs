@@ -873,23 +873,39 @@ async fn io_loop(
 
 /// Encodes queued stanzas into `buf` (up to a batch) and moves them to
 /// the unacknowledged list. Returns stanzas too large to ever be sent.
+///
+/// The queue lock is held only to take the batch and to file it as
+/// unacknowledged, not while encoding: senders push into the same queue
+/// and would otherwise wait (and sleep) for the whole encoding of a batch.
+/// Only this writer takes from `pending` and numbers stanzas, so nothing
+/// else moves `next_seq` in between.
 fn fill_batch(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, buf: &mut BytesMut) -> Vec<Envelope> {
     let mut too_large = Vec::new();
+    let (taken, mut next_seq) = {
+        let mut q = conn.q.lock();
+        let mut budget = WRITE_BATCH_BYTES.saturating_sub(buf.len());
+        let mut taken = Vec::new();
+        while budget > 0 {
+            let Some(o) = q.pending.pop_front() else {
+                break;
+            };
+            budget = budget.saturating_sub(frame_len_bound(&o.env));
+            taken.push(o);
+        }
+        (taken, q.next_seq)
+    };
+    if taken.is_empty() {
+        return too_large;
+    }
     let now = Instant::now();
     let sent_at_us = now_us();
-    let mut q = conn.q.lock();
-    while buf.len() < WRITE_BATCH_BYTES {
-        let Some(mut o) = q.pending.pop_front() else {
-            break;
-        };
-        let fresh = o.seq == 0;
-        if fresh {
-            o.seq = q.next_seq;
-            q.next_seq += 1;
-        }
+    let mut written = Vec::with_capacity(taken.len());
+    for mut o in taken {
+        // A resent stanza keeps its number; a fresh one takes the next.
+        let seq = if o.seq == 0 { next_seq } else { o.seq };
         let env = &o.env;
         let stanza = frame::StanzaRef {
-            seq: o.seq,
+            seq,
             sent_at_us,
             ttl: env.meta.ttl,
             message_id: env.meta.message_id,
@@ -904,23 +920,27 @@ fn fill_batch(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, buf: &mut BytesMut)
         };
         match frame::encode_stanza_ref(&stanza, buf, ctx.max_frame) {
             Ok(()) => {
+                if o.seq == 0 {
+                    o.seq = seq;
+                    next_seq += 1;
+                }
                 host.m.messages.inc();
                 host.m
                     .queue_time
                     .record(now.saturating_duration_since(o.enqueued).as_micros() as u64);
-                q.unacked.push_back(o);
+                written.push(o);
             }
             Err(e) => {
-                // A sequence number must never be skipped: the receiver
-                // treats a gap as a protocol error.
-                if fresh {
-                    q.next_seq -= 1;
-                }
+                // No number is spent on it: the receiver treats a gap in
+                // the sequence as a protocol error.
                 tracing::warn!(what = "gd_stanza_too_large", host = %host.name, error = %e);
                 host.release(1);
                 too_large.push(o.env);
             }
         }
     }
+    let mut q = conn.q.lock();
+    q.next_seq = next_seq;
+    q.unacked.extend(written);
     too_large
 }
