@@ -268,6 +268,13 @@ fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
         table.row("B2", &format!("{what}: {name}"), s, "µs");
     }
+    let [p50, p99, p999, max] = repeat("B3 raw latency", plan.runs, || {
+        let l = raw::raw_latency(certs, plan.latency_rate, plan.latency_secs)?;
+        Ok([l.p50, l.p99, l.p999, l.max])
+    })?;
+    for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
+        table.row("B3", &format!("raw {what}: {name}"), s, "µs");
+    }
     Ok(())
 }
 

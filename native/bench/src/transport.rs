@@ -111,7 +111,7 @@ pub fn latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, BenchErro
 
 /// Cuts the calling thread's timer slack to 1 µs: with the default 50 µs
 /// every 50 µs sleep of the pacer would last about 100 µs.
-fn tighten_timer_slack() {
+pub fn tighten_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects the
     // calling thread.
     unsafe {
@@ -121,7 +121,7 @@ fn tighten_timer_slack() {
 
 /// Sleeps until `due`. Spinning instead would take a core from the two
 /// runtimes on a 2-core machine and show up as their latency.
-fn pace_until(due: Instant) {
+pub fn pace_until(due: Instant) {
     let now = Instant::now();
     if due > now {
         std::thread::sleep(due - now);

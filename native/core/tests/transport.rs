@@ -78,6 +78,29 @@ fn advertised_endpoints_override_listen_endpoints() {
     assert!(proxy.accepted() >= 1);
 }
 
+/// Acknowledgements are coalesced (up to 256 stanzas or a few ms): a lone
+/// stanza must still be acknowledged by the delay, or the sender would
+/// count it in flight (against its queue bound) until more traffic came.
+#[test]
+fn a_lone_stanza_is_acknowledged_without_more_traffic() {
+    let store: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
+    let dc1 = dc::start(dc::config(1), store.clone());
+    let dc2 = dc::start(dc::config(2), store);
+    dc1.login("alice@example.com/a");
+    dc2.login("bob@example.com/b");
+    dc1.know(&dc2);
+    for i in 0..3 {
+        let r = dc1.send("alice@example.com/a", "bob@example.com/b", &format!("m{i}"));
+        assert!(matches!(r, RouteResult::Forwarded(_)), "{r:?}");
+        assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == i + 1));
+        assert!(
+            wait_for(Duration::from_secs(2), || dc1.rt.outgoing().in_flight() == 0),
+            "stanza {i} still unacknowledged: {} in flight",
+            dc1.rt.outgoing().in_flight()
+        );
+    }
+}
+
 #[test]
 fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
     let prt = proxy_rt();

@@ -40,6 +40,13 @@ const MAX_SESSIONS: usize = 65_536;
 const SHARD_QUEUE: usize = 4096;
 /// Stanzas a dispatch shard takes off its queue at once (one wake-up).
 const DISPATCH_BATCH: usize = 64;
+/// Acknowledgements are coalesced: one as soon as this many stanzas are
+/// unacknowledged, else at most ACK_DELAY after the first of them. At low
+/// rates an Ack per read cost the receiver a write and the sender a
+/// wake-up per stanza; the sender's queue bound counts unacknowledged
+/// stanzas, so a few ms of delay is all that may be added.
+const ACK_EVERY: u64 = 256;
+const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Spare room kept in a connection's read buffer before each read.
 const READ_ROOM_MIN: usize = 16 * 1024;
 const READ_ROOM: usize = 128 * 1024;
@@ -335,36 +342,67 @@ impl Receiver {
     ) -> Result<(), TransportError> {
         let slot = self.session(host, session);
         let mut acked = *slot.last.lock().await;
+        // When the acknowledgement of what was taken since the last one is
+        // due: acks are coalesced (see ACK_DELAY), not one per read.
+        let mut ack_due: Option<Instant> = None;
         let mut out = BytesMut::with_capacity(64);
         let mut stop = self.stop.clone();
         loop {
             let last = self.take_batch(&mut buf, &slot, host, m).await?;
             if last != acked {
-                if let Some(seq) = last {
-                    out.clear();
-                    frame::encode(&Frame::Ack(Ack { seq }), &mut out, self.max_frame)?;
-                    io.write_all(&out).await?;
-                    // With TLS, `write_all` may leave the record inside
-                    // rustls when the socket is full; only a flush sends it.
-                    io.flush().await?;
+                let behind = last.unwrap_or(0).saturating_sub(acked.unwrap_or(0));
+                if behind >= ACK_EVERY {
+                    self.ack(&mut io, &mut out, last).await?;
                     acked = last;
+                    ack_due = None;
+                } else if ack_due.is_none() {
+                    ack_due = Some(Instant::now() + ACK_DELAY);
                 }
             }
             // Received payloads keep their part of the buffer alive, so
             // the spare room shrinks as frames are taken; without room a
-            // read gets a few bytes (and the sender an Ack per read).
+            // read gets a few bytes.
             if buf.capacity() - buf.len() < READ_ROOM_MIN {
                 buf.reserve(READ_ROOM);
             }
+            let due = ack_due;
             tokio::select! {
                 r = io.read_buf(&mut buf) => {
                     if r? == 0 {
+                        if last != acked {
+                            // Best effort: the peer is gone or going.
+                            let _ = self.ack(&mut io, &mut out, last).await;
+                        }
                         return if buf.is_empty() { Ok(()) } else { Err(TransportError::Closed) };
                     }
+                }
+                _ = sleep_until_some(due) => {
+                    self.ack(&mut io, &mut out, last).await?;
+                    acked = last;
+                    ack_due = None;
                 }
                 _ = stop.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Acknowledges everything up to `last` on the connection.
+    async fn ack(
+        &self,
+        io: &mut BoxedIo,
+        out: &mut BytesMut,
+        last: Option<u64>,
+    ) -> Result<(), TransportError> {
+        let Some(seq) = last else {
+            return Ok(());
+        };
+        out.clear();
+        frame::encode(&Frame::Ack(Ack { seq }), out, self.max_frame)?;
+        io.write_all(out).await?;
+        // With TLS, `write_all` may leave the record inside rustls when the
+        // socket is full; only a flush sends it.
+        io.flush().await?;
+        Ok(())
     }
 
     /// Decodes every complete frame in `buf`, takes each new stanza of the
@@ -491,6 +529,14 @@ impl Arriving {
                 target: s.target.map(Arc::from),
             },
         })
+    }
+}
+
+/// Sleeps until `due`, or forever when there is nothing due.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
