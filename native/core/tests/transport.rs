@@ -94,7 +94,8 @@ fn a_lone_stanza_is_acknowledged_without_more_traffic() {
         assert!(matches!(r, RouteResult::Forwarded(_)), "{r:?}");
         assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == i + 1));
         assert!(
-            wait_for(Duration::from_secs(2), || dc1.rt.outgoing().in_flight() == 0),
+            wait_for(Duration::from_secs(2), || dc1.rt.outgoing().in_flight()
+                == 0),
             "stanza {i} still unacknowledged: {} in flight",
             dc1.rt.outgoing().in_flight()
         );
