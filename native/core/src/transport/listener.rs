@@ -36,10 +36,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Sequence sessions remembered for resumption (one per sending connection).
 const MAX_SESSIONS: usize = 65_536;
-/// Stanzas waiting in one dispatch shard before the readers feeding it pause.
-const SHARD_QUEUE: usize = 4096;
-/// Stanzas a dispatch shard takes off its queue at once (one wake-up).
-const DISPATCH_BATCH: usize = 64;
+/// Batches (one per read and shard, at most a read buffer's worth of
+/// stanzas each) waiting in one dispatch shard before the readers feeding
+/// it pause.
+const SHARD_QUEUE: usize = 64;
+/// Batches a dispatch shard takes off its queue at once (one wake-up).
+const DISPATCH_BATCHES: usize = 16;
 /// Acknowledgements are coalesced: one as soon as this many stanzas are
 /// unacknowledged, else at most ACK_DELAY after the first of them. At low
 /// rates an Ack per read cost the receiver a write and the sender a
@@ -105,7 +107,7 @@ pub(crate) struct Receiver {
     /// connection of the session: after a cut, the old connection may still
     /// be draining while the resumed one starts.
     sessions: Mutex<HashMap<SessionKey, Arc<SessionSlot>>>,
-    shards: Vec<mpsc::Sender<Incoming>>,
+    shards: Vec<mpsc::Sender<Vec<Incoming>>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -421,8 +423,12 @@ impl Receiver {
         let received = Instant::now();
         let received_us = now_us();
         let shards = self.shards.len();
+        // What this read brings, per shard: handed over as one message per
+        // shard (one wake-up) rather than one per stanza.
+        let mut out: Vec<Vec<Incoming>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut taken = *last;
         loop {
-            let prev = *last;
+            let prev = taken;
             // Addresses are parsed straight from the frame's bytes.
             let decoded = frame::decode_with(buf, self.max_frame, |s| {
                 match prev {
@@ -454,8 +460,7 @@ impl Receiver {
             if let Some((session, prior_seq)) = a.prior {
                 if self.already_taken(host, session, prior_seq) {
                     tracing::debug!(what = "gd_duplicate_dropped", host = %host, session, prior_seq);
-                    *last = Some(seq);
-                    slot.taken.store(seq, std::sync::atomic::Ordering::Release);
+                    taken = Some(seq);
                     continue;
                 }
             }
@@ -468,11 +473,17 @@ impl Receiver {
                 transfer_time_us: transfer,
                 received,
             };
-            if self.shards[a.shard].send(incoming).await.is_err() {
-                // The runtime is stopping.
-                break;
+            out[a.shard].push(incoming);
+            taken = Some(seq);
+        }
+        for (shard, batch) in out.into_iter().enumerate() {
+            if !batch.is_empty() && self.shards[shard].send(batch).await.is_err() {
+                // The runtime is stopping: nothing more is taken.
+                return Ok(*last);
             }
-            *last = Some(seq);
+        }
+        *last = taken;
+        if let Some(seq) = taken {
             slot.taken.store(seq, std::sync::atomic::Ordering::Release);
         }
         Ok(*last)
@@ -568,19 +579,19 @@ impl HintMemo {
 /// (a store lookup) or that the host hears of by another way
 /// (undeliverable), so nothing overtakes and nothing waits on a lookup.
 async fn dispatch(
-    mut rx: mpsc::Receiver<Incoming>,
+    mut rx: mpsc::Receiver<Vec<Incoming>>,
     router: Arc<Router>,
     queue_time: Arc<Histogram>,
 ) {
-    let mut batch = Vec::with_capacity(DISPATCH_BATCH);
-    let mut ready = Vec::with_capacity(DISPATCH_BATCH);
+    let mut batch = Vec::with_capacity(DISPATCH_BATCHES);
+    let mut ready = Vec::with_capacity(256);
     let mut hints = HintMemo::default();
-    while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
+    while rx.recv_many(&mut batch, DISPATCH_BATCHES).await > 0 {
         // Queue time up to the moment the batch was taken: one clock
         // reading per batch rather than per stanza.
         let now = Instant::now();
         let now_ms = coarse_now_ms();
-        for inc in batch.drain(..) {
+        for inc in batch.drain(..).flatten() {
             let queued = now.saturating_duration_since(inc.received);
             queue_time.record(queued.as_micros() as u64);
             let env = &inc.envelope;
