@@ -155,12 +155,21 @@ fn parse(module: &str, text: &str, success: bool) -> Result<Figures, BenchError>
     Ok(figures)
 }
 
-/// The figure `key` of a run, or an error naming what is missing.
-pub fn figure(figures: &Figures, module: &str, key: &str) -> Result<f64, BenchError> {
-    figures
-        .get(key)
-        .copied()
-        .ok_or_else(|| BenchError::msg(format!("{module} printed no {key} row")))
+/// The figures `keys` of a run, in that order, or an error naming the
+/// first one missing.
+pub fn figures<const K: usize>(
+    figures: &Figures,
+    module: &str,
+    keys: [&str; K],
+) -> Result<[f64; K], BenchError> {
+    let mut out = [0.0; K];
+    for (slot, key) in out.iter_mut().zip(keys) {
+        *slot = figures
+            .get(key)
+            .copied()
+            .ok_or_else(|| BenchError::msg(format!("{module} printed no {key} row")))?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

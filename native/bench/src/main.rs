@@ -315,11 +315,7 @@ fn b4(
     let args = cert_args(plan, certs);
     let s = repeat("B4 Erlang baseline", plan.runs, || {
         let f = erl.run(M, false, &args, Duration::from_secs(300))?;
-        let mut out = [0.0; 9];
-        for (slot, key) in out.iter_mut().zip(KEYS) {
-            *slot = erlang::figure(&f, M, key)?;
-        }
-        Ok(out)
+        erlang::figures(&f, M, KEYS)
     })?;
     table.row("B4", "Erlang TCP, 1 conn: throughput", s[0], "stanzas/s");
     table.row("B4", "Erlang TCP, 1 conn: CPU", s[1], "CPU-s/M stanzas");
@@ -369,11 +365,7 @@ fn b5_b6(
         let mut args = cert_args(plan, certs);
         args.insert(1, format!("redis://127.0.0.1:{}", redis.port));
         let f = erl.run(M, true, &args, Duration::from_secs(360))?;
-        let mut out = [0.0; 8];
-        for (slot, key) in out.iter_mut().zip(KEYS) {
-            *slot = erlang::figure(&f, M, key)?;
-        }
-        Ok(out)
+        erlang::figures(&f, M, KEYS)
     })?;
     if plan.wants("b5") {
         let what = "NIF, 2 nodes, TLS";

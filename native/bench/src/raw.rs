@@ -15,7 +15,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::dcs::{Certs, DC2, PAYLOAD_LEN};
 use crate::stats::cpu_time;
-use crate::stats::percentile;
 use crate::transport::{pace_until, tighten_timer_slack, Latency, Throughput};
 use crate::BenchError;
 
@@ -41,20 +40,11 @@ pub fn raw(certs: &Certs, tls: bool, n: u64) -> Result<Throughput, BenchError> {
 }
 
 async fn run(setup: Option<TlsSetup>, n: u64) -> Result<Throughput, BenchError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let acceptor = setup.as_ref().map(|s| TlsAcceptor::from(s.server_config()));
     let connector = setup
         .as_ref()
         .map(|s| TlsConnector::from(Arc::clone(&s.client_config())));
-    let accept = tokio::spawn(async move {
-        let (s, _) = listener.accept().await?;
-        s.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(s)
-    });
-    let client = TcpStream::connect(addr).await?;
-    client.set_nodelay(true)?;
-    let server = accept.await.map_err(BenchError::msg)??;
+    let (client, server) = loopback().await?;
 
     let (cpu0, t0);
     let (sent, got) = match (acceptor, connector) {
@@ -146,33 +136,20 @@ pub fn raw_latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, Bench
         }
     }
     drop(tx);
-    let mut samples = rt.block_on(receiving).map_err(BenchError::msg)??;
+    let samples = rt.block_on(receiving).map_err(BenchError::msg)??;
     if samples.len() as u64 != n {
         return Err(BenchError::msg(format!(
             "B3 latency: received {} of {n} frames",
             samples.len()
         )));
     }
-    samples.sort_unstable();
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Ok(Latency {
-        p50: us(percentile(&samples, 50.0)),
-        p99: us(percentile(&samples, 99.0)),
-        p999: us(percentile(&samples, 99.9)),
-        max: us(samples.last().copied().unwrap_or(0)),
-    })
+    Ok(Latency::of(samples))
 }
 
-async fn latency_link(
-    setup: TlsSetup,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
-    n: u64,
-    epoch: Instant,
-) -> Result<Vec<u64>, BenchError> {
+/// A TCP connection over loopback, both ends with TCP_NODELAY: (client, server).
+async fn loopback() -> Result<(TcpStream, TcpStream), BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let acceptor = TlsAcceptor::from(setup.server_config());
-    let connector = TlsConnector::from(Arc::clone(&setup.client_config()));
     let accept = tokio::spawn(async move {
         let (s, _) = listener.accept().await?;
         s.set_nodelay(true)?;
@@ -181,6 +158,18 @@ async fn latency_link(
     let client = TcpStream::connect(addr).await?;
     client.set_nodelay(true)?;
     let server = accept.await.map_err(BenchError::msg)??;
+    Ok((client, server))
+}
+
+async fn latency_link(
+    setup: TlsSetup,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    n: u64,
+    epoch: Instant,
+) -> Result<Vec<u64>, BenchError> {
+    let acceptor = TlsAcceptor::from(setup.server_config());
+    let connector = TlsConnector::from(Arc::clone(&setup.client_config()));
+    let (client, server) = loopback().await?;
     let name = server_name(DC2)?;
     let (server, client) = tokio::join!(acceptor.accept(server), connector.connect(name, client));
     let (mut server, mut client) = (server?, client?);

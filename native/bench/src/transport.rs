@@ -61,6 +61,20 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The percentiles (nearest rank) of latency samples in ns.
+    pub fn of(mut samples: Vec<u64>) -> Latency {
+        samples.sort_unstable();
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            p50: us(percentile(&samples, 50.0)),
+            p99: us(percentile(&samples, 99.0)),
+            p999: us(percentile(&samples, 99.9)),
+            max: us(samples.last().copied().unwrap_or(0)),
+        }
+    }
+}
+
 /// B2: `rate` stanzas/s for `secs` over TLS. Each payload carries the time
 /// the stanza was *due* (not when the sender got round to it), so a sender
 /// falling behind shows up as latency instead of hiding it.
@@ -94,19 +108,12 @@ pub fn latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, BenchErro
         )));
     }
     pair.stop();
-    let mut samples = sink
+    let samples = sink
         .latencies
         .as_ref()
         .map(|s| s.take())
         .unwrap_or_default();
-    samples.sort_unstable();
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Ok(Latency {
-        p50: us(percentile(&samples, 50.0)),
-        p99: us(percentile(&samples, 99.0)),
-        p999: us(percentile(&samples, 99.9)),
-        max: us(samples.last().copied().unwrap_or(0)),
-    })
+    Ok(Latency::of(samples))
 }
 
 /// Cuts the calling thread's timer slack to 1 µs: with the default 50 µs
