@@ -82,6 +82,53 @@ fn a_malformed_frame_after_the_handshake_closes_that_connection_and_is_counted()
     assert_eq!(d.inbox.delivered_count(), 0);
 }
 
+/// A bad frame arriving in the same read as good stanzas closes the
+/// connection, but the stanzas before it are still delivered.
+#[test]
+fn stanzas_before_a_malformed_frame_in_the_same_read_are_delivered() {
+    let d = dc::start(dc::config(1), shared());
+    d.login("bob@example.com/b");
+    let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
+    let mut out = BytesMut::new();
+    let hello = Frame::Handshake(Handshake {
+        version: PROTOCOL_VERSION,
+        local_host: host(9),
+        node: "dc9@node".into(),
+        conn_id: 7,
+    });
+    frame::encode(&hello, &mut out, 1 << 20).unwrap();
+    s.write_all(&out).unwrap();
+    out.clear();
+    for seq in 1..=2 {
+        let stanza = Frame::Stanza(frame::Stanza {
+            seq,
+            sent_at_us: 0,
+            ttl: 3,
+            message_id: u128::from(seq),
+            origin: host(9),
+            target: None,
+            prior: None,
+            sender_key: "alice@example.com/a".into(),
+            from: "alice@example.com/a".into(),
+            to: "bob@example.com/b".into(),
+            kind: PayloadKind::Message,
+            payload: Bytes::from(format!("good {seq}")),
+        });
+        frame::encode(&stanza, &mut out, 1 << 20).unwrap();
+    }
+    out.extend_from_slice(&[0x03, 0, 0, 0, 4, 1, 2, 3, 4]);
+    s.write_all(&out).unwrap();
+    assert!(closed_by_peer(&mut s));
+    assert!(wait_for(WAIT, || d
+        .counter(&names::incoming_errored(&host(9)))
+        == 1));
+    assert!(wait_for(WAIT, || d.inbox.delivered_count() == 2));
+    assert_eq!(
+        d.inbox.bodies_to("bob@example.com/b"),
+        vec!["good 1".to_owned(), "good 2".to_owned()]
+    );
+}
+
 #[test]
 fn an_oversized_frame_is_refused_before_it_is_buffered() {
     let d = dc::start(dc::config(1), shared());

@@ -427,7 +427,10 @@ impl Receiver {
         // shard (one wake-up) rather than one per stanza.
         let mut out: Vec<Vec<Incoming>> = (0..shards).map(|_| Vec::new()).collect();
         let mut taken = *last;
-        loop {
+        // A bad frame ends the connection, but what came before it in the
+        // same read is handed over first: it was good, and it is counted
+        // as taken so that a resumed sender does not send it twice.
+        let outcome = loop {
             let prev = taken;
             // Addresses are parsed straight from the frame's bytes.
             let decoded = frame::decode_with(buf, self.max_frame, |s| {
@@ -444,17 +447,18 @@ impl Receiver {
                     _ => {}
                 }
                 Arriving::of(s, host, shards).map(Some)
-            })?;
+            });
             let (a, payload) = match decoded {
-                None => break,
-                Some(Decoded::Other(f)) => {
-                    return Err(TransportError::Protocol(format!(
+                Err(e) => break Err(e),
+                Ok(None) => break Ok(()),
+                Ok(Some(Decoded::Other(f))) => {
+                    break Err(TransportError::Protocol(format!(
                         "unexpected {} after the handshake",
                         frame_name(&f)
                     )))
                 }
-                Some(Decoded::Stanza(None, _)) => continue,
-                Some(Decoded::Stanza(Some(a), payload)) => (a, payload),
+                Ok(Some(Decoded::Stanza(None, _))) => continue,
+                Ok(Some(Decoded::Stanza(Some(a), payload))) => (a, payload),
             };
             let seq = a.seq;
             if let Some((session, prior_seq)) = a.prior {
@@ -475,7 +479,7 @@ impl Receiver {
             };
             out[a.shard].push(incoming);
             taken = Some(seq);
-        }
+        };
         for (shard, batch) in out.into_iter().enumerate() {
             if !batch.is_empty() && self.shards[shard].send(batch).await.is_err() {
                 // The runtime is stopping: nothing more is taken.
@@ -486,7 +490,7 @@ impl Receiver {
         if let Some(seq) = taken {
             slot.taken.store(seq, std::sync::atomic::Ordering::Release);
         }
-        Ok(*last)
+        outcome.map(|()| *last)
     }
 }
 
