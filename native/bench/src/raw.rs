@@ -46,30 +46,28 @@ async fn run(setup: Option<TlsSetup>, n: u64) -> Result<Throughput, BenchError> 
         .map(|s| TlsConnector::from(Arc::clone(&s.client_config())));
     let (client, server) = loopback().await?;
 
-    let (cpu0, t0);
-    let (sent, got) = match (acceptor, connector) {
+    match (acceptor, connector) {
         (Some(a), Some(c)) => {
             let name = server_name(DC2)?;
             let (server, client) = tokio::join!(a.accept(server), c.connect(name, client));
-            let (server, client) = (server?, client?);
-            cpu0 = cpu_time();
-            t0 = Instant::now();
-            let (s, g) = tokio::join!(
-                tokio::spawn(write_frames(client, n)),
-                tokio::spawn(read_frames(server, n))
-            );
-            (s.map(|r| r.map(drop)), g)
+            exchange(client?, server?, n).await
         }
-        _ => {
-            cpu0 = cpu_time();
-            t0 = Instant::now();
-            let (s, g) = tokio::join!(
-                tokio::spawn(write_frames(client, n)),
-                tokio::spawn(read_frames(server, n))
-            );
-            (s.map(|r| r.map(drop)), g)
-        }
-    };
+        _ => exchange(client, server, n).await,
+    }
+}
+
+/// The timed part of B3: `n` frames from `w` to `r`, both ends at once.
+async fn exchange<W, R>(w: W, r: R, n: u64) -> Result<Throughput, BenchError>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let (sent, got) = tokio::join!(
+        tokio::spawn(write_frames(w, n)),
+        tokio::spawn(read_frames(r, n))
+    );
     let got = got.map_err(BenchError::msg)??;
     let elapsed = t0.elapsed().max(Duration::from_nanos(1));
     sent.map_err(BenchError::msg)??;

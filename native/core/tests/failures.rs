@@ -59,19 +59,26 @@ fn a_foreign_protocol_is_refused_and_counted() {
     assert!(wait_for(WAIT, || d.inbox.delivered_count() == 1));
 }
 
-#[test]
-fn a_malformed_frame_after_the_handshake_closes_that_connection_and_is_counted() {
-    let d = dc::start(dc::config(1), shared());
+/// A raw connection to `d` that has sent the handshake of a DC "dc9"
+/// (plain TCP: any name is accepted), ready for hand-made frames.
+fn connect_as_dc9(d: &Dc) -> TcpStream {
     let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
     let mut out = BytesMut::new();
     let hello = Frame::Handshake(Handshake {
         version: PROTOCOL_VERSION,
         local_host: host(9),
-        node: "evil@node".into(),
+        node: "dc9@node".into(),
         conn_id: 42,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
     s.write_all(&out).unwrap();
+    s
+}
+
+#[test]
+fn a_malformed_frame_after_the_handshake_closes_that_connection_and_is_counted() {
+    let d = dc::start(dc::config(1), shared());
+    let mut s = connect_as_dc9(&d);
     // A stanza frame whose body ends in the middle of its fields.
     s.write_all(&[0x03, 0, 0, 0, 4, 1, 2, 3, 4]).unwrap();
     assert!(closed_by_peer(&mut s));
@@ -88,17 +95,8 @@ fn a_malformed_frame_after_the_handshake_closes_that_connection_and_is_counted()
 fn stanzas_before_a_malformed_frame_in_the_same_read_are_delivered() {
     let d = dc::start(dc::config(1), shared());
     d.login("bob@example.com/b");
-    let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
+    let mut s = connect_as_dc9(&d);
     let mut out = BytesMut::new();
-    let hello = Frame::Handshake(Handshake {
-        version: PROTOCOL_VERSION,
-        local_host: host(9),
-        node: "dc9@node".into(),
-        conn_id: 7,
-    });
-    frame::encode(&hello, &mut out, 1 << 20).unwrap();
-    s.write_all(&out).unwrap();
-    out.clear();
     for seq in 1..=2 {
         let stanza = Frame::Stanza(frame::Stanza {
             seq,
