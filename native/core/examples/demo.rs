@@ -26,15 +26,23 @@ const GLOBAL: &str = "example.com";
 struct Host {
     name: String,
     delivered: Mutex<usize>,
+    unrouted: Mutex<usize>,
     failed: Mutex<usize>,
 }
 
 impl Delivery for Host {
     fn deliver(&self, d: Delivered) {
         *self.delivered.lock() += 1;
-        let via = match &d.from_host {
-            Some(h) => format!("from {h}, {} µs on the wire", d.transfer_time_us),
-            None => "released by bounce".to_owned(),
+        let via = match (&d.from_host, d.unrouted) {
+            (Some(h), _) => format!("from {h}, {} µs on the wire", d.transfer_time_us),
+            (None, Some(why)) => {
+                *self.unrouted.lock() += 1;
+                format!(
+                    "found in no datacenter ({}): routed locally -> offline storage",
+                    why.as_str()
+                )
+            }
+            (None, None) => "released by bounce".to_owned(),
         };
         println!(
             "    [{}] deliver {} -> {}: {:?} ({via})",
@@ -92,6 +100,7 @@ fn start_dc(
     let host = Arc::new(Host {
         name: local.clone(),
         delivered: Mutex::new(0),
+        unrouted: Mutex::new(0),
         failed: Mutex::new(0),
     });
     let rt = Runtime::start_with(
@@ -259,11 +268,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     settle(|| *dc3.host.delivered.lock() >= 3);
 
+    println!("\n== A message to dave, who is logged in nowhere");
+    dc1.send(
+        "alice@example.com/phone",
+        "dave@example.com",
+        "Dave, read this when you log in.",
+    )?;
+    println!("  dc1's bounce retries the lookup; when the retries run out, dc1 routes it locally");
+    settle(|| *dc1.host.unrouted.lock() >= 1);
+
     println!("\n== dc3 goes down");
     let report = dc3.rt.stop(Duration::from_secs(1));
     println!(
-        "  dc3 stopped ({} in-flight stanzas reported)",
-        report.undeliverable
+        "  dc3 stopped ({} in-flight stanzas reported, {} routed locally)",
+        report.undeliverable, report.unrouted
     );
     dc1.send(
         "alice@example.com/phone",

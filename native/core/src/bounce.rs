@@ -7,6 +7,11 @@
 //! (`max_retries`); retries back off exponentially from `resend_after_ms`.
 //! Before each retry the recipient's cache entries are dropped, so the
 //! store is read again. The store is bounded by `max_stored`.
+//!
+//! How a stanza leaves when its retries run out depends on where its
+//! recipient was last looked for (SPEC 7, as MongooseIM): found nowhere →
+//! the host's local routing ([`Delivered::unrouted`](crate::routing::Delivered));
+//! a known datacenter that stayed unreachable → undeliverable.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +39,15 @@ struct Pair {
     /// Retries already made for the head of the queue (drives the backoff).
     attempt: u32,
     due: Instant,
+    /// Whether the pair is held because its recipient was found nowhere
+    /// (no mapping, or a store that could not answer) rather than because
+    /// its datacenter could not take it: decides where it goes on a stop.
+    nowhere: bool,
+}
+
+/// Whether a stanza held for `why` has a recipient known in no datacenter.
+pub(crate) fn found_nowhere(why: Reason) -> bool {
+    matches!(why, Reason::NoRoute | Reason::StoreUnavailable)
 }
 
 #[derive(Default)]
@@ -123,7 +137,13 @@ impl Bounce {
         self.delivery.undeliverable(envelope, reason);
     }
 
-    fn try_store(&self, mut envelope: Envelope, why: Reason) -> Result<(), (Envelope, Reason)> {
+    /// Holds `envelope`, or hands it back with the reason bounce refused
+    /// it: `why` when bounce is disabled, `RetriesExhausted`, `BounceFull`.
+    pub(crate) fn try_store(
+        &self,
+        mut envelope: Envelope,
+        why: Reason,
+    ) -> Result<(), (Envelope, Reason)> {
         if !self.cfg.enabled {
             return Err((envelope, why));
         }
@@ -140,8 +160,10 @@ impl Bounce {
             self.overflow.inc();
             return Err((envelope, Reason::BounceFull));
         }
+        let nowhere = found_nowhere(why);
         if let Some(pair) = inner.pairs.get_mut(&key) {
             pair.items.push_back(envelope);
+            pair.nowhere = nowhere;
         } else {
             let due = Instant::now() + self.backoff(attempt);
             inner.seq += 1;
@@ -155,6 +177,7 @@ impl Bounce {
                     items,
                     attempt,
                     due,
+                    nowhere,
                 },
             );
         }
@@ -201,8 +224,9 @@ impl Bounce {
         pair.items.into_iter().collect()
     }
 
-    /// Everything held, for a stop.
-    pub(crate) fn drain(&self) -> Vec<Envelope> {
+    /// Everything held, for a stop, each with whether its recipient was
+    /// found nowhere (see `Pair::nowhere`).
+    pub(crate) fn drain(&self) -> Vec<(Envelope, bool)> {
         let mut inner = self.inner.lock();
         let pairs = std::mem::take(&mut inner.pairs);
         inner.schedule.clear();
@@ -211,7 +235,10 @@ impl Bounce {
         self.queue_size.set(0);
         pairs
             .into_values()
-            .flat_map(|p| p.items.into_iter())
+            .flat_map(|p| {
+                let nowhere = p.nowhere;
+                p.items.into_iter().map(move |e| (e, nowhere))
+            })
             .collect()
     }
 
@@ -231,7 +258,7 @@ impl Bounce {
         (due, None)
     }
 
-    /// A retry found no route: spend one retry of every stanza of the pair,
+    /// A retry found the recipient nowhere: spend one retry of every stanza of the pair,
     /// give up on those with none left, schedule the next retry.
     fn retry_failed(&self, key: &PairKey) -> Vec<Envelope> {
         let mut inner = self.inner.lock();
@@ -243,6 +270,7 @@ impl Bounce {
         let Some(pair) = pairs.get_mut(key) else {
             return Vec::new();
         };
+        pair.nowhere = true;
         let mut exhausted = Vec::new();
         let mut kept = VecDeque::with_capacity(pair.items.len());
         for mut env in pair.items.drain(..) {
@@ -309,8 +337,10 @@ impl Bounce {
                 self.flushing.fetch_sub(1, Ordering::AcqRel);
             }
             None => {
+                // Found nowhere to the end: the host's local routing takes
+                // it (offline storage, or its own error), as in MongooseIM.
                 for env in self.retry_failed(&key) {
-                    self.delivery.undeliverable(env, Reason::RetriesExhausted);
+                    router.deliver_unrouted(env, Reason::RetriesExhausted);
                 }
             }
         }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! to ──> rules ──> Local                       (no key needed)
+//!              └─> a session this node holds ──> Local  (before any cache)
 //!              └─> domain key ──> domain cache ──> store
 //!              └─> full, then bare JID key ──> JID cache ──> store
 //! ```
@@ -27,7 +28,7 @@ use moka::sync::Cache;
 use crate::config::CacheConfig;
 use crate::jid::Jid;
 use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::store::{Store, StoreError};
+use crate::store::{OwnedState, Store, StoreError};
 
 /// Bound on cached domains. Domains are subdomains of components and MUC
 /// services of all DCs: thousands at most, so this is a safety net against
@@ -186,6 +187,9 @@ pub struct Mapping {
     domains: Arc<TtlCache>,
     hosts: Arc<HostNames>,
     store: Store,
+    /// Sessions this node holds: always local, asked before the caches
+    /// (a flushed or restarted store must not send them elsewhere).
+    owned: Option<Arc<OwnedState>>,
     fetches: Arc<Counter>,
     cache_misses: Arc<Counter>,
     fetch_time: Arc<Histogram>,
@@ -215,10 +219,27 @@ impl Mapping {
             domains,
             hosts: Arc::default(),
             store,
+            owned: None,
             fetches: metrics.counter(names::MAPPING_FETCHES),
             cache_misses: metrics.counter(names::MAPPING_CACHE_MISSES),
             fetch_time: metrics.histogram(names::MAPPING_FETCH_TIME),
         }
+    }
+
+    /// Makes the sessions of `owned` (what this node holds) answer `Local`
+    /// before the caches and the store are asked.
+    pub fn with_owned(mut self, owned: Arc<OwnedState>) -> Mapping {
+        self.owned = Some(owned);
+        self
+    }
+
+    /// Whether `to` is a session held by this node: its full JID, or any
+    /// resource of the user when `to` is a bare JID (what the store's bare
+    /// key, owned while a resource is logged in here, would say).
+    fn held_here(&self, full: &str, bare: &str) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|o| o.holds_session(full, bare))
     }
 
     pub fn global_host(&self) -> &str {
@@ -245,6 +266,7 @@ impl Mapping {
             // `?`: not in the cache, only the store can tell. A cached
             // `None` is a cached miss.
             Plan::Domain(d) => self.resolve(self.domains.get(d)?),
+            Plan::Jid { full, bare } if self.held_here(full, bare) => Location::Local,
             Plan::Jid { full, bare } => match self.jids.get(full)? {
                 Some(host) => self.location_of(host),
                 None if full == bare => Location::Unknown,
@@ -280,6 +302,9 @@ impl Mapping {
                 Ok(self.resolve(host))
             }
             Plan::Jid { full, bare } => {
+                if self.held_here(full, bare) {
+                    return Ok(Location::Local);
+                }
                 if let Some(host) = self.fetch(&self.jids, full, asked).await? {
                     return Ok(self.location_of(host));
                 }
@@ -401,6 +426,52 @@ impl Mapping {
             self.jids.insert(sender.as_bare_str(), Some(origin));
         }
         true
+    }
+
+    /// Whether [`Mapping::cache_origin`] would cache anything for `sender`:
+    /// a user of global_host, or a domain other than global_host and
+    /// local_host.
+    pub(crate) fn caches_origin_of(&self, sender: &Jid) -> bool {
+        matches!(
+            (sender.user(), self.plan(sender)),
+            (None, Plan::Domain(_)) | (Some(_), Plan::Jid { .. })
+        )
+    }
+
+    /// `cache_origin` (MongooseIM's `maybe_update_mapping/2`): a stanza
+    /// from `sender` entered global routing at `origin_host`, and a lookup
+    /// found the sender nowhere, so the caches (never the store) learn that
+    /// the sender lives there. A user of global_host is cached under its
+    /// full and bare JIDs, a domain sender (no user part) as a domain;
+    /// anything else is never looked up by that key and is left alone.
+    /// A fresh mapping written meanwhile is kept. Returns whether the cache
+    /// was changed.
+    pub(crate) fn cache_origin(&self, sender: &Jid, origin_host: &str) -> bool {
+        if !self.caches_origin_of(sender) {
+            return false;
+        }
+        let origin = self.hosts.get(origin_host);
+        let known = |cache: &TtlCache, key: &str| matches!(cache.get(key), Some(Some(_)));
+        match self.plan(sender) {
+            Plan::Domain(d) => {
+                if known(&self.domains, d) {
+                    return false;
+                }
+                self.domains.insert(d, Some(origin));
+                true
+            }
+            Plan::Jid { full, bare } => {
+                if known(&self.jids, full) {
+                    return false;
+                }
+                self.jids.insert(full, Some(Arc::clone(&origin)));
+                if full != bare && !known(&self.jids, bare) {
+                    self.jids.insert(bare, Some(origin));
+                }
+                true
+            }
+            Plan::Local => false,
+        }
     }
 
     /// Runs the caches' pending maintenance (evictions, expirations), so

@@ -83,7 +83,10 @@ impl Envelope {
 /// What route() decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteResult {
-    /// The recipient is here: the host continues its own routing.
+    /// The host continues its own routing: the recipient is here, or it is
+    /// known in no datacenter and bounce cannot hold the stanza (disabled
+    /// or full), so the host routes it as MongooseIM does (offline storage,
+    /// or its own error for a user that does not exist).
     Local,
     /// Queued towards that datacenter.
     Forwarded(Arc<str>),
@@ -93,13 +96,18 @@ pub enum RouteResult {
     Undeliverable(Reason),
 }
 
-/// Why a stanza could not be delivered.
+/// Why a stanza could not be delivered, or (in [`Delivered::unrouted`])
+/// why global routing handed it back to the host's local routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// No route found within `bounce.max_retries` retries.
+    /// Bounce retried it `bounce.max_retries` times without a route that
+    /// took it.
     RetriesExhausted,
-    /// No route and bounce is disabled.
+    /// The recipient is known in no datacenter.
     NoRoute,
+    /// The recipient's datacenter is known but cannot be reached (no
+    /// endpoint, every connection failing).
+    Unreachable,
     /// The bounce store is full (`bounce.max_stored`).
     BounceFull,
     /// The queue towards the remote DC is full (`connections.outgoing_queue_size`).
@@ -117,6 +125,7 @@ impl Reason {
         match self {
             Reason::RetriesExhausted => "retries_exhausted",
             Reason::NoRoute => "no_route",
+            Reason::Unreachable => "unreachable",
             Reason::BounceFull => "bounce_full",
             Reason::QueueFull => "queue_full",
             Reason::Stopped => "stopped",
@@ -134,6 +143,27 @@ pub struct Delivered {
     pub from_host: Option<Arc<str>>,
     /// Sender wall clock to receiver wall clock, µs (0 when not from the wire).
     pub transfer_time_us: u64,
+    /// `Some` when global routing gave up on the stanza because its
+    /// recipient is known in no datacenter: the host routes it locally like
+    /// any stanza of its own (MongooseIM's bounce does the same: offline
+    /// storage, or the host's error for a user that does not exist). The
+    /// reason says when: `RetriesExhausted` (bounce's retries ran out),
+    /// `NoRoute` (bounce is disabled), `BounceFull` (bounce could not hold
+    /// it again), `Stopped` (the runtime stopped while bounce held it).
+    /// `None` for every other delivery.
+    pub unrouted: Option<Reason>,
+}
+
+impl Delivered {
+    /// A stanza delivered here that did not come over the wire.
+    pub fn here(envelope: Envelope, unrouted: Option<Reason>) -> Delivered {
+        Delivered {
+            envelope,
+            from_host: None,
+            transfer_time_us: 0,
+            unrouted,
+        }
+    }
 }
 
 /// How stanzas reach the host. Called on runtime threads: implementations
@@ -142,7 +172,10 @@ pub struct Delivered {
 pub trait Delivery: Send + Sync + 'static {
     /// A stanza whose recipient is local: deliver it, do not route it globally again.
     fn deliver(&self, delivered: Delivered);
-    /// A stanza given up on: answer the sender with an error.
+    /// A stanza given up on: answer the sender with an error. Only for a
+    /// known datacenter that stayed unreachable, a full queue, a stanza too
+    /// large, a stop: a recipient known nowhere goes to [`Delivery::deliver`]
+    /// with [`Delivered::unrouted`] set instead.
     fn undeliverable(&self, envelope: Envelope, reason: Reason);
     /// Several stanzas for local recipients, in arrival order, from one
     /// read of the network: a host that pays per hand-over (a process
@@ -269,7 +302,7 @@ impl Router {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(what = "gd_lookup_failed", to = %env.to, error = %e);
-                return self.bounce.store(env, Reason::StoreUnavailable);
+                return self.hold_or_local(env, Reason::StoreUnavailable);
             }
         };
         match location {
@@ -288,7 +321,20 @@ impl Router {
                 }
                 self.forward(host, env).await
             }
-            Location::Unknown => self.bounce.store(env, Reason::NoRoute),
+            Location::Unknown => self.hold_or_local(env, Reason::NoRoute),
+        }
+    }
+
+    /// A recipient found nowhere (or a store that could not say): bounce
+    /// holds the stanza for a later lookup; when it cannot (disabled, full)
+    /// the host routes it locally at once, as MongooseIM does.
+    fn hold_or_local(&self, env: Envelope, why: Reason) -> RouteResult {
+        match self.bounce.try_store(env, why) {
+            Ok(()) => RouteResult::Stored,
+            Err((env, reason)) => {
+                tracing::debug!(what = "gd_unrouted_local", to = %env.to, reason = reason.as_str());
+                self.local(&env)
+            }
         }
     }
 
@@ -316,7 +362,9 @@ impl Router {
                 return;
             }
             Location::Unknown => {
-                self.bounce.store_or_report(env, Reason::NoRoute);
+                if let Err((env, reason)) = self.bounce.try_store(env, Reason::NoRoute) {
+                    self.deliver_unrouted(env, reason);
+                }
                 return;
             }
             Location::Remote(host) => host.clone(),
@@ -339,7 +387,7 @@ impl Router {
     fn refusal(&self, refused: EnqueueError) -> (Envelope, Reason, bool) {
         match refused {
             EnqueueError::NotReady(env) | EnqueueError::Unreachable(env) => {
-                (self.refund_ttl(env), Reason::NoRoute, true)
+                (self.refund_ttl(env), Reason::Unreachable, true)
             }
             EnqueueError::QueueFull(env) => (self.refund_ttl(env), Reason::QueueFull, true),
             EnqueueError::TooLarge(env) => (self.refund_ttl(env), Reason::TooLarge, false),
@@ -357,11 +405,15 @@ impl Router {
     /// Hands a stanza that is not the caller's own to the host.
     pub(crate) fn deliver_here(&self, envelope: Envelope) {
         self.delivered_with_ttl.record(u64::from(envelope.meta.ttl));
-        self.delivery.deliver(Delivered {
-            envelope,
-            from_host: None,
-            transfer_time_us: 0,
-        });
+        self.delivery.deliver(Delivered::here(envelope, None));
+    }
+
+    /// Gives a stanza whose recipient is known nowhere back to the host's
+    /// local routing, marked with why global routing gave up on it.
+    pub(crate) fn deliver_unrouted(&self, envelope: Envelope, why: Reason) {
+        tracing::debug!(what = "gd_unrouted_local", to = %envelope.to, reason = why.as_str());
+        self.delivered_with_ttl.record(u64::from(envelope.meta.ttl));
+        self.delivery.deliver(Delivered::here(envelope, Some(why)));
     }
 
     fn try_forward(&self, host: Arc<str>, env: Envelope) -> Result<RouteResult, Envelope> {

@@ -49,6 +49,18 @@ pub enum StartError {
     Threads(std::io::Error),
 }
 
+/// Why [`Runtime::cache_origin`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// Remote input must not create state for arbitrary names.
+    #[error("origin {0:?} is neither this datacenter's local_host nor a datacenter of the store's `hosts` set")]
+    UnknownOrigin(String),
+    #[error("cannot check origin {host:?} against the store's `hosts` set: {error}")]
+    Store { host: String, error: StoreError },
+    #[error("the runtime has stopped")]
+    Stopped,
+}
+
 /// Knobs that are not part of the product configuration.
 #[derive(Clone)]
 pub struct StartOptions {
@@ -74,8 +86,13 @@ impl Default for StartOptions {
 /// What a stop did with what was still in flight.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StopReport {
-    /// Stanzas reported undeliverable because the deadline passed.
+    /// Stanzas reported undeliverable (reason `stopped`): still queued
+    /// towards another DC when the deadline passed, or held by bounce for
+    /// a DC that could not take them.
     pub undeliverable: usize,
+    /// Stanzas held by bounce for a recipient found nowhere, handed to the
+    /// host's local routing (`Delivered::unrouted == Some(Stopped)`).
+    pub unrouted: usize,
 }
 
 struct Inner {
@@ -267,7 +284,59 @@ impl Runtime {
         self.on_runtime(async move { mapping.lookup(&to).await }, stopped_store)
     }
 
-    /// Rewrites everything this node owns now (the periodic refresh, at once).
+    /// `cache_origin` without waiting: `None` when the store must be asked
+    /// (the sender is not in the caches, or the origin is not a datacenter
+    /// this runtime already knows); then call [`Runtime::cache_origin`].
+    pub fn try_cache_origin(
+        &self,
+        sender: &Jid,
+        origin_host: &str,
+    ) -> Option<Result<bool, OriginError>> {
+        let inner = &self.inner;
+        if !inner.known_origin(origin_host) {
+            return None;
+        }
+        if !inner.mapping.caches_origin_of(sender) {
+            return Some(Ok(false));
+        }
+        match inner.mapping.lookup_cached(sender)? {
+            Location::Unknown => Some(Ok(inner.mapping.cache_origin(sender, origin_host))),
+            Location::Local | Location::Remote(_) => Some(Ok(false)),
+        }
+    }
+
+    /// A stanza from `sender` entered global routing at `origin_host`
+    /// (MongooseIM's `maybe_update_mapping/2`, run on the node of the
+    /// component the stanza is for): if a lookup finds the sender nowhere,
+    /// the caches learn `sender → origin_host` so that the answer can be
+    /// routed before the store replicates. Never writes the store. A user of
+    /// global_host is cached by JID (full and bare), a domain sender (no
+    /// user part, not global_host) as a domain; other senders are left
+    /// alone. The caller skips `presence type='unavailable'`, as MongooseIM.
+    /// `origin_host` must be this DC's local_host or a datacenter of the
+    /// `hosts` set, else `UnknownOrigin`. `Ok(true)` when the cache changed.
+    pub fn cache_origin(
+        &self,
+        sender: &Jid,
+        origin_host: &str,
+    ) -> impl Future<Output = Result<bool, OriginError>> + Send + 'static {
+        if let Some(r) = self.try_cache_origin(sender, origin_host) {
+            return futures::future::Either::Left(std::future::ready(r));
+        }
+        let (inner, sender, origin) = (self.inner.clone(), sender.clone(), origin_host.to_owned());
+        futures::future::Either::Right(self.on_runtime(
+            async move { inner.cache_origin(&sender, &origin).await },
+            || Err(OriginError::Stopped),
+        ))
+    }
+
+    /// Runs the store refresh cycle now (what the refresher does every
+    /// `redis.refresh_after`): re-writes everything this node owns (its
+    /// sessions and domains by compare-and-set, its endpoints, its stamp in
+    /// `<local_host>#{nodes}` pruning dead nodes' fields, its `hosts`
+    /// member) and retries pending session writes. It reads nothing about
+    /// other datacenters: see [`Runtime::rebalance_now`] and
+    /// [`Runtime::refresh_hosts_now`].
     pub fn refresh_now(&self) -> impl Future<Output = ()> + Send + 'static {
         let refresher = self.inner.refresher.clone();
         self.on_runtime(
@@ -278,10 +347,23 @@ impl Runtime {
         )
     }
 
-    /// Reads `hosts` now (the periodic hosts refresh, at once).
+    /// Reads `hosts` now (the periodic hosts refresh, at once): pools are
+    /// prepared for datacenters not seen before.
     pub fn refresh_hosts_now(&self) -> impl Future<Output = ()> + Send + 'static {
         let out = self.inner.outgoing.clone();
         self.on_runtime(async move { out.refresh_hosts().await }, || ())
+    }
+
+    /// Re-reads the endpoints of every datacenter this runtime has pools
+    /// for and rebalances them now (what each DC's endpoint refresher does
+    /// every `connections.endpoint_refresh_interval`; MongooseIM's
+    /// `mod_global_distrib_server_mgr:force_refresh/1`): a new endpoint gets
+    /// a pool and takes traffic, a vanished one is disabled (then closed by
+    /// the disabled GC). Writes nothing. Returns the number of datacenters
+    /// whose endpoints could be read.
+    pub fn rebalance_now(&self) -> impl Future<Output = usize> + Send + 'static {
+        let out = self.inner.outgoing.clone();
+        self.on_runtime(async move { out.rebalance_all().await }, || 0)
     }
 
     /// Graceful stop: stop accepting and refreshing, flush what is queued
@@ -298,13 +380,25 @@ impl Runtime {
                 task.stop().await;
             }
             let until = tokio::time::Instant::now() + deadline;
-            let mut left = inner.outgoing.drain(until).await;
+            let mut left: Vec<(Envelope, bool)> = inner
+                .outgoing
+                .drain(until)
+                .await
+                .into_iter()
+                .map(|env| (env, false))
+                .collect();
             left.extend(inner.bounce.drain());
-            let n = left.len();
-            for env in left {
-                inner.router.delivery.undeliverable(env, Reason::Stopped);
+            let mut report = StopReport::default();
+            for (env, nowhere) in left {
+                if nowhere {
+                    report.unrouted += 1;
+                    inner.router.deliver_unrouted(env, Reason::Stopped);
+                } else {
+                    report.undeliverable += 1;
+                    inner.router.delivery.undeliverable(env, Reason::Stopped);
+                }
             }
-            StopReport { undeliverable: n }
+            report
         });
         rt.shutdown_timeout(Duration::from_secs(1));
         report
@@ -352,13 +446,19 @@ async fn build(
     let store = Store::new(backend);
     let metrics = Arc::new(Metrics::new());
     let local_host: Arc<str> = Arc::from(config.local_host.as_str());
-    let mapping = Arc::new(Mapping::new(
-        &config.global_host,
-        &config.local_host,
-        &config.cache,
-        store.clone(),
-        metrics.clone(),
-    ));
+    // What this node holds: written through by the refresher, and asked
+    // first by every lookup (own sessions are local whatever the store says).
+    let owned = Arc::new(OwnedState::new());
+    let mapping = Arc::new(
+        Mapping::new(
+            &config.global_host,
+            &config.local_host,
+            &config.cache,
+            store.clone(),
+            metrics.clone(),
+        )
+        .with_owned(owned.clone()),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let bounce = Arc::new(Bounce::new(
         &config.bounce,
@@ -409,7 +509,6 @@ async fn build(
             .map(|a| (a.ip().to_string(), a.port()))
             .collect(),
     };
-    let owned = Arc::new(OwnedState::new());
     owned.set_endpoints(advertised);
     // This DC's own domain resolves to it (lookup rule 5 for JIDs such as
     // user@dc1.example.com seen from another DC); hidden from disco.
@@ -446,6 +545,39 @@ async fn build(
 }
 
 impl Inner {
+    /// This DC, or a datacenter the outgoing side already knows.
+    fn known_origin(&self, host: &str) -> bool {
+        host == &*self.local_host || self.outgoing.knows(host)
+    }
+
+    async fn cache_origin(&self, sender: &Jid, origin: &str) -> Result<bool, OriginError> {
+        if !self.known_origin(origin) {
+            let hosts = self
+                .store
+                .hosts()
+                .await
+                .map_err(|error| OriginError::Store {
+                    host: origin.to_owned(),
+                    error,
+                })?;
+            if !hosts.iter().any(|h| h == origin) {
+                return Err(OriginError::UnknownOrigin(origin.to_owned()));
+            }
+        }
+        if !self.mapping.caches_origin_of(sender) {
+            return Ok(false);
+        }
+        match self.mapping.lookup(sender).await {
+            Ok(Location::Local | Location::Remote(_)) => Ok(false),
+            Ok(Location::Unknown) => Ok(self.mapping.cache_origin(sender, origin)),
+            Err(e) => {
+                // The origin is the best information there is meanwhile.
+                tracing::debug!(what = "gd_cache_origin_lookup_failed", sender = %sender, error = %e);
+                Ok(self.mapping.cache_origin(sender, origin))
+            }
+        }
+    }
+
     async fn session_opened(&self, jid: &Jid) {
         let (full, bare) = (jid.as_full_str(), jid.as_bare_str());
         // The cache first: stanzas routed meanwhile already find the user.

@@ -153,3 +153,42 @@ fn a_dead_node_is_pruned_from_the_nodes_hash_on_refresh() {
     fields.sort();
     assert_eq!(fields, vec!["node1@localhost".to_owned()]);
 }
+
+#[test]
+fn sessions_held_here_stay_local_after_a_redis_flushall() {
+    let redis = RedisServer::start();
+    let dc1 = start_on(1, &redis.url());
+    dc1.login("alice@example.com/a");
+    dc1.login("bob@example.com/b");
+    let mut raw = redis.client();
+    raw.cmd(&["FLUSHALL"]).unwrap();
+    assert!(raw
+        .cmd(&["GET", "bob@example.com/b"])
+        .unwrap()
+        .bulk()
+        .is_none());
+    // As if the cache entries had expired too: only what this node holds
+    // can answer.
+    for k in [
+        "alice@example.com/a",
+        "alice@example.com",
+        "bob@example.com/b",
+        "bob@example.com",
+    ] {
+        dc1.rt.mapping().remove_jid(k);
+    }
+    assert_eq!(
+        dc1.send("alice@example.com/a", "bob@example.com/b", "full"),
+        RouteResult::Local
+    );
+    assert_eq!(
+        dc1.send("alice@example.com/a", "bob@example.com", "bare"),
+        RouteResult::Local
+    );
+    let bob = dc::jid("bob@example.com");
+    assert_eq!(
+        dc1.rt.block_on(dc1.rt.lookup(&bob)).unwrap(),
+        gd_core::mapping::Location::Local
+    );
+    assert_eq!(dc1.rt.bounce_queue_size(), 0);
+}

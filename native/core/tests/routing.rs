@@ -83,7 +83,7 @@ fn message_to_bare_jid_before_presence_arrives() {
 }
 
 #[test]
-fn recipient_gone_ends_undeliverable_not_lost() {
+fn recipient_gone_continues_local_routing_not_lost() {
     let (dc1, dc2) = two_dcs();
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
@@ -96,32 +96,39 @@ fn recipient_gone_ends_undeliverable_not_lost() {
     dc2.logout("bob@example.com/b");
     let r = dc1.send("alice@example.com/a", "bob@example.com/b", "after logout");
     assert!(matches!(r, RouteResult::Forwarded(_) | RouteResult::Stored));
-    // Either DC reports it: dc2 after its bounce retries, or dc1 if its
-    // cache had expired. Nothing vanishes.
+    // bob is found nowhere: after its bounce retries, whichever DC held the
+    // stanza (dc2, or dc1 if its cache had expired) hands it to the host's
+    // local routing (offline storage), as MongooseIM does. Nothing vanishes
+    // and nothing is reported undeliverable.
+    let unrouted = |d: &Dc| {
+        d.inbox
+            .delivered
+            .lock()
+            .iter()
+            .filter(|x| x.unrouted.is_some())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     assert!(
-        wait_for(WAIT, || dc1.inbox.undeliverable_count()
-            + dc2.inbox.undeliverable_count()
-            == 1),
-        "undeliverable {} {}, delivered {} {}, bounce {} {}",
-        dc1.inbox.undeliverable_count(),
-        dc2.inbox.undeliverable_count(),
+        wait_for(WAIT, || unrouted(&dc1).len() + unrouted(&dc2).len() == 1),
+        "delivered {} {}, undeliverable {} {}, bounce {} {}",
         dc1.inbox.delivered_count(),
         dc2.inbox.delivered_count(),
+        dc1.inbox.undeliverable_count(),
+        dc2.inbox.undeliverable_count(),
         dc1.rt.bounce_queue_size(),
         dc2.rt.bounce_queue_size()
     );
-    let (env, reason) = dc1
-        .inbox
-        .undeliverable
-        .lock()
-        .iter()
-        .chain(dc2.inbox.undeliverable.lock().iter())
+    let d = unrouted(&dc1)
+        .into_iter()
+        .chain(unrouted(&dc2))
         .next()
-        .cloned()
         .unwrap();
-    assert_eq!(&env.payload[..], b"after logout");
-    assert_eq!(reason, Reason::RetriesExhausted);
-    assert_eq!(dc2.inbox.delivered_count(), 1);
+    assert_eq!(&d.envelope.payload[..], b"after logout");
+    assert_eq!(d.unrouted, Some(Reason::RetriesExhausted));
+    assert_eq!(d.from_host, None);
+    assert_eq!(dc1.inbox.undeliverable_count(), 0);
+    assert_eq!(dc2.inbox.undeliverable_count(), 0);
 }
 
 #[test]

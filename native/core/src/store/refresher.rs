@@ -170,6 +170,28 @@ impl OwnedState {
             .is_some_and(|tokens| key == bare || tokens.split(SEP).any(|t| full_of(t, bare) == key))
     }
 
+    /// Whether this node holds the session `to` names: the full JID itself,
+    /// or, for a bare JID (`full == bare`), any resource of that user. The
+    /// routing fast path asks this for every stanza: no allocation, one
+    /// shard lock held for a hash-table probe.
+    pub fn holds_session(&self, full: &str, bare: &str) -> bool {
+        if self.session_keys.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let shard = self.shard(bare).lock();
+        let Some(tokens) = shard.get(bare) else {
+            return false;
+        };
+        if full == bare {
+            return true;
+        }
+        let resource = full.strip_prefix(bare).and_then(|r| r.strip_prefix('/'));
+        tokens.split(SEP).any(|t| match t.strip_prefix(WHOLE) {
+            Some(whole) => whole == full,
+            None => resource == Some(t),
+        })
+    }
+
     /// Appends the keys of sessions shard `i` to `out`.
     fn shard_keys(&self, i: usize, out: &mut Vec<String>) {
         let shard = self.sessions[i].lock();

@@ -628,6 +628,7 @@ async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>
             envelope: env,
             from_host: Some(inc.from_host),
             transfer_time_us: inc.transfer_time_us,
+            unrouted: None,
         }),
         RouteResult::Undeliverable(reason) => {
             if !ready.is_empty() {

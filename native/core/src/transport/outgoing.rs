@@ -314,6 +314,11 @@ impl Outgoing {
         self.hosts.read().keys().cloned().collect()
     }
 
+    /// Whether `host` is a remote DC this runtime has pools for.
+    pub(crate) fn knows(&self, host: &str) -> bool {
+        self.hosts.read().contains_key(host)
+    }
+
     /// Endpoints currently enabled for `host`.
     pub fn endpoints_of(&self, host: &str) -> Vec<Endpoint> {
         self.hosts
@@ -500,6 +505,30 @@ impl Outgoing {
                 return;
             }
         }
+    }
+
+    /// Re-reads the endpoints of every known remote DC now and rebalances
+    /// (the endpoint refreshers' work, at once); the number of DCs read.
+    pub(crate) async fn rebalance_all(&self) -> usize {
+        let hosts: Vec<_> = self.hosts.read().values().cloned().collect();
+        let reads = hosts.iter().map(|h| async move {
+            let eps = self.fetch_endpoints(&h.name).await;
+            (h, eps)
+        });
+        let mut read = 0;
+        for (h, eps) in futures::future::join_all(reads).await {
+            match eps {
+                Ok(eps) => {
+                    self.rebalance(h, eps);
+                    h.ready.send_replace(true);
+                    read += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(what = "gd_endpoints_refresh_failed", host = %h.name, error = %e)
+                }
+            }
+        }
+        read
     }
 
     /// New endpoint → new pool; vanished endpoint → pool disabled (no new
@@ -799,7 +828,7 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
                 queued.extend(conn.give_up_unacked(ctx.give_up_after));
                 host.release(queued.len());
                 for env in queued {
-                    ctx.bounce.store_or_report(unsent(env), Reason::NoRoute);
+                    ctx.bounce.store_or_report(unsent(env), Reason::Unreachable);
                 }
             }
         }
