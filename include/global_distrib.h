@@ -62,7 +62,9 @@ typedef enum gd_payload_kind {
  */
 typedef enum gd_route_kind {
   /**
-   * The recipient is at this DC: the host continues its own routing.
+   * The host continues its own routing: the recipient is at this DC, or
+   * it is found in no DC and bounce cannot hold the stanza (disabled or
+   * full): route it locally (offline storage, or your own error).
    */
   GD_ROUTE_KIND_LOCAL = 0,
   /**
@@ -163,7 +165,7 @@ typedef struct gd_route_result {
    */
   const char *host;
   /**
-   * UNDELIVERABLE: a static string (e.g. "queue_full", "no_route").
+   * UNDELIVERABLE: a static string (e.g. "queue_full", "unreachable").
    * Otherwise NULL.
    */
   const char *reason;
@@ -214,18 +216,31 @@ typedef struct gd_delivery {
    * Sender clock to receiver clock in µs (0 when not from the wire).
    */
   uint64_t transfer_time_us;
+  /**
+   * In `deliver`: NULL for a stanza that simply arrived; a static string
+   * when global routing gave up on the stanza because its recipient is
+   * found in no DC and hands it back to your local routing (offline
+   * storage, or your own error for a user that does not exist), saying
+   * when: "retries_exhausted" (bounce's retries ran out), "no_route"
+   * (bounce disabled), "bounce_full", "stopped" (the runtime stopped
+   * while bounce held it). Always NULL in `undeliverable`.
+   */
+  const char *unrouted;
 } gd_delivery;
 
 /**
  * `deliver`: a stanza for a local recipient arrived from another DC (or
- * left bounce here); route it locally, never through `gd_route` again.
+ * left bounce here), or one whose recipient is found in no DC
+ * (`delivery->unrouted` non-NULL); route it locally, never through
+ * `gd_route` again.
  */
 typedef void (*gd_deliver_fn)(void *user_data, const struct gd_delivery *delivery);
 
 /**
  * `undeliverable`: a stanza was given up; answer its sender with an error
  * (e.g. service-unavailable). `reason` is a static string such as
- * "retries_exhausted", "queue_full", "stopped".
+ * "retries_exhausted", "unreachable", "queue_full", "too_large", "stopped".
+ * A recipient found in no DC never ends here: it goes to `deliver`.
  */
 typedef void (*gd_undeliverable_fn)(void *user_data,
                                     const struct gd_delivery *delivery,
@@ -478,6 +493,44 @@ enum gd_status gd_subhost_register(const struct gd_runtime *rt, const char *doma
  * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
  */
 enum gd_status gd_subhost_unregister(const struct gd_runtime *rt, const char *domain);
+
+/**
+ * A stanza from `sender` (a JID, borrowed) entered global routing at the
+ * DC `origin_host` (borrowed); call it on the node of the component the
+ * stanza is for, as MongooseIM's `maybe_update_mapping/2` does: if a
+ * lookup finds the sender nowhere, the cache (never the store) learns
+ * `sender → origin_host`, so the component's answer is routed before the
+ * store replicates. A user of the global host is cached by full and bare
+ * JID, a domain sender (no user part) as a domain; other senders are left
+ * alone. Skip `presence type='unavailable'`, as MongooseIM does.
+ * `origin_host` must be this DC's local_host or a DC of the store's
+ * `hosts` set: `GD_STATUS_INVALID_ARGUMENT` otherwise (remote input must
+ * not create state for arbitrary names); `GD_STATUS_STORE` when that set
+ * cannot be read. Blocks when the store must be asked; not allowed inside
+ * a callback.
+ *
+ * # Safety
+ * Every pointer argument is NULL or valid as described above; a NULL
+ * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+ */
+enum gd_status gd_cache_origin(const struct gd_runtime *rt,
+                               const char *sender,
+                               const char *origin_host);
+
+/**
+ * Re-reads the endpoints of every DC this runtime has pools for and
+ * rebalances them now, without waiting for
+ * `connections.endpoint_refresh_interval` (MongooseIM's
+ * `mod_global_distrib_server_mgr:force_refresh/1`): a new endpoint gets a
+ * pool and takes traffic, a vanished one is disabled (then closed by the
+ * disabled GC). Writes nothing to the store. Blocks (reads the store); not
+ * allowed inside a callback.
+ *
+ * # Safety
+ * Every pointer argument is NULL or valid as described above; a NULL
+ * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+ */
+enum gd_status gd_rebalance_now(const struct gd_runtime *rt);
 
 /**
  * The public subdomains of every DC (disco items) as a JSON array of

@@ -5,7 +5,13 @@
 %% Stanzas for local users arriving from other datacenters, and stanzas given
 %% up on, reach the host through the callback given to {@link start/2}, run
 %% by a pool of {@link global_distrib_worker}s:
-%% `Callback(deliver | undeliverable, Meta, Payload)'.
+%% `Callback(deliver | undeliverable, Meta, Payload)'. In a `deliver', the
+%% meta's `reason' is `undefined', or, for a stanza whose recipient was found
+%% in no datacenter and that global routing hands back to local routing
+%% (offline storage, or the host's own error), why:
+%% `retries_exhausted' (bounce's retries ran out), `no_route' (bounce
+%% disabled), `bounce_full' or `stopped' (the runtime stopped while bounce
+%% held it). Route it locally like any other delivery.
 %%
 %% Calls that need the metadata store or the network are answered by the
 %% NIF with `{wait, Ref}'; the functions here wait for `{Ref, Result}' with
@@ -17,7 +23,8 @@
          session_opened/2, session_closed/2,
          register_subhost/3, unregister_subhost/2,
          route/5, route/6, lookup/2, public_domains/1,
-         refresh_hosts/1, refresh_now/1, await_peer/3, store_del/2,
+         refresh_hosts/1, refresh_now/1, rebalance_now/1, cache_origin/3,
+         await_peer/3, store_del/2,
          endpoints_of/2, disabled_pools/2, debug_cache_session/3, debug_store_exec/2,
          info/1, metrics/1, prometheus/1, local_host/1, nif/1, workers/1, set_log_level/1]).
 
@@ -32,8 +39,8 @@
 -type store() :: global_distrib_nif:store().
 -type jid() :: binary().
 -type kind() :: message | presence | presence_unavailable | iq | other.
--type reason() :: retries_exhausted | no_route | bounce_full | queue_full | stopped
-                | store_unavailable | too_large | timeout.
+-type reason() :: retries_exhausted | no_route | unreachable | bounce_full | queue_full
+                | stopped | store_unavailable | too_large | timeout.
 -type route_result() :: local | {forwarded, Host :: binary()} | stored
                       | {undeliverable, reason()}.
 -type location() :: local | {remote, Host :: binary()} | unknown.
@@ -155,7 +162,8 @@ unregister_subhost(#gd_rt{nif = Nif}, Domain) ->
 route(Rt, From, To, Kind, Payload) ->
     route(Rt, From, To, Kind, Payload, ?TIMEOUT).
 
-%% @doc route(): `local' (the host delivers it itself), `{forwarded, Host}',
+%% @doc route(): `local' (the host routes it itself: the recipient is here, or
+%% it is found in no datacenter and bounce cannot hold it), `{forwarded, Host}',
 %% `stored' (held by bounce; it comes back through the callback) or
 %% `{undeliverable, Reason}' (answer the sender with an error). Inline on a
 %% cache hit; otherwise waits up to `Timeout' ms (`{undeliverable, timeout}').
@@ -186,13 +194,41 @@ public_domains(#gd_rt{nif = Nif}) ->
 refresh_hosts(#gd_rt{nif = Nif}) ->
     await(global_distrib_nif:refresh_hosts_now(Nif), ?TIMEOUT).
 
-%% @doc Runs one whole refresh cycle now (re-writes what this node owns,
-%% prunes dead nodes from `<host>#{nodes}', re-reads hosts and endpoints:
-%% new endpoints enabled, vanished ones disabled). Runs on the runtime's
+%% @doc Runs the store refresh cycle now (what happens every
+%% `redis.refresh_after'): re-writes everything this node owns (sessions and
+%% domains by compare-and-set, its endpoints, its stamp in
+%% `<local_host>#{nodes}' pruning dead nodes' fields, its `hosts' member)
+%% and retries pending session writes. It reads nothing about other
+%% datacenters: {@link rebalance_now/1} re-reads their endpoints,
+%% {@link refresh_hosts/1} the datacenter list. Runs on the runtime's
 %% threads; the caller waits for the answer by message.
 -spec refresh_now(runtime()) -> ok | {error, term()}.
 refresh_now(#gd_rt{nif = Nif}) ->
     await(global_distrib_nif:refresh_now(Nif), ?TIMEOUT).
+
+%% @doc Re-reads the endpoints of every datacenter this runtime has pools
+%% for and rebalances them now, without waiting for
+%% `connections.endpoint_refresh_interval' (MongooseIM's
+%% `mod_global_distrib_server_mgr:force_refresh/1'): a new endpoint gets a
+%% pool and takes traffic, a vanished one is disabled (closed later by the
+%% disabled GC). Writes nothing to the store.
+-spec rebalance_now(runtime()) -> ok | {error, term()}.
+rebalance_now(#gd_rt{nif = Nif}) ->
+    await(global_distrib_nif:rebalance_now(Nif), ?TIMEOUT).
+
+%% @doc A stanza from `Sender' entered global routing at datacenter
+%% `OriginHost' (MongooseIM's `mod_global_distrib_utils:maybe_update_mapping/2',
+%% on the node of the component it is for): if a lookup finds the sender
+%% nowhere, the cache (never the store) learns `Sender -> OriginHost', so the
+%% answer is routed before the store replicates. A user of global_host is
+%% cached by full and bare JID, a domain sender (no user part) as a domain;
+%% other senders are left alone. Skip `presence type="unavailable"', as
+%% MongooseIM does. `OriginHost' must be this datacenter's local_host or a
+%% datacenter of the store's `hosts' set: `{error, {unknown_origin, Host}}'
+%% otherwise. Inline when the cache answers.
+-spec cache_origin(runtime(), jid(), binary()) -> ok | {error, term()}.
+cache_origin(#gd_rt{nif = Nif}, Sender, OriginHost) ->
+    await(global_distrib_nif:cache_origin(Nif, Sender, OriginHost), ?TIMEOUT).
 
 %% @doc Endpoints of datacenter `Host' whose connection pools are enabled
 %% (empty while unknown).

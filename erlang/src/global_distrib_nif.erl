@@ -5,13 +5,13 @@
 -export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
          route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
-         store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
+         rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
          debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
 -nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
        route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
-       store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
+       rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
        debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
 -on_load(init/0).
@@ -87,6 +87,13 @@ refresh_hosts_now(_Rt) -> erlang:nif_error(nif_not_loaded).
 
 -spec refresh_now(rt()) -> wait() | stopped().
 refresh_now(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec rebalance_now(rt()) -> wait() | stopped().
+rebalance_now(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec cache_origin(rt(), binary(), binary()) ->
+          ok | wait() | bad_jid() | stopped() | {error, {unknown_origin, binary()}}.
+cache_origin(_Rt, _Sender, _Origin) -> erlang:nif_error(nif_not_loaded).
 
 -spec store_del(rt(), [binary()]) -> wait() | stopped().
 store_del(_Rt, _Keys) -> erlang:nif_error(nif_not_loaded).

@@ -49,6 +49,7 @@ typedef struct {
     char from[FIELD], to[FIELD], origin[FIELD], from_host[FIELD];
     char payload[FIELD];
     char reason[64];
+    char unrouted[64]; /* gd_delivery.unrouted, "" when NULL */
     int has_from_host;
     gd_payload_kind kind;
     uint8_t message_id[16];
@@ -99,6 +100,7 @@ static inline void fill(record *r, const gd_delivery *d) {
     copy_str(r->origin, d->origin);
     copy_str(r->from_host, d->from_host);
     r->has_from_host = d->from_host != NULL;
+    snprintf(r->unrouted, sizeof r->unrouted, "%s", d->unrouted ? d->unrouted : "");
     size_t n = d->payload_len < FIELD - 1 ? d->payload_len : FIELD - 1;
     if (n) memcpy(r->payload, d->payload, n);
     r->payload[n] = '\0';

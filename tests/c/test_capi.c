@@ -241,18 +241,43 @@ static void test_two_dcs(void) {
     CHECK_OK(gd_string_free(json));
     CHECK_OK(gd_string_free(prom));
 
-    /* bob leaves dc2: a message to him ends undeliverable, not lost. */
+    /* A sender the component's node knows nowhere: cache_origin teaches its
+     * cache (never the store) where the sender lives; a name that is no
+     * datacenter is refused. */
+    CHECK_STATUS(gd_cache_origin(dc1, "dave@example.com/d", "evil.example.net"),
+                 GD_STATUS_INVALID_ARGUMENT);
+    CHECK(contains(gd_last_error(), "evil.example.net"));
+    CHECK_OK(gd_cache_origin(dc1, "dave@example.com/d", "dc2.example.com"));
+    route_ok(dc1, "alice@example.com/a", "dave@example.com/d", "to dave", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED && strcmp(r.host, "dc2.example.com") == 0);
+    CHECK_OK(gd_rebalance_now(dc1));
+
+    /* bob leaves dc2: found nowhere, a message to him goes back to local
+     * routing after bounce's retries (offline storage), marked, at
+     * whichever DC held it; nothing is lost or reported undeliverable. */
     CHECK_OK(gd_session_closed(dc2, "bob@example.com/b"));
+    size_t d1 = atomic_load(&in1.delivered), d2 = atomic_load(&in2.delivered);
     route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "after logout", &r);
     CHECK(r.kind == GD_ROUTE_KIND_FORWARDED || r.kind == GD_ROUTE_KIND_STORED);
+    record *unrouted = NULL;
     double until = now_ms() + WAIT_MS;
-    while (atomic_load(&in1.undeliverable) + atomic_load(&in2.undeliverable) < 1 && now_ms() < until)
-        nap_ms(5);
-    record *bad = atomic_load(&in1.undeliverable) ? &in1.bad[0] : &in2.bad[0];
-    CHECK(atomic_load(&in1.undeliverable) + atomic_load(&in2.undeliverable) == 1);
-    CHECK(strcmp(bad->payload, "after logout") == 0);
-    CHECK(strcmp(bad->reason, "retries_exhausted") == 0);
-    CHECK(!bad->has_from_host);
+    while (!unrouted && now_ms() < until) {
+        pthread_mutex_lock(&in1.lock);
+        pthread_mutex_lock(&in2.lock);
+        for (size_t i = d1; i < atomic_load(&in1.delivered) && i < INBOX_KEEP; i++)
+            if (strcmp(in1.recent[i].payload, "after logout") == 0) unrouted = &in1.recent[i];
+        for (size_t i = d2; i < atomic_load(&in2.delivered) && i < INBOX_KEEP; i++)
+            if (strcmp(in2.recent[i].payload, "after logout") == 0) unrouted = &in2.recent[i];
+        pthread_mutex_unlock(&in2.lock);
+        pthread_mutex_unlock(&in1.lock);
+        if (!unrouted) nap_ms(5);
+    }
+    CHECK(unrouted != NULL);
+    CHECK(strcmp(unrouted->unrouted, "retries_exhausted") == 0);
+    CHECK(!unrouted->has_from_host);
+    CHECK(atomic_load(&in1.undeliverable) + atomic_load(&in2.undeliverable) == 0);
+    /* Ordinary deliveries carry no marker. */
+    CHECK(in2.recent[0].unrouted[0] == '\0');
 
     /* Stop: then calls say so, metrics still answer; free after. */
     size_t left = 99;
@@ -345,6 +370,69 @@ static void test_tls(const char *certs, const char *other_certs) {
     inbox_destroy(&in3);
 }
 
+/* TOML for a node of DC n with its own node name and endpoint refresh
+ * interval (dc_config's are fixed). */
+static gd_runtime *start_node(int n, const char *node, int refresh_s, gd_store *store,
+                              inbox *in) {
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "global_host = \"example.com\"\n"
+             "local_host = \"dc%d.example.com\"\n"
+             "node_name = \"%s\"\n"
+             "hosts_refresh_interval = 200\n"
+             "connections.endpoints = [{host = \"127.0.0.1\", port = 0}]\n"
+             "connections.endpoint_refresh_interval = %d\n"
+             "connections.endpoint_refresh_interval_when_empty = 1\n",
+             n, node, refresh_s);
+    gd_callbacks cb = inbox_callbacks(in);
+    gd_runtime *rt = NULL;
+    CHECK_OK(gd_runtime_new_with_store(cfg, GD_CONFIG_FORMAT_TOML, &cb, store, &rt));
+    return rt;
+}
+
+/* gd_rebalance_now: a second node of dc2 advertises its endpoint; dc1,
+ * whose periodic endpoint refresh is an hour away, sends to it at once. */
+static void test_rebalance_now(void) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in1, in2a, in2b;
+    inbox_init(&in1);
+    inbox_init(&in2a);
+    inbox_init(&in2b);
+    in1.quiet = in2a.quiet = in2b.quiet = 1;
+    gd_runtime *dc1 = start_node(1, "n1@localhost", 3600, store, &in1);
+    gd_runtime *dc2a = start_node(2, "n2a@localhost", 3600, store, &in2a);
+    CHECK_OK(gd_session_opened(dc2a, "bob@example.com/b"));
+    gd_route_result r;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "warm-up", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(wait_count(&in2a.delivered, 1, WAIT_MS));
+
+    gd_runtime *dc2b = start_node(2, "n2b@localhost", 3600, store, &in2b);
+    CHECK_OK(gd_rebalance_now(dc1));
+    /* Senders are bound to connections by hash: 64 of them use both. */
+    for (int i = 0; i < 64; i++) {
+        char from[64], body[16];
+        snprintf(from, sizeof from, "user%d@example.com/r", i);
+        snprintf(body, sizeof body, "m%d", i);
+        route_ok(dc1, from, "bob@example.com/b", body, &r);
+        CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    }
+    double until = now_ms() + WAIT_MS;
+    while (atomic_load(&in2a.delivered) + atomic_load(&in2b.delivered) < 65 && now_ms() < until)
+        nap_ms(5);
+    CHECK(atomic_load(&in2a.delivered) + atomic_load(&in2b.delivered) == 65);
+    CHECK(atomic_load(&in2b.delivered) > 0);
+
+    CHECK_OK(gd_runtime_free(dc1));
+    CHECK_OK(gd_runtime_free(dc2b));
+    CHECK_OK(gd_runtime_free(dc2a));
+    CHECK_OK(gd_store_free(store));
+    inbox_destroy(&in1);
+    inbox_destroy(&in2a);
+    inbox_destroy(&in2b);
+}
+
 /* argv[1], argv[2]: certificate directories of two different CAs
  * (gen_certs.sh); without them the TLS test is skipped. */
 int main(int argc, char **argv) {
@@ -356,6 +444,8 @@ int main(int argc, char **argv) {
     printf("ok - JSON configuration, several listeners\n");
     test_two_dcs();
     printf("ok - two DCs exchange stanzas through the callbacks, both directions\n");
+    test_rebalance_now();
+    printf("ok - gd_rebalance_now uses a new endpoint of a DC at once\n");
     if (argc > 2) {
         test_tls(argv[1], argv[2]);
         printf("ok - mutual TLS: same CA exchanges, another CA is refused\n");

@@ -69,16 +69,27 @@ pub struct gd_delivery {
     pub ttl: u8,
     /// Sender clock to receiver clock in µs (0 when not from the wire).
     pub transfer_time_us: u64,
+    /// In `deliver`: NULL for a stanza that simply arrived; a static string
+    /// when global routing gave up on the stanza because its recipient is
+    /// found in no DC and hands it back to your local routing (offline
+    /// storage, or your own error for a user that does not exist), saying
+    /// when: "retries_exhausted" (bounce's retries ran out), "no_route"
+    /// (bounce disabled), "bounce_full", "stopped" (the runtime stopped
+    /// while bounce held it). Always NULL in `undeliverable`.
+    pub unrouted: *const c_char,
 }
 
 /// `deliver`: a stanza for a local recipient arrived from another DC (or
-/// left bounce here); route it locally, never through `gd_route` again.
+/// left bounce here), or one whose recipient is found in no DC
+/// (`delivery->unrouted` non-NULL); route it locally, never through
+/// `gd_route` again.
 pub type gd_deliver_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, delivery: *const gd_delivery)>;
 
 /// `undeliverable`: a stanza was given up; answer its sender with an error
 /// (e.g. service-unavailable). `reason` is a static string such as
-/// "retries_exhausted", "queue_full", "stopped".
+/// "retries_exhausted", "unreachable", "queue_full", "too_large", "stopped".
+/// A recipient found in no DC never ends here: it goes to `deliver`.
 pub type gd_undeliverable_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -143,6 +154,7 @@ fn with_delivery(
     env: &Envelope,
     from_host: Option<&str>,
     transfer_time_us: u64,
+    unrouted: Option<Reason>,
     f: impl FnOnce(&gd_delivery),
 ) {
     // Taken out, not borrowed, so a nested delivery on this thread (a
@@ -182,6 +194,7 @@ fn with_delivery(
         message_id: env.meta.message_id.to_be_bytes(),
         ttl: env.meta.ttl,
         transfer_time_us,
+        unrouted: unrouted.map_or(std::ptr::null(), reason_cstr),
     };
     f(&d);
     STRINGS.with(|b| *b.borrow_mut() = buf);
@@ -196,6 +209,7 @@ impl Delivery for CDelivery {
                 &d.envelope,
                 d.from_host.as_deref(),
                 d.transfer_time_us,
+                d.unrouted,
                 |cd| {
                     // SAFETY: a host-supplied callback, called as documented.
                     unsafe { cb(ud.0, cd) }
@@ -209,7 +223,7 @@ impl Delivery for CDelivery {
         let ud = self.user_data;
         let reason = reason_cstr(reason);
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            with_delivery(&env, None, 0, |cd| {
+            with_delivery(&env, None, 0, None, |cd| {
                 // SAFETY: a host-supplied callback, called as documented.
                 unsafe { cb(ud.0, cd, reason) }
             })
@@ -222,6 +236,7 @@ pub(crate) fn reason_cstr(r: Reason) -> *const c_char {
     let s: &'static std::ffi::CStr = match r {
         Reason::RetriesExhausted => c"retries_exhausted",
         Reason::NoRoute => c"no_route",
+        Reason::Unreachable => c"unreachable",
         Reason::BounceFull => c"bounce_full",
         Reason::QueueFull => c"queue_full",
         Reason::Stopped => c"stopped",
@@ -241,6 +256,7 @@ mod tests {
         for r in [
             Reason::RetriesExhausted,
             Reason::NoRoute,
+            Reason::Unreachable,
             Reason::BounceFull,
             Reason::QueueFull,
             Reason::Stopped,

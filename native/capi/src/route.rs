@@ -15,7 +15,9 @@ use crate::runtime::gd_runtime;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum gd_route_kind {
-    /// The recipient is at this DC: the host continues its own routing.
+    /// The host continues its own routing: the recipient is at this DC, or
+    /// it is found in no DC and bounce cannot hold the stanza (disabled or
+    /// full): route it locally (offline storage, or your own error).
     Local = 0,
     /// Queued towards another DC (`host`).
     Forwarded = 1,
@@ -35,7 +37,7 @@ pub struct gd_route_result {
     /// FORWARDED: local_host of the DC it was queued to, owned by the
     /// runtime and valid until `gd_runtime_free`. Otherwise NULL.
     pub host: *const c_char,
-    /// UNDELIVERABLE: a static string (e.g. "queue_full", "no_route").
+    /// UNDELIVERABLE: a static string (e.g. "queue_full", "unreachable").
     /// Otherwise NULL.
     pub reason: *const c_char,
     /// The 128-bit id given to the stanza, big-endian.

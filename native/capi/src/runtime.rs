@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gd_core::config::Config;
-use gd_core::runtime::{Runtime, StartOptions};
+use gd_core::runtime::{OriginError, Runtime, StartOptions};
 use gd_core::store::{Backend, EmbeddedBackend};
 
 use crate::args::{jid_arg, non_null, not_in_callback, out_ptr, str_arg};
@@ -348,6 +348,81 @@ pub unsafe extern "C" fn gd_subhost_unregister(
         let rt = rt.live()?;
         not_in_callback("gd_subhost_unregister")?;
         rt.block_on(rt.unregister_subhost(domain));
+        Ok(())
+    })
+}
+
+/// A stanza from `sender` (a JID, borrowed) entered global routing at the
+/// DC `origin_host` (borrowed); call it on the node of the component the
+/// stanza is for, as MongooseIM's `maybe_update_mapping/2` does: if a
+/// lookup finds the sender nowhere, the cache (never the store) learns
+/// `sender → origin_host`, so the component's answer is routed before the
+/// store replicates. A user of the global host is cached by full and bare
+/// JID, a domain sender (no user part) as a domain; other senders are left
+/// alone. Skip `presence type='unavailable'`, as MongooseIM does.
+/// `origin_host` must be this DC's local_host or a DC of the store's
+/// `hosts` set: `GD_STATUS_INVALID_ARGUMENT` otherwise (remote input must
+/// not create state for arbitrary names); `GD_STATUS_STORE` when that set
+/// cannot be read. Blocks when the store must be asked; not allowed inside
+/// a callback.
+///
+/// # Safety
+/// Every pointer argument is NULL or valid as described above; a NULL
+/// where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn gd_cache_origin(
+    rt: *const gd_runtime,
+    sender: *const c_char,
+    origin_host: *const c_char,
+) -> gd_status {
+    boundary(|| {
+        // SAFETY: the caller's contract (valid runtime, NUL-terminated strings).
+        let (rt, sender, origin) = unsafe {
+            (
+                non_null(rt, "rt")?,
+                jid_arg(sender, "sender")?,
+                str_arg(origin_host, "origin_host")?,
+            )
+        };
+        let _log = rt.enter_log();
+        let rt = rt.live()?;
+        not_in_callback("gd_cache_origin")?;
+        let outcome = match rt.try_cache_origin(&sender, origin) {
+            Some(r) => r,
+            None => rt.block_on(rt.cache_origin(&sender, origin)),
+        };
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(e @ OriginError::UnknownOrigin(_)) => Err(Error::new(
+                gd_status::InvalidArgument,
+                format!("origin_host: {e}"),
+            )),
+            Err(e @ OriginError::Store { .. }) => Err(Error::new(gd_status::Store, e.to_string())),
+            Err(e @ OriginError::Stopped) => Err(Error::new(gd_status::Stopped, e.to_string())),
+        }
+    })
+}
+
+/// Re-reads the endpoints of every DC this runtime has pools for and
+/// rebalances them now, without waiting for
+/// `connections.endpoint_refresh_interval` (MongooseIM's
+/// `mod_global_distrib_server_mgr:force_refresh/1`): a new endpoint gets a
+/// pool and takes traffic, a vanished one is disabled (then closed by the
+/// disabled GC). Writes nothing to the store. Blocks (reads the store); not
+/// allowed inside a callback.
+///
+/// # Safety
+/// Every pointer argument is NULL or valid as described above; a NULL
+/// where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn gd_rebalance_now(rt: *const gd_runtime) -> gd_status {
+    boundary(|| {
+        // SAFETY: the caller's contract (valid runtime).
+        let rt = unsafe { non_null(rt, "rt")? };
+        let _log = rt.enter_log();
+        let rt = rt.live()?;
+        not_in_callback("gd_rebalance_now")?;
+        rt.block_on(rt.rebalance_now());
         Ok(())
     })
 }

@@ -77,6 +77,9 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 }
 
 /// `#{from, to, kind, message_id, origin, ttl, from_host, transfer_time_us, reason}`.
+/// `reason`: why it is undeliverable; in a `deliver`, `undefined`, or why
+/// global routing gave the stanza (recipient found nowhere) back to local
+/// routing (`retries_exhausted | no_route | bounce_full | stopped`).
 pub fn meta_term<'a>(
     env: Env<'a>,
     e: &Envelope,
@@ -190,7 +193,13 @@ impl Delivery for ErlDelivery {
         let from = d.envelope.from.clone();
         self.dispatch(&from, move |env| {
             let e = &d.envelope;
-            let meta = meta_term(env, e, d.from_host.as_deref(), d.transfer_time_us, None);
+            let meta = meta_term(
+                env,
+                e,
+                d.from_host.as_deref(),
+                d.transfer_time_us,
+                d.unrouted,
+            );
             (
                 atoms::global_distrib(),
                 atoms::deliver(),
@@ -229,8 +238,13 @@ impl Delivery for ErlDelivery {
                         .iter()
                         .map(|d| {
                             let e = &d.envelope;
-                            let meta =
-                                meta_term(env, e, d.from_host.as_deref(), d.transfer_time_us, None);
+                            let meta = meta_term(
+                                env,
+                                e,
+                                d.from_host.as_deref(),
+                                d.transfer_time_us,
+                                d.unrouted,
+                            );
                             (meta, binary(env, &e.payload)).encode(env)
                         })
                         .collect();

@@ -4,10 +4,11 @@
 //! moves work off the BEAM schedulers; every routing rule lives in the core.
 //!
 //! Scheduling rules (no NIF holds a normal scheduler for more than ~100 µs):
-//! - inline: cache-hit `route/5` and `lookup/2`, `info/1`, `set_*`;
+//! - inline: cache-hit `route/5`, `lookup/2` and `cache_origin/3`, `info/1`,
+//!   `set_*`;
 //! - `{wait, Ref}` then `{Ref, Result}` sent from a runtime thread: anything
 //!   that needs the store or the network (session, subhost, route misses,
-//!   lookup misses, public domains, refreshes);
+//!   lookup and cache_origin misses, public domains, refreshes, rebalance);
 //! - dirty schedulers: `start/2`, `stop/2` (dirty IO), `metrics/1`,
 //!   `prometheus/1` (dirty CPU).
 //!
@@ -40,7 +41,7 @@ use gd_core::jid::Jid;
 use gd_core::mapping::Location;
 use gd_core::metrics::MetricValue;
 use gd_core::routing::RouteResult;
-use gd_core::runtime::{Runtime, StartOptions};
+use gd_core::runtime::{OriginError, Runtime, StartOptions};
 use gd_core::store::{Backend, EmbeddedBackend};
 use gd_core::transport::frame::PayloadKind;
 use rustler::{
@@ -54,6 +55,7 @@ use delivery::ErlDelivery;
 mod atoms {
     rustler::atoms! {
         ok, error, wait, config, start, stopped, stored, bad_jid, bad_kind, store,
+        unknown_origin,
         local, forwarded, undeliverable, remote, unknown,
         message, presence, presence_unavailable, iq, other,
         workers, worker_threads, dispatch_shards,
@@ -411,6 +413,47 @@ fn refresh_hosts_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
 fn refresh_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
     let fut = rt.rt.refresh_now();
     wait_for(env, &rt, fut, ok_term)
+}
+
+/// `rebalance_now(Rt)`: `{wait, Ref}`, then `{Ref, ok}` once the endpoints
+/// of every known DC were re-read and their pools rebalanced.
+#[rustler::nif]
+fn rebalance_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
+    let fut = rt.rt.rebalance_now();
+    wait_for(env, &rt, fut, |e, _| atoms::ok().encode(e))
+}
+
+fn cache_origin_result(env: Env<'_>, r: Result<bool, OriginError>) -> Term<'_> {
+    match r {
+        Ok(_) => atoms::ok().encode(env),
+        Err(OriginError::UnknownOrigin(h)) => err(env, (atoms::unknown_origin(), h)),
+        Err(e @ OriginError::Store { .. }) => err(env, (atoms::store(), e.to_string())),
+        Err(OriginError::Stopped) => err(env, atoms::stopped()),
+    }
+}
+
+/// `cache_origin(Rt, Sender, OriginHost)`: `ok` inline when the caches and
+/// the known DCs answer, else `{wait, Ref}` then `{Ref, ok | {error, _}}`;
+/// `{error, {unknown_origin, Host}}` for a name that is no datacenter.
+#[rustler::nif]
+fn cache_origin<'a>(
+    env: Env<'a>,
+    rt: ResourceArc<RtRes>,
+    sender: Binary,
+    origin_bin: Binary,
+) -> NifResult<Term<'a>> {
+    if !alive(&rt) {
+        return Ok(err(env, atoms::stopped()));
+    }
+    let sender = jid_or_return!(env, sender);
+    let Ok(origin) = std::str::from_utf8(origin_bin.as_slice()) else {
+        return Ok(err(env, (atoms::unknown_origin(), origin_bin)));
+    };
+    if let Some(r) = rt.rt.try_cache_origin(&sender, origin) {
+        return Ok(cache_origin_result(env, r));
+    }
+    let fut = rt.rt.cache_origin(&sender, origin);
+    Ok(wait_for(env, &rt, fut, cache_origin_result))
 }
 
 /// `store_del(Rt, Keys)`: deletes keys of the metadata store through this
