@@ -114,7 +114,8 @@ pub enum Reason {
     QueueFull,
     /// The runtime stopped before the stanza could be delivered.
     Stopped,
-    /// The metadata store could not be read and bounce is disabled.
+    /// The metadata store could not be read during a lookup (why bounce
+    /// holds a stanza; like `NoRoute`, the recipient counts as found nowhere).
     StoreUnavailable,
     /// The stanza exceeds `connections.max_frame_size`.
     TooLarge,
