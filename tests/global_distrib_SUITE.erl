@@ -13,7 +13,7 @@
 -export([pm_between_dcs_both_directions/1,
          message_before_presence_arrives/1,
          subhosts_public_hidden_unregister/1,
-         recipient_gone_ends_undeliverable_not_lost/1,
+         recipient_gone_continues_local_routing/1,
          origin_hint_lets_receiver_answer/1,
          hundred_in_order_multi_connection_also_bounced/1,
          reconnection_to_another_dc_loses_nothing/1,
@@ -26,6 +26,8 @@
          worker_restart_keeps_delivering/1,
          burst_arrives_in_batches_in_order_per_sender/1,
          stop_reports_and_refuses/1,
+         cache_origin_teaches_the_cache_only/1,
+         rebalance_now_uses_a_new_endpoint_at_once/1,
          core_logs_reach_logger/1, log/2,
          cached_route_cost/1]).
 
@@ -43,7 +45,7 @@ groups() ->
       [pm_between_dcs_both_directions,
        message_before_presence_arrives,
        subhosts_public_hidden_unregister,
-       recipient_gone_ends_undeliverable_not_lost,
+       recipient_gone_continues_local_routing,
        origin_hint_lets_receiver_answer,
        hundred_in_order_multi_connection_also_bounced,
        reconnection_to_another_dc_loses_nothing,
@@ -51,12 +53,14 @@ groups() ->
        rebalancing_enables_disables_and_collects,
        advertised_endpoints_override_listen,
        global_distrib_addr_override_is_used,
-       ttl_stops_stanza_bouncing_between_stale_caches]},
+       ttl_stops_stanza_bouncing_between_stale_caches,
+       rebalance_now_uses_a_new_endpoint_at_once]},
      {binding, [],
       [proplist_config_and_metrics,
        worker_restart_keeps_delivering,
        burst_arrives_in_batches_in_order_per_sender,
        stop_reports_and_refuses,
+       cache_origin_teaches_the_cache_only,
        core_logs_reach_logger]}].
 
 %%--------------------------------------------------------------------
@@ -216,23 +220,29 @@ subhosts_public_hidden_unregister(_Config) ->
     %% Once dc1's domain cache expires, the subdomain has no route any more.
     wait_until(fun() -> global_distrib:lookup(R1, <<"muc.example.com">>) =:= unknown end).
 
-%% SPEC 11.4
+%% SPEC 11.4 and 7: bob leaves; found nowhere, the stanza goes back to
+%% local routing after bounce's retries (offline storage, as MongooseIM),
+%% at whichever DC held it, marked in the deliver meta's `reason'.
 
-recipient_gone_ends_undeliverable_not_lost(_Config) ->
+recipient_gone_continues_local_routing(_Config) ->
     {{R1, T1} = D1, {R2, T2}} = two_dcs(),
     ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
     ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
     {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"first">>),
     wait_until(fun() -> length(delivered(T2)) =:= 1 end),
+    [{_, deliver, #{reason := undefined}, <<"first">>}] = delivered(T2),
     ok = global_distrib:session_closed(R2, <<"bob@example.com/b">>),
     R = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"after logout">>),
     ?assert(R =:= stored orelse element(1, R) =:= forwarded, R),
-    %% dc2 reports it after its bounce retries, or dc1 if its cache expired.
-    wait_until(fun() -> length(undeliverable(T1)) + length(undeliverable(T2)) =:= 1 end),
-    [{Meta, <<"after logout">>}] = undeliverable(T1) ++ undeliverable(T2),
-    #{from := <<"alice@example.com/a">>, to := <<"bob@example.com/b">>, reason := Reason} = Meta,
-    ?assert(is_atom(Reason) andalso Reason =/= undefined),
-    ?assertEqual(1, length(delivered(T2))).
+    Unrouted = fun() -> [{M, P} || {_, deliver, #{reason := Why} = M, P}
+                                       <- ets:tab2list(T1) ++ ets:tab2list(T2),
+                                   Why =/= undefined]
+               end,
+    wait_until(fun() -> length(Unrouted()) =:= 1 end),
+    [{Meta, <<"after logout">>}] = Unrouted(),
+    #{from := <<"alice@example.com/a">>, to := <<"bob@example.com/b">>,
+      reason := retries_exhausted, from_host := undefined} = Meta,
+    ?assertEqual([], undeliverable(T1) ++ undeliverable(T2)).
 
 %% SPEC 11.6
 
@@ -550,8 +560,8 @@ proplist_config_and_metrics(_Config) ->
     ?assert(Port > 0),
     ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
     {forwarded, _} = send(D1, <<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"m">>),
-    %% bounce disabled: no route is undeliverable at once.
-    ?assertEqual({undeliverable, no_route},
+    %% bounce disabled: a recipient found nowhere goes to local routing at once.
+    ?assertEqual(local,
                  send(D1, <<"alice@example.com/a">>, <<"nobody@example.com/x">>, <<"m">>)),
     ?assertMatch({error, {bad_jid, _}},
                  global_distrib:route(R1, <<"@@">>, <<"b@example.com">>, message, <<>>)),
@@ -638,6 +648,56 @@ stop_reports_and_refuses(_Config) ->
     ?assertEqual([], undeliverable(T1)),
     %% Stopping twice is harmless.
     {ok, 0} = global_distrib_nif:stop(global_distrib:nif(R1), 100).
+
+%% cache_origin (MongooseIM's maybe_update_mapping/2): a sender found
+%% nowhere is cached (never stored) at its origin DC, so the answer is
+%% routed there; a name that is no datacenter is refused.
+cache_origin_teaches_the_cache_only(_Config) ->
+    {{R1, _} = D1, {R2, T2}} = two_dcs(),
+    ok = global_distrib:session_opened(R1, <<"alice@example.com/a">>),
+    ok = global_distrib:session_opened(R2, <<"bob@example.com/b">>),
+    Carol = <<"carol@example.com/c">>,
+    ?assertEqual(unknown, global_distrib:lookup(R1, Carol)),
+    ?assertEqual({error, {unknown_origin, <<"evil.example.net">>}},
+                 global_distrib:cache_origin(R1, Carol, <<"evil.example.net">>)),
+    ?assertMatch({error, {bad_jid, _}}, global_distrib:cache_origin(R1, <<"@@">>, host(2))),
+    ok = global_distrib:cache_origin(R1, Carol, host(2)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, Carol)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, <<"carol@example.com">>)),
+    ?assertEqual({ok, [nil, nil]},
+                 global_distrib:debug_store_exec(R1, [{get, Carol}, {get, <<"carol@example.com">>}])),
+    ?assertEqual({forwarded, host(2)}, send(D1, <<"alice@example.com/a">>, Carol, <<"answer">>)),
+    %% A sender found by the lookup is left alone.
+    ok = global_distrib:cache_origin(R1, <<"bob@example.com/b">>, host(1)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, <<"bob@example.com/b">>)),
+    %% A domain sender is cached as a domain.
+    ok = global_distrib:cache_origin(R1, <<"component.example.org">>, host(2)),
+    ?assertEqual({remote, host(2)}, global_distrib:lookup(R1, <<"x@component.example.org">>)),
+    wait_until(fun() -> length(delivered(T2)) >= 1 end).
+
+%% rebalance_now (MongooseIM's force_refresh/1): a second node of dc2
+%% advertises its endpoint; dc1, whose periodic endpoint refresh is an hour
+%% away, uses it at once.
+rebalance_now_uses_a_new_endpoint_at_once(_Config) ->
+    Store = global_distrib:new_store(),
+    C1 = dc_config(1),
+    Slow = (maps:get(connections, C1))#{endpoint_refresh_interval => 3600},
+    {R1, _} = D1 = start_dc(C1#{connections := Slow}, Store),
+    {R2a, T2a} = start_dc(dc_config(2), Store),
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R2a, Bob),
+    ok = global_distrib:await_peer(R1, host(2), ?WAIT),
+    ?assertEqual(1, length(global_distrib:endpoints_of(R1, host(2)))),
+    {_, T2b} = start_dc((dc_config(2))#{node_name => "node2b@localhost"}, Store),
+    ?assertEqual(1, length(global_distrib:endpoints_of(R1, host(2)))),
+    ok = global_distrib:rebalance_now(R1),
+    ?assertEqual(2, length(global_distrib:endpoints_of(R1, host(2)))),
+    %% Senders are bound to connections by hash: 64 of them use both.
+    [{forwarded, _} = send(D1, <<"user", (integer_to_binary(I))/binary, "@example.com/r">>,
+                           Bob, integer_to_binary(I))
+     || I <- lists:seq(1, 64)],
+    wait_until(fun() -> length(delivered(T2a)) + length(delivered(T2b)) =:= 64 end),
+    ?assert(length(delivered(T2b)) > 0).
 
 %% The core's tracing events reach logger as maps (#{what => ...}).
 core_logs_reach_logger(_Config) ->

@@ -10,7 +10,7 @@
 -export([all/0, groups/0, suite/0, init_per_suite/1, end_per_suite/1,
          init_per_group/2, end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
 -export([pm_between_nodes_both_directions/1, message_before_presence_arrives/1,
-         recipient_gone_ends_undeliverable_not_lost/1, dc_down_and_back/1,
+         recipient_gone_continues_local_routing/1, dc_down_and_back/1,
          throughput_between_nodes/1, foreign_ca_peer_is_refused/1,
          dead_node_pruned_on_refresh/1, redis_restarted_mid_traffic/1]).
 
@@ -25,7 +25,7 @@ all() ->
 
 groups() ->
     Cases = [pm_between_nodes_both_directions, message_before_presence_arrives,
-             recipient_gone_ends_undeliverable_not_lost, dc_down_and_back,
+             recipient_gone_continues_local_routing, dc_down_and_back,
              dead_node_pruned_on_refresh, redis_restarted_mid_traffic],
     [{tls, [sequence], Cases ++ [throughput_between_nodes, foreign_ca_peer_is_refused]},
      {plain, [sequence], Cases}].
@@ -240,7 +240,7 @@ message_before_presence_arrives(Config) ->
                  call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com">>, <<"bare">>])),
     wait_until(fun() -> call(P2, gd_test_host, bodies_to, [<<"bob@example.com">>]) =:= [<<"bare">>] end).
 
-recipient_gone_ends_undeliverable_not_lost(Config) ->
+recipient_gone_continues_local_routing(Config) ->
     P1 = peer_of(1, Config),
     P2 = peer_of(2, Config),
     ok = call(P1, gd_test_host, login, [<<"alice@example.com/a">>]),
@@ -249,10 +249,17 @@ recipient_gone_ends_undeliverable_not_lost(Config) ->
     wait_until(fun() -> length(call(P2, gd_test_host, delivered, [])) =:= 1 end),
     ok = call(P2, gd_test_host, logout, [<<"bob@example.com/b">>]),
     _ = call(P1, gd_test_host, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, <<"after">>]),
-    Undeliverable = fun() -> call(P1, gd_test_host, undeliverable, [])
-                                 ++ call(P2, gd_test_host, undeliverable, []) end,
-    wait_until(fun() -> length(Undeliverable()) =:= 1 end),
-    [{#{to := <<"bob@example.com/b">>}, <<"after">>}] = Undeliverable().
+    %% Found nowhere: after bounce's retries, local routing at whichever DC
+    %% held it (offline storage, as MongooseIM), marked in the meta.
+    Unrouted = fun() -> [{M, P} || {_, deliver, #{reason := Why} = M, P}
+                                       <- call(P1, gd_test_host, delivered, [])
+                                          ++ call(P2, gd_test_host, delivered, []),
+                                   Why =/= undefined]
+               end,
+    wait_until(fun() -> length(Unrouted()) =:= 1 end),
+    [{#{to := <<"bob@example.com/b">>, reason := retries_exhausted}, <<"after">>}] = Unrouted(),
+    ?assertEqual([], call(P1, gd_test_host, undeliverable, [])
+                     ++ call(P2, gd_test_host, undeliverable, [])).
 
 %% SPEC 11.8: a whole DC goes down; senders get undeliverable after
 %% retries; when it comes back, traffic resumes without restarting dc1.
