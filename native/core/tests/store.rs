@@ -727,3 +727,24 @@ async fn paced_pass_spreads_batches_over_the_period() {
     assert!(paced.elapsed >= Duration::from_millis(480), "{paced:?}");
     assert_eq!(t.get("u2499@g/r").await.as_deref(), Some("dc1"));
 }
+
+#[test]
+fn owned_state_says_which_sessions_this_node_holds() {
+    let s = OwnedState::new();
+    assert!(!s.holds_session("bob@example.com/b", "bob@example.com"));
+    s.session_opened("bob@example.com/b", "bob@example.com");
+    s.session_opened("bob@example.com/c", "bob@example.com");
+    // A resource that starts like the bare JID's separator marker is kept whole.
+    s.session_opened("eve@example.com/\u{1}x", "eve@example.com");
+    assert!(s.holds_session("bob@example.com/b", "bob@example.com"));
+    assert!(s.holds_session("bob@example.com/c", "bob@example.com"));
+    assert!(s.holds_session("bob@example.com", "bob@example.com"));
+    assert!(!s.holds_session("bob@example.com/d", "bob@example.com"));
+    assert!(s.holds_session("eve@example.com/\u{1}x", "eve@example.com"));
+    assert!(!s.holds_session("alice@example.com", "alice@example.com"));
+    s.session_closed("bob@example.com/b", "bob@example.com");
+    assert!(!s.holds_session("bob@example.com/b", "bob@example.com"));
+    assert!(s.holds_session("bob@example.com", "bob@example.com"));
+    s.session_closed("bob@example.com/c", "bob@example.com");
+    assert!(!s.holds_session("bob@example.com", "bob@example.com"));
+}

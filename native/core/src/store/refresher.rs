@@ -170,7 +170,7 @@ impl OwnedState {
             .is_some_and(|tokens| key == bare || tokens.split(SEP).any(|t| full_of(t, bare) == key))
     }
 
-    /// Whether this node holds the session `to` names: the full JID itself,
+    /// Whether this node holds the session a recipient names: `full` itself,
     /// or, for a bare JID (`full == bare`), any resource of that user. The
     /// routing fast path asks this for every stanza: no allocation, one
     /// shard lock held for a hash-table probe.
