@@ -8,15 +8,17 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use gd_core::mapping::Location;
 use gd_core::routing::{Reason, RouteResult};
 use gd_core::runtime::{OriginError, StopReport};
 use gd_core::store::embedded::EmbeddedBackend;
-use gd_core::store::{Backend, Cmd};
+use gd_core::store::{Backend, Cmd, Reply, StoreError};
 use gd_core::transport::frame::PayloadKind;
 use support::dc::{self, host, jid, Dc};
 use support::wait_for;
@@ -78,6 +80,59 @@ fn found_nowhere_after_retries_goes_to_local_delivery_marked() {
     assert_eq!(d.from_host, None);
     assert_eq!(dc1.inbox.undeliverable_count(), 0);
     assert_eq!(dc1.rt.bounce_queue_size(), 0);
+}
+
+/// An embedded store that fails every batch while `down` is set.
+struct Switchable {
+    inner: EmbeddedBackend,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl Backend for Switchable {
+    async fn exec(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("switched off by the test".into()));
+        }
+        self.inner.exec(cmds).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.inner.health().await
+    }
+    fn kind(&self) -> &'static str {
+        "switchable"
+    }
+}
+
+#[test]
+fn a_store_that_cannot_answer_counts_as_found_nowhere() {
+    let store = Arc::new(Switchable {
+        inner: EmbeddedBackend::new(),
+        down: AtomicBool::new(false),
+    });
+    let mut off = dc::config(1);
+    off.bounce.enabled = false;
+    let no_bounce = dc::start(off, store.clone());
+    let with_bounce = dc::start(dc::config(2), store.clone());
+    store.down.store(true, Ordering::SeqCst);
+
+    // Bounce disabled: local routing at once.
+    assert_eq!(
+        no_bounce.send("alice@example.com/a", "nobody@example.com/x", "now"),
+        RouteResult::Local
+    );
+    // Bounce enabled: held, and every retry's lookup fails too.
+    assert_eq!(
+        with_bounce.send("alice@example.com/a", "nobody@example.com/x", "later"),
+        RouteResult::Stored
+    );
+    assert!(wait_for(WAIT, || with_bounce.inbox.delivered_count() == 1));
+    assert_eq!(
+        unrouted_bodies(&with_bounce, Reason::RetriesExhausted),
+        vec!["later"]
+    );
+    assert_eq!(with_bounce.inbox.undeliverable_count(), 0);
+    store.down.store(false, Ordering::SeqCst);
 }
 
 /// dc1 (configured by `c1`) knows dc2, where bob logged in; then dc2 goes
