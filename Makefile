@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build test check fmt-check clippy cargo-test c-test erlang-test demo bench bench-smoke clean
+.PHONY: all setup build test check fmt-check clippy cargo-test c-test erlang-test mongooseim-check demo bench bench-smoke clean
 
 all: build
 
@@ -16,7 +16,7 @@ build: setup
 
 ## Everything: formatting, lints, Rust tests, the C ABI (header check, C
 ## tests, valgrind), the Erlang binding (Common Test, dialyzer, xref).
-test: setup fmt-check clippy cargo-test c-test erlang-test bench-smoke
+test: setup fmt-check clippy cargo-test c-test erlang-test mongooseim-check bench-smoke
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -35,6 +35,11 @@ erlang-test:
 	rebar3 ct
 	rebar3 dialyzer
 	rebar3 xref
+
+## scripts/mongooseim-integrate.sh on a copy of MIM_CHECKOUT (a MongooseIM
+## 6.x source tree); says it skipped when MIM_CHECKOUT is not set.
+mongooseim-check:
+	bash tests/mongooseim_integrate_check.sh
 
 ## Benchmarks (release build): one table, bench/results/latest.json.
 ## The smoke run keeps every bench compiling and running (part of test).

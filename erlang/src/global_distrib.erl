@@ -22,7 +22,7 @@
 -export([start/1, start/2, stop/1, stop/2, new_store/0, check_config/1,
          session_opened/2, session_closed/2,
          register_subhost/3, unregister_subhost/2,
-         route/5, route/6, lookup/2, public_domains/1,
+         route/5, route/6, lookup/2, public_domains/1, domains/2,
          refresh_hosts/1, refresh_now/1, rebalance_now/1, cache_origin/3,
          await_peer/3, store_del/2,
          endpoints_of/2, disabled_pools/2, debug_cache_session/3, debug_store_exec/2,
@@ -188,6 +188,12 @@ lookup(#gd_rt{nif = Nif}, Jid) ->
 -spec public_domains(runtime()) -> {ok, [binary()]} | {error, term()}.
 public_domains(#gd_rt{nif = Nif}) ->
     await(global_distrib_nif:public_domains(Nif), ?TIMEOUT).
+
+%% @doc Domains of every datacenter: the public ones (`PublicOnly' true, as
+%% {@link public_domains/1}) or all of them, hidden ones included.
+-spec domains(runtime(), boolean()) -> {ok, [binary()]} | {error, term()}.
+domains(#gd_rt{nif = Nif}, PublicOnly) ->
+    await(global_distrib_nif:domains(Nif, PublicOnly), ?TIMEOUT).
 
 %% @doc Reads the datacenter list of the store now.
 -spec refresh_hosts(runtime()) -> ok | {error, term()}.

@@ -4,13 +4,13 @@
 
 -export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
-         route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
+         route/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
          rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
          debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
 -nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
-       route/5, lookup/2, public_domains/1, refresh_hosts_now/1, refresh_now/1,
+       route/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
        rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
        debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
@@ -81,6 +81,9 @@ lookup(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).
 
 -spec public_domains(rt()) -> wait() | stopped().
 public_domains(_Rt) -> erlang:nif_error(nif_not_loaded).
+
+-spec domains(rt(), boolean()) -> wait() | stopped().
+domains(_Rt, _PublicOnly) -> erlang:nif_error(nif_not_loaded).
 
 -spec refresh_hosts_now(rt()) -> wait() | stopped().
 refresh_hosts_now(_Rt) -> erlang:nif_error(nif_not_loaded).

@@ -4,7 +4,7 @@
 -module(global_distrib_sup).
 -behaviour(supervisor).
 
--export([start_link/0, start_pool/3, stop_pool/1]).
+-export([start_link/0, start_pool/3, stop_pool/1, start_child/1, stop_child/1]).
 -export([init/1]).
 
 -spec start_link() -> {ok, pid()} | ignore | {error, term()}.
@@ -31,6 +31,23 @@ start_pool(Key, N, Callback) ->
 stop_pool(Key) ->
     _ = supervisor:terminate_child(?MODULE, {pool, Key}),
     _ = supervisor:delete_child(?MODULE, {pool, Key}),
+    ok.
+
+%% @doc Starts a process of a facade (e.g. MongooseIM's instrumentation
+%% reader) under this supervisor, so that it stops with the application.
+-spec start_child(supervisor:child_spec()) -> {ok, pid()} | {error, term()}.
+start_child(Spec) ->
+    case supervisor:start_child(?MODULE, Spec) of
+        {ok, Pid} -> {ok, Pid};
+        {ok, Pid, _} -> {ok, Pid};
+        {error, _} = E -> E
+    end.
+
+%% @doc Stops and removes the child `Id' (`ok' when there is none).
+-spec stop_child(term()) -> ok.
+stop_child(Id) ->
+    _ = supervisor:terminate_child(?MODULE, Id),
+    _ = supervisor:delete_child(?MODULE, Id),
     ok.
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.

@@ -241,8 +241,18 @@ impl Runtime {
     pub fn public_domains(
         &self,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static {
+        self.domains(true)
+    }
+
+    /// The domains of every datacenter: the public ones only, or all of
+    /// them (hidden component domains included; disco for servers, and for
+    /// users where the host lets them see hidden services).
+    pub fn domains(
+        &self,
+        public_only: bool,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static {
         let store = self.inner.store.clone();
-        self.on_runtime(async move { store.domains(true).await }, stopped_store)
+        self.on_runtime(async move { store.domains(public_only).await }, stopped_store)
     }
 
     /// Metadata for a stanza entering global routing here.

@@ -403,6 +403,16 @@ fn public_domains<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
     })
 }
 
+/// `domains(Rt, PublicOnly)`: `{wait, Ref}`, then `{Ref, {ok, [Domain]}}`.
+#[rustler::nif]
+fn domains<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, public_only: bool) -> Term<'a> {
+    let fut = rt.rt.domains(public_only);
+    wait_for(env, &rt, fut, |e, r| match r {
+        Ok(v) => (atoms::ok(), v).encode(e),
+        Err(x) => err(e, (atoms::store(), x.to_string())),
+    })
+}
+
 #[rustler::nif]
 fn refresh_hosts_now<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
     let fut = rt.rt.refresh_hosts_now();
