@@ -282,8 +282,8 @@ async fn key_may_live_in_the_certfile() {
     let dc2 = TlsConfig {
         certfile: bundle,
         keyfile: None,
-        cacertfile: ca_file,
-        ciphers: None,
+        cacertfile: Some(ca_file),
+        ..TlsConfig::default()
     };
 
     let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
@@ -436,7 +436,7 @@ fn key_of_another_certificate_is_rejected() {
 #[test]
 fn ca_file_without_certificate_is_rejected() {
     let (dir, mut cfg) = valid_config();
-    cfg.cacertfile = garbage(dir.path(), "empty-ca.crt", "");
+    cfg.cacertfile = Some(garbage(dir.path(), "empty-ca.crt", ""));
     let (err, msg) = config_error(&cfg);
     assert!(
         matches!(

@@ -93,7 +93,7 @@ pub fn write_tls_files(dir: &Path, name: &str, issued: &Issued, ca_pem: &str) ->
     TlsConfig {
         certfile,
         keyfile: Some(keyfile),
-        cacertfile,
-        ciphers: None,
+        cacertfile: Some(cacertfile),
+        ..TlsConfig::default()
     }
 }
