@@ -1337,8 +1337,14 @@ impl<'a> Field<'a> {
     fn list(&self, what: &str) -> Result<&'a Vec<Value>> {
         self.value.as_array().ok_or_else(|| self.expected(what))
     }
+    /// A string; an empty list counts as `""` because the Erlang binding
+    /// cannot tell the empty charlist `""` (MongooseIM's `string` options,
+    /// e.g. a blank password) from `[]`.
     fn string(&self) -> Result<&'a str> {
-        self.value.as_str().ok_or_else(|| self.expected("a string"))
+        match self.value {
+            Value::Array(items) if items.is_empty() => Ok(""),
+            value => value.as_str().ok_or_else(|| self.expected("a string")),
+        }
     }
     fn boolean(&self) -> Result<bool> {
         self.value
