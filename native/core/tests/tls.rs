@@ -794,3 +794,12 @@ async fn server_name_indication_host_replaces_the_remote_dc_name() {
     let (_, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
     assert!(is_certificate_error(&client.unwrap_err()));
 }
+
+#[test]
+fn verify_mode_peer_without_a_ca_file_is_refused() {
+    let (_dir, mut cfg) = valid_config();
+    cfg.cacertfile = None;
+    let (err, msg) = config_error(&cfg);
+    assert!(matches!(err, TlsError::MissingCa), "{err:?}");
+    assert!(msg.starts_with("connections.tls.cacertfile: required with verify_mode = peer"));
+}

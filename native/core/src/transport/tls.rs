@@ -114,6 +114,11 @@ pub enum TlsError {
         path.display()
     )]
     LegacyEncryptedKey { option: &'static str, path: PathBuf },
+    #[error(
+        "connections.tls.cacertfile: required with verify_mode = peer (give the CA bundle, \
+         or choose selfsigned_peer or none)"
+    )]
+    MissingCa,
     #[error("connections.tls.crl_files: {}: {reason}", path.display())]
     Crl { path: PathBuf, reason: String },
     #[error("TLS server name {host:?} (a DC local_host) is not a valid DNS name or IP address")]
@@ -143,6 +148,9 @@ impl std::fmt::Debug for TlsSetup {
 impl TlsSetup {
     /// Loads the files named by `cfg` and builds both sides of mutual TLS.
     pub fn from_config(cfg: &TlsConfig) -> Result<TlsSetup, TlsError> {
+        if cfg.verify_mode == VerifyMode::Peer && cfg.cacertfile.is_none() {
+            return Err(TlsError::MissingCa);
+        }
         let chain = load_certs("certfile", &cfg.certfile)?;
         let password = cfg.password.as_deref();
         let key = match &cfg.keyfile {
