@@ -1,7 +1,8 @@
 //! Configuration: one type for every option of SPEC 2, whatever the input
 //! form (a MongooseIM TOML document or bare `[modules.mod_global_distrib]`
-//! section, JSON text, or the seed's proplists/maps that the Erlang binding
-//! turns into a JSON value).
+//! section, JSON text, the seed's proplists/maps that the Erlang binding
+//! turns into a JSON value, or the option map MongooseIM 6.8's parser hands
+//! to `mod_global_distrib:start/2` with its processed Redis pool).
 //!
 //! Reading is hand-written over a JSON value tree instead of derived with
 //! serde so that every error names the full option path, the value given and
