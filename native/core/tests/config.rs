@@ -1424,3 +1424,43 @@ fn each_bad_processed_option_names_its_path() {
     }
     assert!(processed_error(&format!("{M}/message_ttl"), json!(300)).starts_with("message_ttl:"));
 }
+
+#[test]
+fn tls_keys_without_meaning_for_rustls_are_logged_at_info() {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        parse(json!({"connections": {"tls": {
+            "certfile": cert, "cacertfile": ca,
+            "dhfile": "dh.pem", "early_data": true, "session_tickets": "stateless"
+        }}}))
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    for key in ["dhfile", "early_data", "session_tickets"] {
+        let line = format!("option=connections.tls.{key}");
+        assert!(
+            text.lines().any(|l| l.contains("INFO")
+                && l.contains("gd_tls_option_ignored")
+                && l.contains(&line)),
+            "{key}: {text}"
+        );
+    }
+}

@@ -803,3 +803,45 @@ fn verify_mode_peer_without_a_ca_file_is_refused() {
     assert!(matches!(err, TlsError::MissingCa), "{err:?}");
     assert!(msg.starts_with("connections.tls.cacertfile: required with verify_mode = peer"));
 }
+
+/// What `f` logs at info and above, as text.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+#[test]
+fn verify_mode_none_and_disconnect_on_failure_false_warn_at_start() {
+    let (_dir, mut cfg) = valid_config();
+    let (_, quiet) = logged(|| setup(&cfg));
+    assert!(!quiet.contains("WARN"), "{quiet}");
+    cfg.verify_mode = VerifyMode::None;
+    let (_, text) = logged(|| setup(&cfg));
+    assert!(
+        text.contains("WARN") && text.contains("gd_tls_verification_disabled"),
+        "{text}"
+    );
+    cfg.verify_mode = VerifyMode::Peer;
+    cfg.disconnect_on_failure = false;
+    let (_, text) = logged(|| setup(&cfg));
+    assert!(text.contains("gd_tls_verification_not_enforced"), "{text}");
+}
