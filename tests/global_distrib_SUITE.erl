@@ -23,6 +23,7 @@
          global_distrib_addr_override_is_used/1,
          ttl_stops_stanza_bouncing_between_stale_caches/1,
          proplist_config_and_metrics/1,
+         mongooseim_processed_options_are_read_unchanged/1,
          worker_restart_keeps_delivering/1,
          burst_arrives_in_batches_in_order_per_sender/1,
          stop_reports_and_refuses/1,
@@ -57,6 +58,7 @@ groups() ->
        rebalance_now_uses_a_new_endpoint_at_once]},
      {binding, [],
       [proplist_config_and_metrics,
+       mongooseim_processed_options_are_read_unchanged,
        worker_restart_keeps_delivering,
        burst_arrives_in_batches_in_order_per_sender,
        stop_reports_and_refuses,
@@ -347,6 +349,67 @@ wrong_config_fails_clearly(_Config) ->
     %% No pool is left behind by a failed start.
     Pools = [Id || {{pool, _} = Id, _, _, _} <- supervisor:which_children(global_distrib_sup)],
     ?assertEqual([], Pools).
+
+%% The document the MongooseIM facade builds: mod_global_distrib's options
+%% exactly as MongooseIM 6.8's parser hands them to start/2 (config_spec/0 +
+%% process_opts/1, with tls([client, server]) defaults), the processed Redis
+%% pool (mongoose_config_spec:process_pool/2) and the node name. The terms
+%% go through the NIF's conversion as they are: binaries, charlists, atoms,
+%% tuples, `undefined'.
+
+mongooseim_processed_options_are_read_unchanged(Config) ->
+    Dir = ?config(priv_dir, Config),
+    [Cert, Key, Ca] = Files = [filename:join(Dir, F) || F <- ["dc1.pem", "dc1.key", "ca.pem"]],
+    [ok = file:write_file(F, <<"pem">>) || F <- Files],
+    Tls = #{certfile => Cert, keyfile => Key, cacertfile => Ca,
+            verify_mode => peer, disconnect_on_failure => true, crl_files => [],
+            versions => ['tlsv1.2', 'tlsv1.3'],
+            server_name_indication => #{enabled => true, protocol => default}},
+    Opts = #{global_host => <<"example.com">>,
+             local_host => <<"datacenter1.example.com">>,
+             message_ttl => 4, hosts_refresh_interval => 3000,
+             connections => #{endpoints => [{"172.16.0.2", 5555}],
+                              advertised_endpoints => [{"172.16.0.2", 5555}],
+                              resolved_endpoints => [{{172, 16, 0, 2}, 5555}],
+                              connections_per_endpoint => 30,
+                              endpoint_refresh_interval => 60,
+                              endpoint_refresh_interval_when_empty => 3,
+                              disabled_gc_interval => 60,
+                              tls => Tls},
+             redis => #{pool => global_distrib, expire_after => 120, refresh_after => 60},
+             cache => #{cache_missed => true, domain_lifetime_seconds => 60,
+                        jid_lifetime_seconds => 5, max_jids => 10000},
+             bounce => #{enabled => true, resend_after_ms => 300, max_retries => 3}},
+    Pool = #{type => redis, scope => global, tag => global_distrib,
+             opts => #{workers => 24, strategy => best_worker, call_timeout => 5000},
+             conn_opts => #{host => "172.16.0.3", port => 6379, database => 0,
+                            username => "gd", password => "secret"}},
+    Doc = #{modules => #{mod_global_distrib => Opts},
+            outgoing_pools => #{redis => #{global_distrib => Pool}},
+            node_name => node()},
+    ?assertEqual(ok, global_distrib:check_config(Doc)),
+    %% MongooseIM's own processed outgoing_pools: a list of pools.
+    Rdbms = #{type => rdbms, scope => global, tag => default, opts => #{}, conn_opts => #{}},
+    ?assertEqual(ok, global_distrib:check_config(Doc#{outgoing_pools := [Rdbms, Pool]})),
+    %% Every zero MongooseIM's non_negative allows; an empty password.
+    Zeros = Opts#{message_ttl := 0, hosts_refresh_interval := 0,
+                  redis := #{pool => global_distrib, expire_after => 120, refresh_after => 0},
+                  cache := #{cache_missed => true, domain_lifetime_seconds => 0,
+                             jid_lifetime_seconds => 0, max_jids => 0},
+                  bounce := #{enabled => true, resend_after_ms => 0, max_retries => 0}},
+    NoPassword = Pool#{conn_opts := #{host => "172.16.0.3", port => 6379, database => 0,
+                                      password => ""}},
+    ?assertEqual(ok, global_distrib:check_config(
+                       Doc#{modules := #{mod_global_distrib => Zeros},
+                            outgoing_pools := #{redis => #{global_distrib => NoPassword}}})),
+    %% TLS to Redis is refused, naming the path.
+    TlsPool = Pool#{conn_opts := #{host => "172.16.0.3", port => 6379, database => 0,
+                                   tls => #{verify_mode => peer}}},
+    {error, {config, Msg}} =
+        global_distrib:check_config(Doc#{outgoing_pools := #{redis => #{global_distrib => TlsPool}}}),
+    ?assertEqual(<<"outgoing_pools.redis.global_distrib.conn_opts.tls: TLS to Redis is not supported yet: "
+                   "remove it, or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)">>,
+                 Msg).
 
 %% SPEC 11.9: rebalancing. dc2 listens on two ports but advertises only the
 %% first; a new "node" of dc2 then advertises the second (written to the

@@ -155,8 +155,8 @@ fn leaf(
     Ok(TlsConfig {
         certfile,
         keyfile: Some(keyfile),
-        cacertfile: cafile.to_path_buf(),
-        ciphers: None,
+        cacertfile: Some(cafile.to_path_buf()),
+        ..TlsConfig::default()
     })
 }
 

@@ -285,7 +285,12 @@ fn cert_args(plan: &Plan, certs: &Certs) -> Vec<String> {
     let key = |t: &gd_core::config::TlsConfig| t.keyfile.as_deref().map(path).unwrap_or_default();
     vec![
         mode.to_owned(),
-        path(&certs.dc1.cacertfile),
+        certs
+            .dc1
+            .cacertfile
+            .as_deref()
+            .map(path)
+            .unwrap_or_default(),
         path(&certs.dc1.certfile),
         key(&certs.dc1),
         path(&certs.dc2.certfile),

@@ -108,8 +108,14 @@ impl Bounce {
         self.len() == 0
     }
 
+    /// `resend_after_ms = 0`: the first retry is immediate and the later
+    /// ones back off from 1 ms, so a stanza whose retries keep failing
+    /// never spins.
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = Duration::from_millis(self.cfg.resend_after_ms);
+        if self.cfg.resend_after_ms == 0 && attempt == 0 {
+            return Duration::ZERO;
+        }
+        let base = Duration::from_millis(self.cfg.resend_after_ms.max(1));
         base.saturating_mul(1u32 << attempt.min(16))
             .min(MAX_BACKOFF.max(base))
     }

@@ -1,7 +1,8 @@
 //! Configuration: one type for every option of SPEC 2, whatever the input
 //! form (a MongooseIM TOML document or bare `[modules.mod_global_distrib]`
-//! section, JSON text, or the seed's proplists/maps that the Erlang binding
-//! turns into a JSON value).
+//! section, JSON text, the seed's proplists/maps that the Erlang binding
+//! turns into a JSON value, or the option map MongooseIM 6.8's parser hands
+//! to `mod_global_distrib:start/2` with its processed Redis pool).
 //!
 //! Reading is hand-written over a JSON value tree instead of derived with
 //! serde so that every error names the full option path, the value given and
@@ -36,16 +37,101 @@ pub struct Endpoint {
 }
 
 /// Mutual TLS between datacenters (absent: plain TCP).
+///
+/// Mirrors MongooseIM 6.8's `mongoose_config_spec:tls([client, server])`
+/// (`src/config/mongoose_config_spec.erl`, tag 6.8.0 =
+/// cabaa45da4883aa2392057efb4632bdbbc5a74a6): every key it accepts for
+/// `connections.tls` is read here; the ones meaning something to rustls are
+/// kept, the others are accepted, logged and dropped (docs/CONFIG.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsConfig {
     /// PEM certificate chain presented to peers.
     pub certfile: PathBuf,
     /// PEM private key; when absent the key is read from `certfile`.
     pub keyfile: Option<PathBuf>,
-    /// PEM CA bundle peers are verified against.
-    pub cacertfile: PathBuf,
+    /// PEM CA bundle peers are verified against; optional with
+    /// `verify_mode` `none` or `selfsigned_peer`.
+    pub cacertfile: Option<PathBuf>,
     /// Optional cipher suite names (rustls names, e.g. `TLS13_AES_128_GCM_SHA256`).
     pub ciphers: Option<Vec<String>>,
+    /// How the peer's certificate is checked (MongooseIM default: `peer`).
+    #[serde(default)]
+    pub verify_mode: VerifyMode,
+    /// `false`: a peer failing verification is logged and let in anyway
+    /// (MongooseIM's `disconnect_on_failure`, default true).
+    #[serde(default = "yes")]
+    pub disconnect_on_failure: bool,
+    /// Protocol versions offered (`tlsv1.2`, `tlsv1.3`); none: both.
+    #[serde(default)]
+    pub versions: Option<Vec<String>>,
+    /// PEM certificate revocation lists checked for the peer's chain.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+    /// Password of an encrypted PKCS#8 key (`ENCRYPTED PRIVATE KEY`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The name the connecting side sends and checks the server against.
+    #[serde(default)]
+    pub server_name_indication: SniConfig,
+}
+
+/// MongooseIM's defaults around empty paths (tests and programs fill in
+/// the files): `verify_mode = peer`, `disconnect_on_failure = true`, no
+/// CRL, SNI enabled.
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certfile: PathBuf::new(),
+            keyfile: None,
+            cacertfile: None,
+            ciphers: None,
+            verify_mode: VerifyMode::Peer,
+            disconnect_on_failure: true,
+            versions: None,
+            crl_files: Vec::new(),
+            password: None,
+            server_name_indication: SniConfig::default(),
+        }
+    }
+}
+
+/// MongooseIM's `verify_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// The peer's chain must lead to `cacertfile`.
+    #[default]
+    Peer,
+    /// As `peer`, and a self-signed peer certificate is accepted too.
+    SelfsignedPeer,
+    /// No verification at all (a warning is logged at start).
+    None,
+}
+
+/// MongooseIM's `server_name_indication` section (client side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SniConfig {
+    /// `false`: no SNI extension is sent (the certificate is still checked
+    /// against the remote DC's `local_host`).
+    pub enabled: bool,
+    /// Name sent and checked instead of the remote DC's `local_host`.
+    pub host: Option<String>,
+    /// `default` or `https` (accepted; webpki matching covers both).
+    pub protocol: String,
+}
+
+impl Default for SniConfig {
+    fn default() -> Self {
+        SniConfig {
+            enabled: true,
+            host: None,
+            protocol: "default".to_owned(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +160,13 @@ pub struct RedisConfig {
     pub url: Option<String>,
     pub server: String,
     pub port: u16,
+    /// ACL user (Redis 6+); empty: none (`AUTH password` alone).
+    #[serde(default)]
+    pub username: String,
     pub password: String,
+    /// Database index (`SELECT`); only 0 works through Dynomite/twemproxy.
+    #[serde(default)]
+    pub database: u32,
     pub pool_size: u32,
     /// Seconds: TTL of every key this node writes.
     pub expire_after: u64,
@@ -160,6 +252,9 @@ mod defaults {
     pub const REDIS_SERVER: &str = "127.0.0.1";
     pub const REDIS_PORT: u16 = 8102;
     pub const REDIS_POOL_SIZE: u32 = 1;
+    /// MongooseIM's defaults of `[outgoing_pools.redis.*.connection]`.
+    pub const MONGOOSEIM_REDIS_HOST: &str = "127.0.0.1";
+    pub const MONGOOSEIM_REDIS_PORT: u16 = 6379;
     pub const EXPIRE_AFTER: u64 = 120;
     pub const REFRESH_AFTER: u64 = 60;
     /// MongooseIM's default `redis.pool` name.
@@ -251,14 +346,29 @@ impl Config {
         Ok(resolved)
     }
 
+    /// Zero means the hosts are read once, at start (MongooseIM would
+    /// re-read them in a tight loop).
     pub fn hosts_refresh_interval(&self) -> Duration {
         Duration::from_millis(self.hosts_refresh_interval)
     }
     pub fn expire_after(&self) -> Duration {
         Duration::from_secs(self.redis.expire_after)
     }
+    /// The period of the store refresher. `refresh_after = 0` (allowed by
+    /// MongooseIM's `non_negative`) would rewrite every key back to back;
+    /// it is read as half of `expire_after`, MongooseIM's default ratio
+    /// (60 of 120 s), the longest period that still leaves a whole pass of
+    /// margin before keys expire.
     pub fn refresh_after(&self) -> Duration {
-        Duration::from_secs(self.redis.refresh_after)
+        match self.redis.refresh_after {
+            0 => Duration::from_millis(self.redis.expire_after.saturating_mul(500)),
+            secs => Duration::from_secs(secs),
+        }
+    }
+    /// Outgoing connections per remote endpoint: 0 (allowed by MongooseIM,
+    /// where it leaves the node unable to send) opens one.
+    pub fn connections_per_endpoint(&self) -> usize {
+        self.connections.connections_per_endpoint.max(1) as usize
     }
     pub fn endpoint_refresh_interval(&self) -> Duration {
         Duration::from_secs(self.connections.endpoint_refresh_interval)
@@ -319,6 +429,7 @@ const CONNECTIONS_KEYS: &[&str] = &[
     "endpoints",
     "max_frame_size",
     "outgoing_queue_size",
+    "resolved_endpoints",
     "tls",
 ];
 /// The seed's names for options MongooseIM later renamed.
@@ -326,9 +437,27 @@ const CONNECTIONS_ALIASES: &[(&str, &str)] = &[
     ("num_of_connections", "connections_per_endpoint"),
     ("tls_opts", "tls"),
 ];
-const TLS_KEYS: &[&str] = &["cacertfile", "certfile", "ciphers", "enabled", "keyfile"];
+/// `enabled` is ours (the older MongooseIM switch); the rest is MongooseIM
+/// 6.8's `tls([client, server])`.
+const TLS_KEYS: &[&str] = &[
+    "cacertfile",
+    "certfile",
+    "ciphers",
+    "crl_files",
+    "dhfile",
+    "disconnect_on_failure",
+    "early_data",
+    "enabled",
+    "keyfile",
+    "password",
+    "server_name_indication",
+    "session_tickets",
+    "verify_mode",
+    "versions",
+];
 const TLS_ALIASES: &[(&str, &str)] = &[("cafile", "cacertfile")];
 const REDIS_KEYS: &[&str] = &[
+    "database",
     "expire_after",
     "password",
     "pool",
@@ -337,6 +466,7 @@ const REDIS_KEYS: &[&str] = &[
     "refresh_after",
     "server",
     "url",
+    "username",
 ];
 const CACHE_KEYS: &[&str] = &[
     "cache_missed",
@@ -347,6 +477,9 @@ const CACHE_KEYS: &[&str] = &[
 const BOUNCE_KEYS: &[&str] = &["enabled", "max_retries", "max_stored", "resend_after_ms"];
 
 /// Finds the section: a whole MongooseIM document has a `modules` table.
+/// Besides `modules` and `outgoing_pools`, such a document may carry
+/// `node_name` at its top (the Erlang facade puts the node's name there);
+/// every other top-level key is MongooseIM's and ignored.
 fn read_document(root: &Value) -> Result<Config> {
     let root = Field::new(DOCUMENT, root);
     let top = root.map()?;
@@ -354,21 +487,59 @@ fn read_document(root: &Value) -> Result<Config> {
         return read_section(&Field::new("", root.value), &Map::new());
     };
     let modules = Field::new("modules", modules);
-    let section = modules
+    let mut section = modules
         .map()?
         .get("mod_global_distrib")
         .cloned()
         .ok_or_else(|| {
             ConfigError::new("modules.mod_global_distrib", "required section missing")
         })?;
-    let redis_pools = match top
-        .get("outgoing_pools")
-        .and_then(|pools| pools.get("redis"))
-    {
-        Some(pools) => Field::new("outgoing_pools.redis", pools).map()?,
+    if let Some(node_name) = top.get("node_name").filter(|v| !v.is_null()) {
+        let section_field = Field::new("modules.mod_global_distrib", &section);
+        let mut options = section_field.map()?;
+        if options.get("node_name").is_some_and(|v| !v.is_null()) {
+            let message =
+                "also given as modules.mod_global_distrib.node_name; give only one of them";
+            return Err(ConfigError::new("node_name", message));
+        }
+        options.insert("node_name".to_owned(), node_name.clone());
+        section = Value::Object(options);
+    }
+    let redis_pools = match top.get("outgoing_pools") {
+        Some(pools) => redis_pools(&Field::new("outgoing_pools", pools))?,
         None => Map::new(),
     };
     read_section(&Field::new("", &section), &redis_pools)
+}
+
+/// The Redis pools by tag, from `outgoing_pools.redis.<tag>` (TOML, or the
+/// facade's `#{redis => #{Tag => Pool}}`) or from MongooseIM's processed
+/// global option, a list of `#{type => redis, tag => Tag, ...}` maps.
+fn redis_pools(pools: &Field) -> Result<Map<String, Value>> {
+    if let Value::Array(items) = pools.value {
+        let mut by_tag = Map::new();
+        for (i, item) in items.iter().enumerate() {
+            let entry = pools.index(i, item);
+            let map = entry.map()?;
+            if map.get("type").and_then(Value::as_str) != Some("redis") {
+                continue;
+            }
+            let tag = match map.get("tag") {
+                Some(tag) => entry.child("tag", tag).string()?.to_owned(),
+                None => {
+                    return Err(entry
+                        .child("tag", &Value::Null)
+                        .err("required option missing"))
+                }
+            };
+            by_tag.insert(tag, item.clone());
+        }
+        return Ok(by_tag);
+    }
+    match pools.map()?.get("redis") {
+        Some(redis) => pools.child("redis", redis).map(),
+        None => Ok(Map::new()),
+    }
 }
 
 fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Config> {
@@ -390,7 +561,8 @@ fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Confi
     )?;
     let hosts_refresh_interval = s.opt(
         "hosts_refresh_interval",
-        |f| f.int(1, MAX_MILLISECONDS),
+        // 0 (MongooseIM's `non_negative`): read the hosts once, at start.
+        |f| f.int(0, MAX_MILLISECONDS),
         || defaults::HOSTS_REFRESH_INTERVAL_MS,
     )?;
     let connections = match s.get("connections")? {
@@ -450,6 +622,9 @@ fn default_connections(local_host: &str) -> ConnectionsConfig {
 fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
     let s = Section::new(f, CONNECTIONS_KEYS, CONNECTIONS_ALIASES)?;
     let d = default_connections(local_host);
+    if let Some(f) = s.get("resolved_endpoints")? {
+        check_resolved_endpoints(&f)?;
+    }
     Ok(ConnectionsConfig {
         // Port 0 asks the OS for an ephemeral port at bind time.
         endpoints: s.opt("endpoints", |f| read_endpoints(f, 0), || d.endpoints)?,
@@ -460,7 +635,8 @@ fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
         },
         connections_per_endpoint: s.opt(
             "connections_per_endpoint",
-            |f| f.int(1, u64::from(u32::MAX)),
+            // 0 (MongooseIM's `non_negative`) opens one connection.
+            |f| f.int(0, u64::from(u32::MAX)),
             || d.connections_per_endpoint,
         )?,
         endpoint_refresh_interval: s.opt("endpoint_refresh_interval", seconds, || {
@@ -489,8 +665,40 @@ fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
     })
 }
 
+/// MongooseIM's `process_opts/1` adds `resolved_endpoints`, the IP
+/// addresses `endpoints` resolved to while the configuration was parsed
+/// (`mod_global_distrib_utils:resolve_endpoints/1`, 6.8.0). Its shape is
+/// checked (a list of `[IP, Port]`, the IP as an `inet:ip_address()` tuple or
+/// text) but the value is not kept: `endpoints` stays the one source and is
+/// resolved at start by [`Config::resolve_endpoints`], the same lookup at
+/// nearly the same moment, and a document without `resolved_endpoints` (TOML,
+/// JSON, the seed) behaves the same.
+fn check_resolved_endpoints(f: &Field) -> Result<()> {
+    let items = f.list("a list of resolved endpoints [IP, Port]")?;
+    for (i, item) in items.iter().enumerate() {
+        let entry = f.index(i, item);
+        let Value::Array(pair) = item else {
+            return Err(entry.expected("a resolved endpoint [IP, Port]"));
+        };
+        let [ip, port] = pair.as_slice() else {
+            return Err(entry.expected("a resolved endpoint [IP, Port]"));
+        };
+        let ip = entry.index(0, ip);
+        let text = ip.endpoint_host()?;
+        if text.parse::<std::net::IpAddr>().is_err() {
+            return Err(ip.expected("an IP address"));
+        }
+        entry.index(1, port).int::<u16>(0, u64::from(u16::MAX))?;
+    }
+    Ok(())
+}
+
 fn seconds(f: &Field) -> Result<u64> {
     f.int(1, MAX_SECONDS)
+}
+
+fn seconds_or_zero(f: &Field) -> Result<u64> {
+    f.int(0, MAX_SECONDS)
 }
 
 fn read_endpoints(f: &Field, min_port: u64) -> Result<Vec<Endpoint>> {
@@ -528,12 +736,127 @@ fn read_tls(f: &Field) -> Result<Option<TlsConfig>> {
     if !s.opt("enabled", Field::boolean, || true)? {
         return Ok(None);
     }
+    for key in TLS_IGNORED_KEYS {
+        if let Some(field) = s.get(key)? {
+            check_ignored_tls_key(&field)?;
+            tracing::info!(
+                what = "gd_tls_option_ignored",
+                option = %field.path,
+                reason = "no meaning for rustls (see docs/CONFIG.md)"
+            );
+        }
+    }
+    let verify_mode = s.opt("verify_mode", read_verify_mode, VerifyMode::default)?;
+    let cacertfile = match (s.get("cacertfile")?, verify_mode) {
+        (Some(f), _) => Some(f.readable_file()?),
+        (None, VerifyMode::Peer) => {
+            let message = "required option missing (verify_mode = peer verifies peers against it; \
+                 MongooseIM's fallback to the system CAs is not offered)";
+            return Err(ConfigError::new(join(&s.path, "cacertfile"), message));
+        }
+        (None, _) => None,
+    };
     Ok(Some(TlsConfig {
         certfile: s.required("certfile")?.readable_file()?,
         keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
-        cacertfile: s.required("cacertfile")?.readable_file()?,
+        cacertfile,
         ciphers: s.get("ciphers")?.map(|f| read_ciphers(&f)).transpose()?,
+        verify_mode,
+        disconnect_on_failure: s.opt("disconnect_on_failure", Field::boolean, || true)?,
+        versions: s.get("versions")?.map(|f| read_versions(&f)).transpose()?,
+        crl_files: s.opt("crl_files", read_files, Vec::new)?,
+        password: s
+            .get("password")?
+            .map(|f| f.string().map(str::to_owned))
+            .transpose()?,
+        server_name_indication: s.opt("server_name_indication", read_sni, SniConfig::default)?,
     }))
+}
+
+/// MongooseIM 6.8 TLS keys with no meaning for rustls: accepted so that
+/// MongooseIM's processed options pass unchanged, checked for their type,
+/// logged at info and dropped.
+const TLS_IGNORED_KEYS: &[&str] = &["dhfile", "early_data", "session_tickets"];
+
+fn check_ignored_tls_key(f: &Field) -> Result<()> {
+    match f.path.rsplit('.').next() {
+        Some("early_data") => f.boolean().map(drop),
+        Some("session_tickets") => match f.value.as_str() {
+            Some("stateless") => Ok(()),
+            _ => Err(f.expected("\"stateless\"")),
+        },
+        _ => f.string().map(drop),
+    }
+}
+
+fn read_verify_mode(f: &Field) -> Result<VerifyMode> {
+    match f.value.as_str() {
+        Some("peer") => Ok(VerifyMode::Peer),
+        Some("selfsigned_peer") => Ok(VerifyMode::SelfsignedPeer),
+        Some("none") => Ok(VerifyMode::None),
+        _ => Err(f.expected("\"peer\", \"selfsigned_peer\" or \"none\"")),
+    }
+}
+
+/// TLS protocol versions rustls implements, by MongooseIM's (OTP's) names.
+pub const TLS_VERSIONS: &[&str] = &["tlsv1.2", "tlsv1.3"];
+
+fn read_versions(f: &Field) -> Result<Vec<String>> {
+    let items = f.list("a list of TLS versions")?;
+    if items.is_empty() {
+        return Err(f.err("must name at least one version (leave it out for tlsv1.2 and tlsv1.3)"));
+    }
+    let mut versions: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = f.index(i, item);
+        let name = field.string()?;
+        if !TLS_VERSIONS.contains(&name) {
+            return Err(field.err(format!(
+                "unsupported TLS version {} (rustls implements only: {})",
+                quote(name),
+                TLS_VERSIONS.join(", ")
+            )));
+        }
+        if !versions.iter().any(|v| v == name) {
+            versions.push(name.to_owned());
+        }
+    }
+    Ok(versions)
+}
+
+fn read_files(f: &Field) -> Result<Vec<PathBuf>> {
+    let items = f.list("a list of file names")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| f.index(i, item).readable_file())
+        .collect()
+}
+
+fn read_sni(f: &Field) -> Result<SniConfig> {
+    let s = Section::new(f, &["enabled", "host", "protocol"], &[])?;
+    let protocol = s.opt(
+        "protocol",
+        |f| match f.value.as_str() {
+            Some(p @ ("default" | "https")) => Ok(p.to_owned()),
+            _ => Err(f.expected("\"default\" or \"https\"")),
+        },
+        || "default".to_owned(),
+    )?;
+    let host = s
+        .get("host")?
+        .map(|f| {
+            let host = f.host()?;
+            rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| f.err(format!("not a DNS name or IP address: {}", quote(&host))))?;
+            Ok(host)
+        })
+        .transpose()?;
+    Ok(SniConfig {
+        enabled: s.opt("enabled", Field::boolean, || true)?,
+        host,
+        protocol,
+    })
 }
 
 /// Cipher suites ring-backed rustls offers, with their OpenSSL names
@@ -618,7 +941,9 @@ fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig,
         url: None,
         server: defaults::REDIS_SERVER.to_owned(),
         port: defaults::REDIS_PORT,
+        username: String::new(),
         password: String::new(),
+        database: 0,
         pool_size: defaults::REDIS_POOL_SIZE,
         expire_after: defaults::EXPIRE_AFTER,
         refresh_after: defaults::REFRESH_AFTER,
@@ -650,37 +975,40 @@ fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig,
     }
 
     if let Some(f) = s.get("url")? {
-        if let Some(other) = ["server", "port", "password"].iter().find(|k| s.has(k)) {
-            let message =
-                format!("conflicts with redis.{other}; give either a URL or server/port/password");
+        let address_keys = ["server", "port", "username", "password", "database"];
+        if let Some(other) = address_keys.iter().find(|k| s.has(k)) {
+            let message = format!(
+                "conflicts with redis.{other}; give either a URL or server/port/username/password/database"
+            );
             return Err(f.err(message));
         }
         let url = f.string()?;
         let parsed = parse_redis_url(url).map_err(|why| {
             f.err(format!(
-                "expected redis://[:password@]host[:port][/0], got {} ({why})",
+                "expected redis://[[username]:password@]host[:port][/database], got {} ({why})",
                 quote(url)
             ))
         })?;
         redis.server = parsed.host;
         redis.port = parsed.port;
+        redis.username = parsed.username;
         redis.password = parsed.password;
+        redis.database = parsed.database;
         redis.url = Some(url.to_owned());
     }
     redis.server = s.opt("server", Field::host, || redis.server.clone())?;
     redis.port = s.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
-    redis.password = s.opt(
-        "password",
-        |f| f.string().map(str::to_owned),
-        || redis.password.clone(),
-    )?;
+    redis.username = s.opt("username", owned_string, || redis.username.clone())?;
+    redis.password = s.opt("password", owned_string, || redis.password.clone())?;
+    redis.database = s.opt("database", database, || redis.database)?;
     redis.pool_size = s.opt(
         "pool_size",
         |f| f.int(1, u64::from(u32::MAX)),
         || redis.pool_size,
     )?;
     redis.expire_after = s.opt("expire_after", seconds, || redis.expire_after)?;
-    redis.refresh_after = s.opt("refresh_after", seconds, || redis.refresh_after)?;
+    // 0 (MongooseIM's `non_negative`): refresh at half of expire_after.
+    redis.refresh_after = s.opt("refresh_after", seconds_or_zero, || redis.refresh_after)?;
     if redis.refresh_after >= redis.expire_after {
         let message = format!(
             "must be less than redis.expire_after ({}), got {}: keys would expire before this node rewrites them",
@@ -688,64 +1016,146 @@ fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig,
         );
         return Err(ConfigError::new("redis.refresh_after", message));
     }
+    if !redis.username.is_empty() && redis.password.is_empty() {
+        let message = format!(
+            "{} is given without a password: Redis authenticates a user with AUTH <username> <password>",
+            quote(&redis.username)
+        );
+        return Err(ConfigError::new("redis.username", message));
+    }
     Ok((redis, field.is_some() || pool.is_some()))
 }
 
-/// MongooseIM keeps the Redis address in `[outgoing_pools.redis.<pool>]`;
-/// only the keys meaning something here are read, the rest is MongooseIM's.
-fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
-    let pool_map = pool.map()?;
-    if let Some(v) = pool_map.get("workers") {
-        redis.pool_size = pool.child("workers", v).int(1, u64::from(u32::MAX))?;
-    }
-    let Some(connection) = pool_map.get("connection") else {
-        return Ok(());
-    };
-    let connection = pool.child("connection", connection);
-    let connection_map = connection.map()?;
-    if let Some(v) = connection_map.get("host") {
-        redis.server = connection.child("host", v).host()?;
-    }
-    if let Some(v) = connection_map.get("port") {
-        redis.port = connection.child("port", v).int(1, u64::from(u16::MAX))?;
-    }
-    if let Some(v) = connection_map.get("password") {
-        redis.password = connection.child("password", v).string()?.to_owned();
-    }
-    if let Some(v) = connection_map.get("database") {
-        let database = connection.child("database", v);
-        if database.int::<u64>(0, u64::MAX)? != 0 {
-            return Err(database.err(NO_SELECT));
-        }
-    }
-    Ok(())
+fn owned_string(f: &Field) -> Result<String> {
+    f.string().map(str::to_owned)
 }
 
-const NO_SELECT: &str =
-    "only database 0 is supported: selecting another needs SELECT, which Dynomite and twemproxy refuse";
+fn database(f: &Field) -> Result<u32> {
+    f.int(0, u64::from(u32::MAX))
+}
+
+/// Keys of `[outgoing_pools.redis.<tag>]` as written in TOML (MongooseIM
+/// 6.8 `mongoose_config_spec:wpool/1` and `outgoing_pool_extra/2`).
+const POOL_KEYS: &[&str] = &[
+    "call_timeout",
+    "connection",
+    "max_worker_queue_len",
+    "scope",
+    "strategy",
+    "workers",
+];
+/// The same pool after MongooseIM's `process_pool/2`.
+const PROCESSED_POOL_KEYS: &[&str] = &["conn_opts", "opts", "scope", "tag", "type"];
+const POOL_OPTS_KEYS: &[&str] = &[
+    "call_timeout",
+    "max_worker_queue_len",
+    "strategy",
+    "workers",
+];
+/// `outgoing_pool_connection(<<"redis">>)`.
+const POOL_CONNECTION_KEYS: &[&str] = &["database", "host", "password", "port", "tls", "username"];
+
+/// MongooseIM keeps the Redis address in `[outgoing_pools.redis.<pool>]`,
+/// given either as TOML (`workers`, `connection.host`, ...) or as the map
+/// MongooseIM's parser makes of it (`process_pool/2` in
+/// `src/config/mongoose_config_spec.erl`, 6.8.0 =
+/// cabaa45da4883aa2392057efb4632bdbbc5a74a6):
+/// `#{type => redis, scope, tag, opts => #{workers, strategy, call_timeout},
+/// conn_opts => #{host, port, database, username, password, tls}}`.
+/// MongooseIM's connection defaults apply: host 127.0.0.1, port 6379,
+/// database 0. The worker-pool tuning keys (`strategy`, `call_timeout`,
+/// `max_worker_queue_len`) and `scope` belong to MongooseIM's wpool and
+/// are accepted and ignored.
+fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
+    let pool_map = pool.map()?;
+    let processed = PROCESSED_POOL_KEYS
+        .iter()
+        .any(|k| *k != "scope" && pool_map.contains_key(*k));
+    let (opts, connection) = if processed {
+        let s = Section::new(pool, PROCESSED_POOL_KEYS, &[])?;
+        if let Some(f) = s.get("type")? {
+            if f.value.as_str() != Some("redis") {
+                return Err(f.expected("\"redis\""));
+            }
+        }
+        let opts = s
+            .get("opts")?
+            .map(|f| Section::new(&f, POOL_OPTS_KEYS, &[]))
+            .transpose()?;
+        let connection = s
+            .get("conn_opts")?
+            .map(|f| Section::new(&f, POOL_CONNECTION_KEYS, &[]))
+            .transpose()?;
+        (opts, connection)
+    } else {
+        let s = Section::new(pool, POOL_KEYS, &[])?;
+        let connection = s
+            .get("connection")?
+            .map(|f| Section::new(&f, POOL_CONNECTION_KEYS, &[]))
+            .transpose()?;
+        (Some(s), connection)
+    };
+    if let Some(opts) = &opts {
+        redis.pool_size = opts.opt(
+            "workers",
+            |f| f.int(1, u64::from(u32::MAX)),
+            || redis.pool_size,
+        )?;
+    }
+    redis.server = defaults::MONGOOSEIM_REDIS_HOST.to_owned();
+    redis.port = defaults::MONGOOSEIM_REDIS_PORT;
+    let Some(c) = connection else {
+        return Ok(());
+    };
+    if let Some(f) = c.get("tls")? {
+        return Err(f.err(
+            "TLS to Redis is not supported yet: remove it, or reach Redis through a local \
+             TLS-terminating proxy (stunnel, Envoy)",
+        ));
+    }
+    redis.server = c.opt("host", Field::host, || redis.server.clone())?;
+    redis.port = c.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
+    redis.database = c.opt("database", database, || 0)?;
+    redis.username = c.opt("username", owned_string, String::new)?;
+    redis.password = c.opt("password", owned_string, String::new)?;
+    Ok(())
+}
 
 struct RedisUrl {
     host: String,
     port: u16,
+    username: String,
     password: String,
+    database: u32,
 }
 
-/// `redis://[[user]:password@]host[:port][/0]`; the error says what is wrong.
+/// `redis://[[username]:password@]host[:port][/database]`; the error says
+/// what is wrong.
 fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+    if url.starts_with("rediss://") {
+        return Err("TLS to Redis is not supported yet".to_owned());
+    }
     let rest = url
         .strip_prefix("redis://")
         .ok_or_else(|| "the scheme must be redis://".to_owned())?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if !path.is_empty() && path != "0" {
-        return Err(NO_SELECT.to_owned());
-    }
+    let database = match path {
+        "" => 0,
+        db => db
+            .parse::<u32>()
+            .map_err(|_| format!("the database must be a number, got {}", quote(db)))?,
+    };
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((userinfo, hostport)) => (Some(userinfo), hostport),
         None => (None, authority),
     };
-    let password = match userinfo {
-        Some(userinfo) => percent_decode(userinfo.split_once(':').map_or(userinfo, |(_, p)| p))?,
-        None => String::new(),
+    let (username, password) = match userinfo {
+        Some(userinfo) => match userinfo.split_once(':') {
+            Some((user, password)) => (percent_decode(user)?, percent_decode(password)?),
+            // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+            None => (String::new(), percent_decode(userinfo)?),
+        },
+        None => (String::new(), String::new()),
     };
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
         let (host, after) = bracketed
@@ -774,7 +1184,9 @@ fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
     Ok(RedisUrl {
         host: host.to_owned(),
         port,
+        username,
         password,
+        database,
     })
 }
 
@@ -786,7 +1198,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
         if bytes[i] == b'%' {
             let hex = text.get(i + 1..i + 3).unwrap_or("");
             let byte = u8::from_str_radix(hex, 16)
-                .map_err(|_| format!("bad percent-escape in the password at byte {i}"))?;
+                .map_err(|_| format!("bad percent-escape at byte {i}"))?;
             out.push(byte);
             i += 3;
         } else {
@@ -794,7 +1206,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the password is not UTF-8 once decoded".to_owned())
+    String::from_utf8(out).map_err(|_| "the user info is not UTF-8 once decoded".to_owned())
 }
 
 fn read_cache(field: Option<Field>) -> Result<CacheConfig> {
@@ -805,11 +1217,14 @@ fn read_cache(field: Option<Field>) -> Result<CacheConfig> {
     let s = section.as_ref().unwrap_or(&empty);
     Ok(CacheConfig {
         cache_missed: s.opt("cache_missed", Field::boolean, || true)?,
-        domain_lifetime_seconds: s.opt("domain_lifetime_seconds", seconds, || {
+        // 0 (MongooseIM's `non_negative`): that kind of answer is not cached.
+        domain_lifetime_seconds: s.opt("domain_lifetime_seconds", seconds_or_zero, || {
             defaults::DOMAIN_LIFETIME
         })?,
-        jid_lifetime_seconds: s.opt("jid_lifetime_seconds", seconds, || defaults::JID_LIFETIME)?,
-        max_jids: s.opt("max_jids", |f| f.int(1, u64::MAX), || defaults::MAX_JIDS)?,
+        jid_lifetime_seconds: s.opt("jid_lifetime_seconds", seconds_or_zero, || {
+            defaults::JID_LIFETIME
+        })?,
+        max_jids: s.opt("max_jids", |f| f.int(0, u64::MAX), || defaults::MAX_JIDS)?,
     })
 }
 
@@ -828,9 +1243,10 @@ fn read_bounce(field: Option<Field>) -> Result<BounceConfig> {
     let s = section.as_ref().unwrap_or(&empty);
     Ok(BounceConfig {
         enabled: s.opt("enabled", Field::boolean, || enabled)?,
+        // 0: the first retry is immediate (then backoff from 1 ms).
         resend_after_ms: s.opt(
             "resend_after_ms",
-            |f| f.int(1, MAX_MILLISECONDS),
+            |f| f.int(0, MAX_MILLISECONDS),
             || defaults::RESEND_AFTER_MS,
         )?,
         max_retries: s.opt(
@@ -922,8 +1338,14 @@ impl<'a> Field<'a> {
     fn list(&self, what: &str) -> Result<&'a Vec<Value>> {
         self.value.as_array().ok_or_else(|| self.expected(what))
     }
+    /// A string; an empty list counts as `""` because the Erlang binding
+    /// cannot tell the empty charlist `""` (MongooseIM's `string` options,
+    /// e.g. a blank password) from `[]`.
     fn string(&self) -> Result<&'a str> {
-        self.value.as_str().ok_or_else(|| self.expected("a string"))
+        match self.value {
+            Value::Array(items) if items.is_empty() => Ok(""),
+            value => value.as_str().ok_or_else(|| self.expected("a string")),
+        }
     }
     fn boolean(&self) -> Result<bool> {
         self.value

@@ -72,6 +72,7 @@ struct Cached {
 struct TtlCache {
     cache: Cache<Box<str>, Cached, foldhash::fast::RandomState>,
     lifetime_ms: u64,
+    capacity: u64,
 }
 
 impl TtlCache {
@@ -81,6 +82,7 @@ impl TtlCache {
                 .max_capacity(capacity)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+            capacity,
         }
     }
 
@@ -90,7 +92,15 @@ impl TtlCache {
         (e.expires_ms > coarse_now_ms()).then(|| e.host.map(|h| Arc::clone(&*h)))
     }
 
+    /// A lifetime or a capacity of 0 means "do not cache": nothing is kept.
+    fn disabled(&self) -> bool {
+        self.lifetime_ms == 0 || self.capacity == 0
+    }
+
     fn insert(&self, key: &str, host: Option<SharedHost>) {
+        if self.disabled() {
+            return;
+        }
         let expires_ms = coarse_now_ms().saturating_add(self.lifetime_ms);
         self.cache
             .insert(Box::from(key), Cached { host, expires_ms });
@@ -99,6 +109,9 @@ impl TtlCache {
     /// Caches a fetched answer unless a fresh one was written meanwhile
     /// (a session opened here during the fetch is newer than the store).
     fn insert_unless_fresh(&self, key: &str, host: Option<SharedHost>) {
+        if self.disabled() {
+            return;
+        }
         let now = coarse_now_ms();
         let fresh = Cached {
             host,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gd_core::config::{
     default_node_name, BackendKind, BounceConfig, CacheConfig, Config, ConnectionsConfig, Endpoint,
-    RedisConfig,
+    RedisConfig, SniConfig, TlsConfig, VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -81,7 +81,9 @@ fn minimal_config_has_every_default_of_spec_2() {
             url: None,
             server: "127.0.0.1".to_owned(),
             port: 8102,
+            username: String::new(),
             password: String::new(),
+            database: 0,
             pool_size: 1,
             expire_after: 120,
             refresh_after: 60,
@@ -253,11 +255,25 @@ fn toml_document_takes_the_redis_address_from_the_named_outgoing_pool() {
         Config::from_toml_str(&missing).unwrap_err().to_string(),
         "redis.pool: names the outgoing pool \"gd\", but the document has no [outgoing_pools.redis.gd]"
     );
-    let database = document.replace("connection.port = 8103", "connection.database = 2");
+    // MongooseIM's connection defaults: port 6379, database 0; a database
+    // and an ACL user are honoured.
+    let database = document.replace(
+        "connection.port = 8103",
+        "connection.database = 2\n  connection.username = \"gd\"",
+    );
+    let c = Config::from_toml_str(&database).unwrap();
     assert_eq!(
-        Config::from_toml_str(&database).unwrap_err().to_string(),
-        "outgoing_pools.redis.global_distrib.connection.database: only database 0 is supported: \
-         selecting another needs SELECT, which Dynomite and twemproxy refuse"
+        (c.redis.port, c.redis.database, c.redis.username.as_str()),
+        (6379, 2, "gd")
+    );
+    let tls = document.replace(
+        "connection.port = 8103",
+        "connection.tls.verify_mode = \"none\"",
+    );
+    assert_eq!(
+        Config::from_toml_str(&tls).unwrap_err().to_string(),
+        "outgoing_pools.redis.global_distrib.connection.tls: TLS to Redis is not supported yet: \
+         remove it, or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)"
     );
 }
 
@@ -278,7 +294,7 @@ fn toml_with_tls_files() {
         .tls
         .unwrap();
     assert_eq!(tls.certfile, PathBuf::from(&cert));
-    assert_eq!(tls.cacertfile, PathBuf::from(&ca));
+    assert_eq!(tls.cacertfile, Some(PathBuf::from(&ca)));
     assert_eq!(tls.keyfile, Some(PathBuf::from(&key)));
     assert_eq!(
         tls.ciphers,
@@ -379,7 +395,7 @@ fn seed_idioms_are_accepted() {
     let tls = c.connections.tls.unwrap();
     assert_eq!(
         (tls.certfile, tls.cacertfile),
-        (PathBuf::from(cert), PathBuf::from(ca))
+        (PathBuf::from(cert), Some(PathBuf::from(ca)))
     );
     assert_eq!(c.cache.domain_lifetime_seconds, 60);
     assert_eq!((c.bounce.resend_after_ms, c.bounce.max_retries), (300, 3));
@@ -514,10 +530,6 @@ fn invalid_top_level_values() {
             "message_ttl: must be at most 255 (it travels as one byte), got 256",
         ),
         (
-            json!({"hosts_refresh_interval": 0}),
-            "hosts_refresh_interval: must be at least 1, got 0",
-        ),
-        (
             json!({"hosts_refresh_interval": 315_360_000_001_u64}),
             "hosts_refresh_interval: must be at most 315360000000, got 315360000001",
         ),
@@ -559,14 +571,6 @@ fn invalid_connections_values() {
         (
             json!({"connections_per_endpoint": -1}),
             "connections.connections_per_endpoint: expected a non-negative integer, got -1",
-        ),
-        (
-            json!({"connections_per_endpoint": 0}),
-            "connections.connections_per_endpoint: must be at least 1, got 0",
-        ),
-        (
-            json!({"num_of_connections": 0}),
-            "connections.num_of_connections: must be at least 1, got 0",
         ),
         (
             json!({"connections_per_endpoint": 2, "num_of_connections": 3}),
@@ -673,7 +677,9 @@ fn invalid_tls_values() {
         ),
         (
             json!({"certfile": cert}),
-            "connections.tls.cacertfile: required option missing".to_owned(),
+            "connections.tls.cacertfile: required option missing (verify_mode = peer verifies peers \
+             against it; MongooseIM's fallback to the system CAs is not offered)"
+                .to_owned(),
         ),
         (
             json!({"certfile": missing, "cacertfile": ca}),
@@ -690,10 +696,6 @@ fn invalid_tls_values() {
         (
             json!({"certfile": cert, "cacertfile": ca, "cafile": ca}),
             "connections.tls.cafile: same option as connections.tls.cacertfile; give only one of them".to_owned(),
-        ),
-        (
-            json!({"certfile": cert, "cacertfile": ca, "dhfile": ca}),
-            "connections.tls.dhfile: unknown option (expected one of: cacertfile, certfile, ciphers, enabled, keyfile)".to_owned(),
         ),
         (
             json!({"certfile": cert, "cacertfile": ca, "ciphers": "RC4-MD5"}),
@@ -750,7 +752,6 @@ fn invalid_redis_values() {
         (json!({"password": 1}), "redis.password: expected a string, got 1"),
         (json!({"pool_size": 0}), "redis.pool_size: must be at least 1, got 0"),
         (json!({"expire_after": 0}), "redis.expire_after: must be at least 1, got 0"),
-        (json!({"refresh_after": 0}), "redis.refresh_after: must be at least 1, got 0"),
         (
             json!({"expire_after": 60}),
             "redis.refresh_after: must be less than redis.expire_after (60), got 60: keys would expire before this node rewrites them",
@@ -761,36 +762,47 @@ fn invalid_redis_values() {
         ),
         (
             json!({"url": "http://localhost"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"http://localhost\" (the scheme must be redis://)",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"http://localhost\" (the scheme must be redis://)",
         ),
         (
             json!({"url": "redis://:pw@"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://:pw@\" (the host is missing)",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://:pw@\" (the host is missing)",
         ),
         (
             json!({"url": "redis://localhost:0"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost:0\" (the port must be 1..65535, got \"0\")",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost:0\" (the port must be 1..65535, got \"0\")",
         ),
         (
             json!({"url": "redis://localhost:x"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost:x\" (the port must be 1..65535, got \"x\")",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost:x\" (the port must be 1..65535, got \"x\")",
         ),
         (
-            json!({"url": "redis://localhost/3"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://localhost/3\" (only database 0 is supported: \
-             selecting another needs SELECT, which Dynomite and twemproxy refuse)",
+            json!({"url": "redis://localhost/x"}),
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost/x\" (the database must be a number, got \"x\")",
+        ),
+        (
+            json!({"url": "rediss://localhost"}),
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"rediss://localhost\" (TLS to Redis is not supported yet)",
+        ),
+        (
+            json!({"username": "gd"}),
+            "redis.username: \"gd\" is given without a password: Redis authenticates a user with AUTH <username> <password>",
+        ),
+        (
+            json!({"database": -1}),
+            "redis.database: expected a non-negative integer, got -1",
         ),
         (
             json!({"url": "redis://:%zz@localhost"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://:%zz@localhost\" (bad percent-escape in the password at byte 0)",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://:%zz@localhost\" (bad percent-escape at byte 0)",
         ),
         (
             json!({"url": "redis://a#b"}),
-            "redis.url: expected redis://[:password@]host[:port][/0], got \"redis://a#b\" (the host must not contain '#' (reserved by the store's key layout), got \"a#b\")",
+            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://a#b\" (the host must not contain '#' (reserved by the store's key layout), got \"a#b\")",
         ),
         (
             json!({"url": "redis://localhost", "port": 1}),
-            "redis.url: conflicts with redis.port; give either a URL or server/port/password",
+            "redis.url: conflicts with redis.port; give either a URL or server/port/username/password/database",
         ),
         (
             json!({"pool": "gd"}),
@@ -810,24 +822,12 @@ fn invalid_cache_and_bounce_values() {
             "cache.cache_missed: expected true or false, got 1",
         ),
         (
-            json!({"cache": {"domain_lifetime_seconds": 0}}),
-            "cache.domain_lifetime_seconds: must be at least 1, got 0",
-        ),
-        (
             json!({"cache": {"jid_lifetime_seconds": -5}}),
             "cache.jid_lifetime_seconds: expected a non-negative integer, got -5",
         ),
         (
-            json!({"cache": {"max_jids": 0}}),
-            "cache.max_jids: must be at least 1, got 0",
-        ),
-        (
             json!({"bounce": {"enabled": "false"}}),
             "bounce.enabled: expected true or false, got \"false\"",
-        ),
-        (
-            json!({"bounce": {"resend_after_ms": 0}}),
-            "bounce.resend_after_ms: must be at least 1, got 0",
         ),
         (
             json!({"bounce": {"max_retries": 4_294_967_296_u64}}),
@@ -891,7 +891,7 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
         error(json!({"connections": {"endpoint": []}})),
         "connections.endpoint: unknown option (expected one of: advertised_endpoints, connections_per_endpoint, \
          disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
-         max_frame_size, outgoing_queue_size, tls)"
+         max_frame_size, outgoing_queue_size, resolved_endpoints, tls)"
     );
     assert_eq!(
         error(json!({"bounce": {"retries": 1}})),
@@ -899,13 +899,15 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     );
     assert_eq!(
         error(json!({"redis": {"host": "x"}})),
-        "redis.host: unknown option (expected one of: expire_after, password, pool, pool_size, port, \
-         refresh_after, server, url)"
+        "redis.host: unknown option (expected one of: database, expire_after, password, pool, pool_size, \
+         port, refresh_after, server, url, username)"
     );
     let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
     assert_eq!(
         Config::from_toml_str(toml).unwrap_err().to_string(),
-        "connections.tls.verify: unknown option (expected one of: cacertfile, certfile, ciphers, enabled, keyfile)"
+        "connections.tls.verify: unknown option (expected one of: cacertfile, certfile, ciphers, crl_files, \
+         dhfile, disconnect_on_failure, early_data, enabled, keyfile, password, server_name_indication, \
+         session_tickets, verify_mode, versions)"
     );
 }
 
@@ -973,4 +975,492 @@ fn resolve_endpoints_resolves_names_and_reports_failures() {
     let prefix = "cannot resolve \"something.invalid\": ";
     assert!(err.message().starts_with(prefix), "{err}");
     assert!(err.message().len() > prefix.len(), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// MongooseIM 6.8's processed options, as the Erlang facade hands them over.
+// ---------------------------------------------------------------------------
+
+/// The example of MongooseIM 6.8's `doc/modules/mod_global_distrib.md`
+/// (plus the `keyfile` 6.8 requires next to `certfile`) and
+/// `[outgoing_pools.redis.global_distrib]`, as MongooseIM's parser produces
+/// them from
+///
+/// ```toml
+/// [outgoing_pools.redis.global_distrib]
+///   scope = "global"
+///   workers = 24
+///   connection.host = "172.16.0.3"
+///
+/// [modules.mod_global_distrib]
+///   global_host = "example.com"
+///   local_host = "datacenter1.example.com"
+///   connections.endpoints = [{host = "172.16.0.2", port = 5555}]
+///   connections.advertised_endpoints = [{host = "172.16.0.2", port = 5555}]
+///   connections.tls.certfile = "priv/dc1.pem"
+///   connections.tls.keyfile = "priv/dc1.key"
+///   connections.tls.cacertfile = "priv/ca.pem"
+///   connections.connections_per_endpoint = 30
+///   cache.domain_lifetime_seconds = 60
+///   bounce.resend_after_ms = 300
+///   bounce.max_retries = 3
+///   redis.pool = "global_distrib"
+/// ```
+///
+/// (`config_spec/0` and `process_opts/1` of `mod_global_distrib.erl`,
+/// `tls/1` and `process_pool/2` of `mongoose_config_spec.erl`), converted
+/// term by term by the NIF (`native/nif/src/convert.rs`): tuples → lists,
+/// atoms and charlists → strings.
+fn processed_document(cert: &str, key: &str, ca: &str) -> Value {
+    json!({
+        "node_name": "mongooseim@dc1",
+        "modules": {"mod_global_distrib": {
+            "global_host": "example.com",
+            "local_host": "datacenter1.example.com",
+            "message_ttl": 4,
+            "hosts_refresh_interval": 3000,
+            "connections": {
+                "endpoints": [["172.16.0.2", 5555]],
+                "advertised_endpoints": [["172.16.0.2", 5555]],
+                "resolved_endpoints": [[[172, 16, 0, 2], 5555]],
+                "connections_per_endpoint": 30,
+                "endpoint_refresh_interval": 60,
+                "endpoint_refresh_interval_when_empty": 3,
+                "disabled_gc_interval": 60,
+                "tls": {
+                    "certfile": cert,
+                    "keyfile": key,
+                    "cacertfile": ca,
+                    "verify_mode": "peer",
+                    "disconnect_on_failure": true,
+                    "crl_files": [],
+                    "server_name_indication": {"enabled": true, "protocol": "default"}
+                }
+            },
+            "redis": {"pool": "global_distrib", "expire_after": 120, "refresh_after": 60},
+            "cache": {
+                "cache_missed": true,
+                "domain_lifetime_seconds": 60,
+                "jid_lifetime_seconds": 5,
+                "max_jids": 10000
+            },
+            "bounce": {"enabled": true, "resend_after_ms": 300, "max_retries": 3}
+        }},
+        "outgoing_pools": {"redis": {"global_distrib": {
+            "type": "redis",
+            "scope": "global",
+            "tag": "global_distrib",
+            "opts": {"workers": 24, "strategy": "best_worker", "call_timeout": 5000},
+            "conn_opts": {"host": "172.16.0.3", "port": 6379, "database": 0}
+        }}}
+    })
+}
+
+#[test]
+fn mongooseim_processed_options_are_accepted_unchanged() {
+    let (_cert, cert) = temp_file("cert");
+    let (_key, key) = temp_file("key");
+    let (_ca, ca) = temp_file("ca");
+    let c = Config::from_json_value(processed_document(&cert, &key, &ca)).unwrap();
+    let endpoints = vec![endpoint("172.16.0.2", 5555)];
+    let expected = Config {
+        global_host: "example.com".to_owned(),
+        local_host: "datacenter1.example.com".to_owned(),
+        node_name: "mongooseim@dc1".to_owned(),
+        message_ttl: 4,
+        hosts_refresh_interval: 3000,
+        backend: BackendKind::Redis,
+        connections: ConnectionsConfig {
+            endpoints: endpoints.clone(),
+            advertised_endpoints: Some(endpoints),
+            connections_per_endpoint: 30,
+            endpoint_refresh_interval: 60,
+            endpoint_refresh_interval_when_empty: 3,
+            disabled_gc_interval: 60,
+            tls: Some(TlsConfig {
+                certfile: PathBuf::from(&cert),
+                keyfile: Some(PathBuf::from(&key)),
+                cacertfile: Some(PathBuf::from(&ca)),
+                ..TlsConfig::default()
+            }),
+            outgoing_queue_size: 100_000,
+            max_frame_size: 4 * 1024 * 1024,
+        },
+        redis: RedisConfig {
+            url: None,
+            server: "172.16.0.3".to_owned(),
+            port: 6379,
+            username: String::new(),
+            password: String::new(),
+            database: 0,
+            pool_size: 24,
+            expire_after: 120,
+            refresh_after: 60,
+        },
+        cache: CacheConfig {
+            cache_missed: true,
+            domain_lifetime_seconds: 60,
+            jid_lifetime_seconds: 5,
+            max_jids: 10_000,
+        },
+        bounce: BounceConfig {
+            enabled: true,
+            resend_after_ms: 300,
+            max_retries: 3,
+            max_stored: 100_000,
+        },
+        global_distrib_addr: BTreeMap::new(),
+    };
+    assert_eq!(c, expected);
+    // What to_json writes reads back the same.
+    assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
+
+    // MongooseIM's own processed `outgoing_pools` option is a list of pools.
+    let mut listed = processed_document(&cert, &key, &ca);
+    let pool = listed["outgoing_pools"]["redis"]["global_distrib"].clone();
+    let other =
+        json!({"type": "rdbms", "scope": "global", "tag": "default", "opts": {}, "conn_opts": {}});
+    listed["outgoing_pools"] = json!([other, pool]);
+    assert_eq!(Config::from_json_value(listed).unwrap(), expected);
+}
+
+#[test]
+fn mongooseim_processed_tls_and_pool_keys_are_honoured() {
+    let (_cert, cert) = temp_file("cert");
+    let (_key, key) = temp_file("key");
+    let (_ca, ca) = temp_file("ca");
+    let (_crl, crl) = temp_file("crl");
+    let mut doc = processed_document(&cert, &key, &ca);
+    let module = &mut doc["modules"]["mod_global_distrib"];
+    module["connections"]["tls"] = json!({
+        "certfile": cert,
+        "keyfile": key,
+        "verify_mode": "selfsigned_peer",
+        "disconnect_on_failure": false,
+        "crl_files": [crl],
+        "versions": ["tlsv1.3", "tlsv1.2", "tlsv1.3"],
+        "ciphers": "TLS_AES_256_GCM_SHA384:ECDHE-RSA-AES256-GCM-SHA384",
+        "password": "pw",
+        "dhfile": "dh.pem",
+        "early_data": false,
+        "session_tickets": "stateless",
+        "server_name_indication": {"enabled": false, "host": "gd.internal", "protocol": "https"}
+    });
+    doc["outgoing_pools"]["redis"]["global_distrib"]["conn_opts"] = json!({
+        "host": "redis.local", "port": 6380, "database": 3, "username": "gd", "password": "s3cret"
+    });
+    let c = Config::from_json_value(doc).unwrap();
+    let tls = c.connections.tls.clone().unwrap();
+    assert_eq!(
+        tls,
+        TlsConfig {
+            certfile: PathBuf::from(&cert),
+            keyfile: Some(PathBuf::from(&key)),
+            cacertfile: None,
+            ciphers: Some(vec![
+                "TLS13_AES_256_GCM_SHA384".to_owned(),
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_owned()
+            ]),
+            verify_mode: VerifyMode::SelfsignedPeer,
+            disconnect_on_failure: false,
+            versions: Some(vec!["tlsv1.3".to_owned(), "tlsv1.2".to_owned()]),
+            crl_files: vec![PathBuf::from(&crl)],
+            password: Some("pw".to_owned()),
+            server_name_indication: SniConfig {
+                enabled: false,
+                host: Some("gd.internal".to_owned()),
+                protocol: "https".to_owned(),
+            },
+        }
+    );
+    assert_eq!(
+        (
+            c.redis.server.as_str(),
+            c.redis.port,
+            c.redis.database,
+            c.redis.username.as_str(),
+            c.redis.password.as_str()
+        ),
+        ("redis.local", 6380, 3, "gd", "s3cret")
+    );
+    assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
+
+    // verify_mode none needs no CA file either.
+    let none = parse(json!({"connections": {"tls": {"certfile": cert, "verify_mode": "none"}}}));
+    assert_eq!(none.connections.tls.unwrap().verify_mode, VerifyMode::None);
+    // An empty Erlang string arrives as an empty list.
+    let blank = parse(json!({"redis": {"password": []}}));
+    assert_eq!(blank.redis.password, "");
+}
+
+#[test]
+fn zero_values_mongooseim_allows_are_accepted_with_a_safe_meaning() {
+    let c = parse(json!({
+        "message_ttl": 0,
+        "hosts_refresh_interval": 0,
+        "connections": {"connections_per_endpoint": 0},
+        "redis": {"refresh_after": 0, "expire_after": 90},
+        "cache": {"domain_lifetime_seconds": 0, "jid_lifetime_seconds": 0, "max_jids": 0},
+        "bounce": {"resend_after_ms": 0, "max_retries": 0}
+    }));
+    assert_eq!(c.message_ttl, 0);
+    // Hosts read once, at start.
+    assert_eq!(c.hosts_refresh_interval(), Duration::ZERO);
+    // One connection per endpoint.
+    assert_eq!(c.connections.connections_per_endpoint, 0);
+    assert_eq!(c.connections_per_endpoint(), 1);
+    // Refresh at half of expire_after.
+    assert_eq!(c.redis.refresh_after, 0);
+    assert_eq!(c.refresh_after(), Duration::from_secs(45));
+    assert_eq!(
+        (
+            c.cache.domain_lifetime_seconds,
+            c.cache.jid_lifetime_seconds,
+            c.cache.max_jids
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!((c.bounce.resend_after_ms, c.bounce.max_retries), (0, 0));
+    assert_eq!(c.resend_after(), Duration::ZERO);
+    assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
+    // The same zeros as MongooseIM's TOML.
+    let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\n\
+                hosts_refresh_interval = 0\nconnections.connections_per_endpoint = 0\n\
+                redis.refresh_after = 0\ncache.max_jids = 0\nbounce.resend_after_ms = 0\n";
+    let t = Config::from_toml_str(toml).unwrap();
+    assert_eq!(t.refresh_after(), Duration::from_secs(60));
+
+    // What MongooseIM's `positive` refuses stays refused.
+    for (extra, expected) in [
+        (
+            json!({"redis": {"expire_after": 0}}),
+            "redis.expire_after: must be at least 1, got 0",
+        ),
+        (
+            json!({"connections": {"endpoint_refresh_interval": 0}}),
+            "connections.endpoint_refresh_interval: must be at least 1, got 0",
+        ),
+    ] {
+        assert_eq!(error(extra), expected);
+    }
+}
+
+/// The processed document with one value replaced (`pointer` as in RFC 6901).
+fn processed_error(pointer: &str, value: Value) -> String {
+    let (_cert, cert) = temp_file("cert");
+    let (_key, key) = temp_file("key");
+    let (_ca, ca) = temp_file("ca");
+    let mut doc = processed_document(&cert, &key, &ca);
+    *doc.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{pointer}")) = value;
+    Config::from_json_value(doc).unwrap_err().to_string()
+}
+
+#[test]
+fn each_bad_processed_option_names_its_path() {
+    const M: &str = "/modules/mod_global_distrib";
+    const POOL: &str = "/outgoing_pools/redis/global_distrib";
+    let cases = [
+        (
+            format!("{M}/connections/resolved_endpoints"),
+            json!([[[300, 0, 0, 1], 5555]]),
+            "connections.resolved_endpoints[0][0]: expected a host name or an IP address, got a list",
+        ),
+        (
+            format!("{M}/connections/resolved_endpoints"),
+            json!([["dc1.example.com", 5555]]),
+            "connections.resolved_endpoints[0][0]: expected an IP address, got \"dc1.example.com\"",
+        ),
+        (
+            format!("{M}/connections/resolved_endpoints"),
+            json!([[[127, 0, 0, 1], 70000]]),
+            "connections.resolved_endpoints[0][1]: must be at most 65535, got 70000",
+        ),
+        (
+            format!("{M}/connections/resolved_endpoints"),
+            json!([[[127, 0, 0, 1]]]),
+            "connections.resolved_endpoints[0]: expected a resolved endpoint [IP, Port], got a list",
+        ),
+        (
+            format!("{M}/connections/tls/verify_mode"),
+            json!("always"),
+            "connections.tls.verify_mode: expected \"peer\", \"selfsigned_peer\" or \"none\", got \"always\"",
+        ),
+        (
+            format!("{M}/connections/tls/versions"),
+            json!(["tlsv1.2", "tlsv1.1"]),
+            "connections.tls.versions[1]: unsupported TLS version \"tlsv1.1\" (rustls implements only: tlsv1.2, tlsv1.3)",
+        ),
+        (
+            format!("{M}/connections/tls/versions"),
+            json!([]),
+            "connections.tls.versions: must name at least one version (leave it out for tlsv1.2 and tlsv1.3)",
+        ),
+        (
+            format!("{M}/connections/tls/crl_files"),
+            json!(["/nonexistent/ca.crl"]),
+            "connections.tls.crl_files[0]: cannot read \"/nonexistent/ca.crl\": No such file or directory (os error 2)",
+        ),
+        (
+            format!("{M}/connections/tls/disconnect_on_failure"),
+            json!("yes"),
+            "connections.tls.disconnect_on_failure: expected true or false, got \"yes\"",
+        ),
+        (
+            format!("{M}/connections/tls/session_tickets"),
+            json!("stateful"),
+            "connections.tls.session_tickets: expected \"stateless\", got \"stateful\"",
+        ),
+        (
+            format!("{M}/connections/tls/early_data"),
+            json!(1),
+            "connections.tls.early_data: expected true or false, got 1",
+        ),
+        (
+            format!("{M}/connections/tls/server_name_indication"),
+            json!({"enabled": true, "protocol": "ftp"}),
+            "connections.tls.server_name_indication.protocol: expected \"default\" or \"https\", got \"ftp\"",
+        ),
+        (
+            format!("{M}/connections/tls/server_name_indication"),
+            json!({"enabled": true, "protocol": "default", "host": "a b"}),
+            "connections.tls.server_name_indication.host: must not contain whitespace or control characters, got \"a b\"",
+        ),
+        (
+            format!("{M}/connections/tls/server_name_indication"),
+            json!({"enabled": true, "sni": 1}),
+            "connections.tls.server_name_indication.sni: unknown option (expected one of: enabled, host, protocol)",
+        ),
+        (
+            format!("{M}/connections/tls/mode"),
+            json!("tls"),
+            "connections.tls.mode: unknown option (expected one of: cacertfile, certfile, ciphers, crl_files, \
+             dhfile, disconnect_on_failure, early_data, enabled, keyfile, password, server_name_indication, \
+             session_tickets, verify_mode, versions)",
+        ),
+        (
+            format!("{M}/redis/refresh_after"),
+            json!(-1),
+            "redis.refresh_after: expected a non-negative integer, got -1",
+        ),
+        (
+            format!("{M}/redis/pool"),
+            json!("other"),
+            "redis.pool: names the outgoing pool \"other\", but the document has no [outgoing_pools.redis.other]",
+        ),
+        (
+            format!("{POOL}/type"),
+            json!("rdbms"),
+            "outgoing_pools.redis.global_distrib.type: expected \"redis\", got \"rdbms\"",
+        ),
+        (
+            format!("{POOL}/opts/workers"),
+            json!(0),
+            "outgoing_pools.redis.global_distrib.opts.workers: must be at least 1, got 0",
+        ),
+        (
+            format!("{POOL}/opts/worker"),
+            json!(1),
+            "outgoing_pools.redis.global_distrib.opts.worker: unknown option (expected one of: call_timeout, \
+             max_worker_queue_len, strategy, workers)",
+        ),
+        (
+            format!("{POOL}/conn_opts/port"),
+            json!(0),
+            "outgoing_pools.redis.global_distrib.conn_opts.port: must be at least 1, got 0",
+        ),
+        (
+            format!("{POOL}/conn_opts/database"),
+            json!("two"),
+            "outgoing_pools.redis.global_distrib.conn_opts.database: expected a non-negative integer, got \"two\"",
+        ),
+        (
+            format!("{POOL}/conn_opts/db"),
+            json!(2),
+            "outgoing_pools.redis.global_distrib.conn_opts.db: unknown option (expected one of: database, host, \
+             password, port, tls, username)",
+        ),
+        (
+            format!("{POOL}/conn_opts/tls"),
+            json!({"verify_mode": "peer", "crl_files": [], "disconnect_on_failure": true}),
+            "outgoing_pools.redis.global_distrib.conn_opts.tls: TLS to Redis is not supported yet: remove it, \
+             or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)",
+        ),
+        (
+            format!("{POOL}/conn_opts/username"),
+            json!("gd"),
+            "redis.username: \"gd\" is given without a password: Redis authenticates a user with AUTH \
+             <username> <password>",
+        ),
+        (
+            format!("{M}/node_name"),
+            json!("other@dc1"),
+            "node_name: also given as modules.mod_global_distrib.node_name; give only one of them",
+        ),
+        (
+            "/node_name".to_owned(),
+            json!("a#b"),
+            "node_name: must not contain '#' (reserved by the store's key layout), got \"a#b\"",
+        ),
+    ];
+    for (pointer, value, expected) in cases {
+        let pointer = pointer.as_str();
+        let parent = pointer.rsplit_once('/').unwrap().0;
+        let key = pointer.rsplit_once('/').unwrap().1;
+        // Keys absent from the document are added to their parent.
+        let (_cert, cert) = temp_file("cert");
+        let (_key, keyf) = temp_file("key");
+        let (_ca, ca) = temp_file("ca");
+        let mut doc = processed_document(&cert, &keyf, &ca);
+        let target = doc
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("{parent}"));
+        target[key] = value;
+        assert_eq!(
+            Config::from_json_value(doc).unwrap_err().to_string(),
+            expected,
+            "{pointer}"
+        );
+    }
+    assert!(processed_error(&format!("{M}/message_ttl"), json!(300)).starts_with("message_ttl:"));
+}
+
+#[test]
+fn tls_keys_without_meaning_for_rustls_are_logged_at_info() {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (_cert, cert) = temp_file("cert");
+    let (_ca, ca) = temp_file("ca");
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        parse(json!({"connections": {"tls": {
+            "certfile": cert, "cacertfile": ca,
+            "dhfile": "dh.pem", "early_data": true, "session_tickets": "stateless"
+        }}}))
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    for key in ["dhfile", "early_data", "session_tickets"] {
+        let line = format!("option=connections.tls.{key}");
+        assert!(
+            text.lines().any(|l| l.contains("INFO")
+                && l.contains("gd_tls_option_ignored")
+                && l.contains(&line)),
+            "{key}: {text}"
+        );
+    }
 }

@@ -267,8 +267,8 @@ fn a_runtime_with_bad_tls_files_does_not_start_and_names_the_option() {
     c.connections.tls = Some(TlsConfig {
         certfile: "/nonexistent/dc1.crt".into(),
         keyfile: None,
-        cacertfile: "/nonexistent/ca.crt".into(),
-        ciphers: None,
+        cacertfile: Some("/nonexistent/ca.crt".into()),
+        ..TlsConfig::default()
     });
     let err = Runtime::start(c, Arc::new(Inbox::default()))
         .err()

@@ -314,3 +314,37 @@ fn ttl_stops_a_stanza_bouncing_between_dcs_with_stale_mappings() {
     assert_eq!(dc1.counter(&names::outgoing_messages(&host(2))), 2);
     assert_eq!(dc2.counter(&names::outgoing_messages(&host(1))), 2);
 }
+
+/// The zero values MongooseIM's validators allow (docs/CONFIG.md): the
+/// hosts are read once at start, one connection per endpoint is opened,
+/// nothing is cached, and routing works as usual.
+#[test]
+fn zero_values_route_as_usual_without_caching() {
+    let store = shared();
+    let dc2 = dc::start(dc::config(2), store.clone());
+    let mut c1 = dc::config(1);
+    c1.hosts_refresh_interval = 0;
+    c1.connections.connections_per_endpoint = 0;
+    c1.cache.jid_lifetime_seconds = 0;
+    c1.cache.domain_lifetime_seconds = 0;
+    c1.cache.max_jids = 0;
+    c1.bounce.resend_after_ms = 0;
+    c1.bounce.max_retries = 0;
+    let dc1 = dc::start(c1, store);
+    // Learned at start, by the one and only hosts refresh.
+    assert!(wait_for(WAIT, || !dc1
+        .rt
+        .outgoing()
+        .endpoints_of(&host(2))
+        .is_empty()));
+    dc1.login("alice@example.com/a");
+    dc2.login("bob@example.com/b");
+
+    for n in 1..=3 {
+        let r = dc1.send("alice@example.com/a", "bob@example.com/b", "zero");
+        assert_eq!(r, RouteResult::Forwarded(Arc::from(host(2).as_str())));
+        assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == n));
+        // Every lookup asked the store: nothing was cached.
+        assert_eq!(dc1.counter(names::MAPPING_CACHE_MISSES), n as u64);
+    }
+}

@@ -2,7 +2,8 @@
 //! Redis-only store tests: what a real server and a real proxy do that the
 //! embedded backend cannot — restart mid-test, a proxy closing the
 //! connection on a command it cannot parse, the connection handshake
-//! (no `CLIENT SETINFO`), the pool, a stalled server, a db in the URL.
+//! (no `CLIENT SETINFO`), the pool, a stalled server, a db in the URL, an
+//! ACL user and a database from MongooseIM's pool.
 
 mod support;
 
@@ -20,7 +21,9 @@ fn config(url: String, pool_size: u32) -> RedisConfig {
         url: Some(url),
         server: "127.0.0.1".into(),
         port: 0,
+        username: String::new(),
         password: String::new(),
+        database: 0,
         pool_size,
         expire_after: 120,
         refresh_after: 60,
@@ -247,6 +250,61 @@ async fn password_is_sent_only_when_set() {
     let r = unauthenticated.exec(&[get("k")]).await.unwrap();
     assert!(
         matches!(&r[0], Reply::Error(e) if e.contains("NOAUTH")),
+        "{r:?}"
+    );
+}
+
+/// MongooseIM's pool with an ACL user and a non-zero database, read by the
+/// config reader from the processed map and honoured by the backend:
+/// `AUTH gd <password>` then `SELECT 5`.
+#[tokio::test]
+async fn acl_user_and_database_from_the_mongooseim_pool_are_honoured() {
+    let server = RedisServer::start();
+    let mut admin = server.client();
+    admin
+        .cmd(&["ACL", "SETUSER", "gd", "on", ">gd-secret", "~*", "+@all"])
+        .unwrap();
+    admin.cmd(&["ACL", "SETUSER", "default", "off"]).unwrap();
+    let document = serde_json::json!({
+        "modules": {"mod_global_distrib": {
+            "global_host": "example.com",
+            "local_host": "dc1.example.com",
+            "redis": {"pool": "global_distrib", "expire_after": 120, "refresh_after": 60}
+        }},
+        "outgoing_pools": {"redis": {"global_distrib": {
+            "type": "redis", "scope": "global", "tag": "global_distrib",
+            "opts": {"workers": 2, "strategy": "best_worker", "call_timeout": 5000},
+            "conn_opts": {"host": "127.0.0.1", "port": server.port(), "database": 5,
+                          "username": "gd", "password": "gd-secret"}
+        }}}
+    });
+    let cfg = gd_core::config::Config::from_json_value(document).unwrap();
+    let backend = RedisBackend::new(&cfg.redis).unwrap();
+    let set = Cmd::SetEx {
+        key: "k".into(),
+        value: "v".into(),
+        ttl_secs: 60,
+    };
+    assert_eq!(backend.exec(&[set]).await.unwrap(), vec![Reply::Ok]);
+
+    // The default user is off now: look as gd, in database 5 only.
+    let mut raw = server.client();
+    raw.cmd(&["AUTH", "gd", "gd-secret"]).unwrap();
+    assert_eq!(raw.cmd(&["GET", "k"]).unwrap(), Resp::Bulk(None));
+    raw.cmd(&["SELECT", "5"]).unwrap();
+    assert_eq!(raw.cmd(&["GET", "k"]).unwrap().bulk().as_deref(), Some("v"));
+    let who = raw.cmd(&["CLIENT", "LIST"]).unwrap().bulk().unwrap();
+    assert!(
+        who.lines().filter(|l| l.contains(" user=gd ")).count() >= 2,
+        "{who}"
+    );
+
+    // A wrong password is a per-command error, not a hang.
+    let mut wrong = cfg.redis.clone();
+    wrong.password = "nope".into();
+    let r = RedisBackend::new(&wrong).unwrap().exec(&[get("k")]).await;
+    assert!(
+        r.is_err() || matches!(&r.as_ref().unwrap()[0], Reply::Error(_)),
         "{r:?}"
     );
 }

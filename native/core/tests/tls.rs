@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gd_core::config::TlsConfig;
+use gd_core::config::{TlsConfig, VerifyMode};
 use gd_core::transport::tls::{peer_dns_names, server_name, TlsError, TlsSetup};
 use rustls::pki_types::CertificateDer;
-use support::certs::{write_tls_files, TestCa};
+use support::certs::{self_signed, write_tls_files, Issued, TestCa};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,11 +22,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// Bounds each handshake so a broken side fails the test instead of hanging it.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+#[derive(Debug)]
 struct ServerSeen {
     peer_names: Vec<String>,
     cipher: Option<String>,
 }
 
+#[derive(Debug)]
 struct ClientSeen {
     peer_names: Vec<String>,
     cipher: Option<String>,
@@ -158,7 +160,7 @@ async fn client_certified_by_another_ca_is_refused_by_the_server() {
 
     let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
 
-    let server_err = server.err().expect("server refuses the foreign client");
+    let server_err = server.expect_err("server refuses the foreign client");
     assert!(is_certificate_error(&server_err), "{server_err:?}");
     assert!(client.is_err(), "client must see the refusal");
 }
@@ -178,7 +180,7 @@ async fn server_certified_by_another_ca_is_refused_by_the_client() {
 
     let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
 
-    let client_err = client.err().expect("client refuses the foreign server");
+    let client_err = client.expect_err("client refuses the foreign server");
     assert!(is_certificate_error(&client_err), "{client_err:?}");
     assert!(server.is_err(), "server must see the aborted handshake");
 }
@@ -192,7 +194,7 @@ async fn server_certified_for_another_dc_name_is_refused_by_the_client() {
     // Valid certificate from our CA, but it is dc1's and we wanted dc3.
     let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc3.example").await;
 
-    let client_err = client.err().expect("client refuses the wrong DC");
+    let client_err = client.expect_err("client refuses the wrong DC");
     assert!(is_certificate_error(&client_err), "{client_err:?}");
     assert!(server.is_err());
 }
@@ -218,7 +220,7 @@ async fn client_without_certificate_is_refused_by_the_server() {
 
     let (server, client) = exchange(&setup(&dc1), connector, "dc1.example").await;
 
-    let server_err = server.err().expect("server demands a client certificate");
+    let server_err = server.expect_err("server demands a client certificate");
     assert!(
         matches!(
             rustls_error(&server_err),
@@ -282,8 +284,8 @@ async fn key_may_live_in_the_certfile() {
     let dc2 = TlsConfig {
         certfile: bundle,
         keyfile: None,
-        cacertfile: ca_file,
-        ciphers: None,
+        cacertfile: Some(ca_file),
+        ..TlsConfig::default()
     };
 
     let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
@@ -436,7 +438,7 @@ fn key_of_another_certificate_is_rejected() {
 #[test]
 fn ca_file_without_certificate_is_rejected() {
     let (dir, mut cfg) = valid_config();
-    cfg.cacertfile = garbage(dir.path(), "empty-ca.crt", "");
+    cfg.cacertfile = Some(garbage(dir.path(), "empty-ca.crt", ""));
     let (err, msg) = config_error(&cfg);
     assert!(
         matches!(
@@ -483,4 +485,363 @@ fn server_name_rejects_what_cannot_be_a_host() {
     assert!(server_name("127.0.0.1").is_ok());
     let err = server_name("not a host!").unwrap_err();
     assert!(err.to_string().contains("not a host!"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// MongooseIM 6.8's TLS options (docs/CONFIG.md, `connections.tls`).
+// ---------------------------------------------------------------------------
+
+/// A client trusting our CA but certified by a foreign one.
+fn foreign_client(ca: &TestCa) -> (TempDir, TlsConfig) {
+    let other = TestCa::new("foreign CA");
+    let dir = TempDir::new().unwrap();
+    let cfg = write_tls_files(
+        dir.path(),
+        "dc2.example",
+        &other.issue(&["dc2.example"]),
+        &ca.cert_pem(),
+    );
+    (dir, cfg)
+}
+
+#[tokio::test]
+async fn verify_mode_none_lets_any_certificate_in_on_both_sides() {
+    let ca = TestCa::new("our CA");
+    let (_d1, mut dc1) = node(&ca, "dc1.example");
+    let (_d2, mut dc2) = foreign_client(&ca);
+    dc1.verify_mode = VerifyMode::None;
+    dc2.verify_mode = VerifyMode::None;
+    // Even the name is not checked: dc3 is not in dc1's certificate.
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc3.example").await;
+    server.unwrap();
+    client.unwrap();
+    assert!(!setup(&dc1).enforces_peer_names());
+
+    // Without a CA file at all.
+    dc1.cacertfile = None;
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    server.unwrap();
+    client.unwrap();
+}
+
+#[tokio::test]
+async fn verify_mode_peer_is_the_default_and_still_refuses_a_foreign_peer() {
+    let ca = TestCa::new("our CA");
+    let (_d1, dc1) = node(&ca, "dc1.example");
+    let (_d2, dc2) = foreign_client(&ca);
+    assert_eq!(dc1.verify_mode, VerifyMode::Peer);
+    assert!(setup(&dc1).enforces_peer_names());
+    let (server, _) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    assert!(is_certificate_error(&server.unwrap_err()));
+}
+
+#[tokio::test]
+async fn selfsigned_peer_accepts_a_self_signed_certificate_but_not_a_foreign_ca() {
+    let ca = TestCa::new("our CA");
+    let (_d1, mut dc1) = node(&ca, "dc1.example");
+    dc1.verify_mode = VerifyMode::SelfsignedPeer;
+    let d2 = TempDir::new().unwrap();
+    let mut dc2 = write_tls_files(
+        d2.path(),
+        "dc2.example",
+        &self_signed(&["dc2.example"]),
+        &ca.cert_pem(),
+    );
+    dc2.verify_mode = VerifyMode::SelfsignedPeer;
+
+    // dc2 (self-signed) connects to dc1 (CA-signed): each side accepts.
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    assert_eq!(server.unwrap().peer_names, vec!["dc2.example".to_owned()]);
+    client.unwrap();
+    // The other way round.
+    let (server, client) = exchange(&setup(&dc2), setup(&dc1).connector(), "dc2.example").await;
+    server.unwrap();
+    client.unwrap();
+    // Two self-signed nodes need no CA file at all.
+    let d4 = TempDir::new().unwrap();
+    let mut dc4 = write_tls_files(
+        d4.path(),
+        "dc4.example",
+        &self_signed(&["dc4.example"]),
+        &ca.cert_pem(),
+    );
+    dc4.verify_mode = VerifyMode::SelfsignedPeer;
+    dc4.cacertfile = None;
+    dc2.cacertfile = None;
+    let (server, client) = exchange(&setup(&dc2), setup(&dc4).connector(), "dc2.example").await;
+    assert_eq!(server.unwrap().peer_names, vec!["dc4.example".to_owned()]);
+    client.unwrap();
+    // The self-signed check still verifies the name.
+    let (_, client) = exchange(&setup(&dc2), setup(&dc4).connector(), "dc1.example").await;
+    assert!(is_certificate_error(&client.unwrap_err()));
+
+    // A certificate from a foreign CA is not self-signed: still refused.
+    let (_d3, dc3) = foreign_client(&ca);
+    let (server, _) = exchange(&setup(&dc1), setup(&dc3).connector(), "dc1.example").await;
+    assert!(is_certificate_error(&server.unwrap_err()));
+}
+
+#[tokio::test]
+async fn disconnect_on_failure_false_lets_a_failing_peer_in() {
+    let ca = TestCa::new("our CA");
+    let (_d1, mut dc1) = node(&ca, "dc1.example");
+    dc1.disconnect_on_failure = false;
+    let (_d2, dc2) = foreign_client(&ca);
+    assert!(!setup(&dc1).enforces_peer_names());
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    server.unwrap();
+    client.unwrap();
+}
+
+#[tokio::test]
+async fn versions_limit_the_protocol_negotiated() {
+    let ca = TestCa::new("test CA");
+    let (_d1, mut dc1) = node(&ca, "dc1.example");
+    let (_d2, mut dc2) = node(&ca, "dc2.example");
+    dc1.versions = Some(vec!["tlsv1.2".to_owned()]);
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    server.unwrap();
+    assert_eq!(
+        client.unwrap().version,
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    // No version in common: the handshake fails.
+    dc2.versions = Some(vec!["tlsv1.3".to_owned()]);
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    assert!(server.is_err() && client.is_err());
+
+    // A version rustls lacks is refused when the setup is built.
+    dc2.versions = Some(vec!["tlsv1.1".to_owned()]);
+    let (_, msg) = config_error(&dc2);
+    assert_eq!(
+        msg,
+        "connections.tls.versions: unsupported TLS version \"tlsv1.1\" (rustls implements tlsv1.2 and tlsv1.3)"
+    );
+    // TLS 1.3 only with TLS 1.2 suites only: nothing can be served.
+    dc2.versions = Some(vec!["tlsv1.3".to_owned()]);
+    dc2.ciphers = Some(vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()]);
+    let (_, msg) = config_error(&dc2);
+    assert_eq!(
+        msg,
+        "connections.tls.versions: none of [\"tlsv1.3\"] can be used with the selected cipher suites"
+    );
+}
+
+#[tokio::test]
+async fn a_crl_revoking_the_peer_certificate_refuses_it_on_both_sides() {
+    let ca = TestCa::new("test CA");
+    let d1 = TempDir::new().unwrap();
+    let dc1_cert = ca.issue(&["dc1.example"]);
+    let mut dc1 = write_tls_files(d1.path(), "dc1.example", &dc1_cert, &ca.cert_pem());
+    let d2 = TempDir::new().unwrap();
+    let dc2_cert = ca.issue(&["dc2.example"]);
+    let mut dc2 = write_tls_files(d2.path(), "dc2.example", &dc2_cert, &ca.cert_pem());
+
+    // A CRL that revokes nothing changes nothing.
+    let empty = d1.path().join("empty.crl");
+    std::fs::write(&empty, ca.crl_pem(&[])).unwrap();
+    dc1.crl_files = vec![empty.clone()];
+    dc2.crl_files = vec![empty];
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    server.unwrap();
+    client.unwrap();
+
+    // dc2 revoked: dc1's listener refuses it.
+    let revoked_dc2 = d1.path().join("dc2.crl");
+    std::fs::write(&revoked_dc2, ca.crl_pem(&[&dc2_cert])).unwrap();
+    dc1.crl_files = vec![revoked_dc2];
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    let server_err = server.unwrap_err();
+    assert!(
+        matches!(
+            rustls_error(&server_err),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        ),
+        "{server_err:?}"
+    );
+    assert!(client.is_err());
+
+    // dc1 revoked: dc2 refuses to connect to it.
+    let revoked_dc1 = d2.path().join("dc1.crl");
+    std::fs::write(&revoked_dc1, ca.crl_pem(&[&dc1_cert])).unwrap();
+    dc1.crl_files = Vec::new();
+    dc2.crl_files = vec![revoked_dc1];
+    let (_, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    let client_err = client.unwrap_err();
+    assert!(
+        matches!(
+            rustls_error(&client_err),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        ),
+        "{client_err:?}"
+    );
+
+    // A file without a CRL is refused with its path.
+    dc2.crl_files = vec![dc2.certfile.clone()];
+    let (_, msg) = config_error(&dc2);
+    assert!(
+        msg.starts_with("connections.tls.crl_files: ")
+            && msg.ends_with(": no CRL found (expected PEM \"BEGIN X509 CRL\" blocks)"),
+        "{msg}"
+    );
+}
+
+/// `issued`'s key as a PKCS#8 `ENCRYPTED PRIVATE KEY` (PBES2, PBKDF2-SHA256,
+/// AES-256-CBC: what `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes).
+fn encrypted_key_pem(issued: &Issued, password: &str) -> String {
+    let info = pkcs8::PrivateKeyInfo::try_from(issued.key_der.as_slice()).unwrap();
+    let salt = rand::random::<[u8; 16]>();
+    let iv = rand::random::<[u8; 16]>();
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, &salt, &iv).unwrap();
+    let document = info.encrypt_with_params(params, password).unwrap();
+    document
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_encrypted_key_is_read_with_the_password() {
+    let ca = TestCa::new("test CA");
+    let (_d1, dc1) = node(&ca, "dc1.example");
+    let d2 = TempDir::new().unwrap();
+    let issued = ca.issue(&["dc2.example"]);
+    let mut dc2 = write_tls_files(d2.path(), "dc2.example", &issued, &ca.cert_pem());
+    let keyfile = dc2.keyfile.clone().unwrap();
+    std::fs::write(&keyfile, encrypted_key_pem(&issued, "s3cret")).unwrap();
+
+    dc2.password = Some("s3cret".to_owned());
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    assert_eq!(server.unwrap().peer_names, vec!["dc2.example".to_owned()]);
+    client.unwrap();
+
+    dc2.password = None;
+    let (err, msg) = config_error(&dc2);
+    assert!(matches!(err, TlsError::NeedsPassword { .. }), "{err:?}");
+    assert_eq!(
+        msg,
+        format!(
+            "connections.tls.keyfile: {}: the private key is encrypted; set connections.tls.password",
+            keyfile.display()
+        )
+    );
+
+    dc2.password = Some("wrong".to_owned());
+    let (err, msg) = config_error(&dc2);
+    assert!(matches!(err, TlsError::Decrypt { .. }), "{err:?}");
+    assert!(
+        msg.starts_with(&format!(
+            "connections.tls.password: cannot decrypt the key in {}:",
+            keyfile.display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_legacy_encrypted_key_says_how_to_convert_it() {
+    let (dir, mut cfg) = valid_config();
+    let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                  DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
+                  -----END RSA PRIVATE KEY-----\n";
+    cfg.keyfile = Some(garbage(dir.path(), "legacy.key", legacy));
+    cfg.password = Some("pw".to_owned());
+    let (err, msg) = config_error(&cfg);
+    assert!(
+        matches!(err, TlsError::LegacyEncryptedKey { .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("openssl pkcs8 -topk8"), "{msg}");
+}
+
+#[tokio::test]
+async fn server_name_indication_host_replaces_the_remote_dc_name() {
+    let ca = TestCa::new("test CA");
+    // dc1's certificate names a shared service name, not its local_host.
+    let d1 = TempDir::new().unwrap();
+    let dc1 = write_tls_files(
+        d1.path(),
+        "dc1",
+        &ca.issue(&["gd.internal"]),
+        &ca.cert_pem(),
+    );
+    let (_d2, mut dc2) = node(&ca, "dc2.example");
+    assert_eq!(
+        setup(&dc2).server_name_for("dc1.example").unwrap(),
+        server_name("dc1.example").unwrap()
+    );
+    dc2.server_name_indication.host = Some("gd.internal".to_owned());
+    let dc2_setup = setup(&dc2);
+    assert_eq!(
+        dc2_setup.server_name_for("dc1.example").unwrap(),
+        server_name("gd.internal").unwrap()
+    );
+    let (server, client) = exchange(&setup(&dc1), dc2_setup.connector(), "gd.internal").await;
+    server.unwrap();
+    client.unwrap();
+
+    // SNI disabled: the handshake still verifies the name.
+    dc2.server_name_indication.enabled = false;
+    let (server, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "gd.internal").await;
+    server.unwrap();
+    client.unwrap();
+    let (_, client) = exchange(&setup(&dc1), setup(&dc2).connector(), "dc1.example").await;
+    assert!(is_certificate_error(&client.unwrap_err()));
+}
+
+#[test]
+fn verify_mode_peer_without_a_ca_file_is_refused() {
+    let (_dir, mut cfg) = valid_config();
+    cfg.cacertfile = None;
+    let (err, msg) = config_error(&cfg);
+    assert!(matches!(err, TlsError::MissingCa), "{err:?}");
+    assert!(msg.starts_with("connections.tls.cacertfile: required with verify_mode = peer"));
+}
+
+/// What `f` logs at info and above, as text.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+#[test]
+fn verify_mode_none_and_disconnect_on_failure_false_warn_at_start() {
+    let (_dir, mut cfg) = valid_config();
+    let (_, quiet) = logged(|| setup(&cfg));
+    assert!(!quiet.contains("WARN"), "{quiet}");
+    cfg.verify_mode = VerifyMode::None;
+    let (_, text) = logged(|| setup(&cfg));
+    assert!(
+        text.contains("WARN") && text.contains("gd_tls_verification_disabled"),
+        "{text}"
+    );
+    cfg.verify_mode = VerifyMode::Peer;
+    cfg.disconnect_on_failure = false;
+    let (_, text) = logged(|| setup(&cfg));
+    assert!(text.contains("gd_tls_verification_not_enforced"), "{text}");
 }

@@ -3,7 +3,8 @@
 //!
 //! What makes it proxy-safe, beyond the command set:
 //! * the connection handshake sends nothing but `AUTH` (only with a
-//!   non-empty password) and `SELECT` (only when the URL names a db): no
+//!   non-empty password; `AUTH username password` when an ACL user is set)
+//!   and `SELECT` (only for a non-zero `database`): no
 //!   `HELLO` (RESP2 only) and no `CLIENT SETINFO`, which redis-rs sends by
 //!   default and on which the proxies drop the connection;
 //! * the CAS commands are `EVAL` of a script over exactly one key, never
@@ -182,7 +183,8 @@ impl RedisBackend {
     }
 }
 
-/// Connection settings: from `url` when given, else server/port/password.
+/// Connection settings: from `url` when given, else
+/// server/port/username/password/database.
 /// The handshake is pinned to RESP2 without `CLIENT SETINFO`, whatever the
 /// URL says, and `AUTH` is only sent for a non-empty password.
 fn connection_info(cfg: &RedisConfig) -> Result<ConnectionInfo, StoreError> {
@@ -203,8 +205,8 @@ fn connection_info(cfg: &RedisConfig) -> Result<ConnectionInfo, StoreError> {
         }
         None => (
             ConnectionAddr::Tcp(cfg.server.clone(), cfg.port),
-            0,
-            None,
+            i64::from(cfg.database),
+            Some(cfg.username.clone()),
             Some(cfg.password.clone()),
         ),
     };

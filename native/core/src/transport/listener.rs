@@ -251,8 +251,12 @@ impl Receiver {
         let (mut io, certified): (BoxedIo, Option<Vec<String>>) = match &self.tls {
             Some(tls) => {
                 let s = tls.acceptor().accept(tcp).await?;
-                let names = peer_dns_names(s.get_ref().1);
-                (Box::new(s), Some(names))
+                // Names only count when the certificate was verified and a
+                // mismatch may close the link (docs/CONFIG.md, verify_mode).
+                let names = tls
+                    .enforces_peer_names()
+                    .then(|| peer_dns_names(s.get_ref().1));
+                (Box::new(s), names)
             }
             None => (Box::new(tcp), None),
         };

@@ -552,7 +552,7 @@ impl Outgoing {
                 next.push(disabled.swap_remove(i));
             } else {
                 tracing::info!(what = "gd_endpoint_enabled", host = %host.name, endpoint = %fmt_ep(ep));
-                let n = self.cfg.connections.connections_per_endpoint.max(1) as usize;
+                let n = self.cfg.connections_per_endpoint();
                 next.push(Arc::new(Pool {
                     endpoint: ep.clone(),
                     conns: (0..n).map(|_| Arc::new(Conn::new(ep.clone()))).collect(),
@@ -600,7 +600,16 @@ impl Outgoing {
         let gc_every = Duration::from_secs(self.cfg.connections.disabled_gc_interval);
         let hosts_every = self.cfg.hosts_refresh_interval();
         let mut gc = tokio::time::interval(gc_every);
-        let mut hosts = tokio::time::interval(hosts_every);
+        // hosts_refresh_interval = 0: read the hosts once, then never again
+        // (an interval of zero would spin); a DC named by a lookup is still
+        // reached, its pool is made on first use.
+        let periodic = !hosts_every.is_zero();
+        let mut hosts = tokio::time::interval(if periodic {
+            hosts_every
+        } else {
+            // Ten years, the longest interval a configuration can give.
+            Duration::from_secs(10 * 365 * 24 * 3600)
+        });
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         hosts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -726,7 +735,7 @@ async fn connect(
     tcp.set_nodelay(true)?;
     let mut io: BoxedIo = match &ctx.tls {
         Some(tls) => {
-            let name = crate::transport::tls::server_name(remote)?;
+            let name = tls.server_name_for(remote)?;
             let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector().connect(name, tcp))
                 .await
                 .map_err(|_| TransportError::Timeout("TLS handshake"))??;

@@ -4,23 +4,41 @@
 //! against the configured CA bundle, so a plain-TCP peer or one certified by a
 //! foreign CA never gets past the handshake. The connecting side also checks
 //! that the server certificate names the DC it meant to reach (its
-//! `local_host`, carried as a DNS SAN): a valid certificate of another DC must
-//! not be able to answer for this one. The ring provider is passed explicitly
-//! because the host process (an Erlang VM, a C program) may have installed a
-//! different process-wide default, or none.
+//! `local_host`, carried as a DNS SAN, or `server_name_indication.host`): a
+//! valid certificate of another DC must not be able to answer for this one.
+//! The ring provider is passed explicitly because the host process (an
+//! Erlang VM, a C program) may have installed a different process-wide
+//! default, or none.
+//!
+//! MongooseIM 6.8's TLS options (`just_tls.erl`, 6.8.0 =
+//! cabaa45da4883aa2392057efb4632bdbbc5a74a6) map onto rustls here:
+//! `verify_mode` (`peer`, `selfsigned_peer`, `none`) and
+//! `disconnect_on_failure` are [`PeerCheck`], one verifier for both sides;
+//! `versions` narrows the protocol versions; `crl_files` feed webpki's
+//! revocation check; `password` decrypts a PKCS#8 `ENCRYPTED PRIVATE KEY`;
+//! `server_name_indication` picks the name sent and checked.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+    UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{
+    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
+    RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion,
+};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, VerifyMode};
 
 /// Why the TLS configuration could not be turned into a working setup.
 /// Each message names the option, the file and what to fix.
@@ -77,6 +95,32 @@ pub enum TlsError {
     Verifier { path: PathBuf, reason: String },
     #[error("connections.tls: {0}")]
     Protocol(rustls::Error),
+    #[error(
+        "connections.tls.versions: none of {wanted:?} can be used with the selected cipher suites"
+    )]
+    NoVersions { wanted: Vec<String> },
+    #[error("connections.tls.versions: unsupported TLS version {0:?} (rustls implements tlsv1.2 and tlsv1.3)")]
+    UnknownVersion(String),
+    #[error(
+        "connections.tls.{option}: {}: the private key is encrypted; set connections.tls.password",
+        path.display()
+    )]
+    NeedsPassword { option: &'static str, path: PathBuf },
+    #[error("connections.tls.password: cannot decrypt the key in {}: {reason}", path.display())]
+    Decrypt { path: PathBuf, reason: String },
+    #[error(
+        "connections.tls.{option}: {}: legacy OpenSSL-encrypted key (Proc-Type: 4,ENCRYPTED) is not supported; \
+         convert it to PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in old.pem -out new.pem`",
+        path.display()
+    )]
+    LegacyEncryptedKey { option: &'static str, path: PathBuf },
+    #[error(
+        "connections.tls.cacertfile: required with verify_mode = peer (give the CA bundle, \
+         or choose selfsigned_peer or none)"
+    )]
+    MissingCa,
+    #[error("connections.tls.crl_files: {}: {reason}", path.display())]
+    Crl { path: PathBuf, reason: String },
     #[error("TLS server name {host:?} (a DC local_host) is not a valid DNS name or IP address")]
     ServerName { host: String },
 }
@@ -86,6 +130,12 @@ pub enum TlsError {
 pub struct TlsSetup {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// `server_name_indication.host`: the name every remote DC is reached as.
+    sni_host: Option<String>,
+    /// Whether an incoming peer's certified names must match the DC it
+    /// claims to be (not with `verify_mode = none` or
+    /// `disconnect_on_failure = false`).
+    enforce_peer_names: bool,
 }
 
 impl std::fmt::Debug for TlsSetup {
@@ -98,43 +148,72 @@ impl std::fmt::Debug for TlsSetup {
 impl TlsSetup {
     /// Loads the files named by `cfg` and builds both sides of mutual TLS.
     pub fn from_config(cfg: &TlsConfig) -> Result<TlsSetup, TlsError> {
+        if cfg.verify_mode == VerifyMode::Peer && cfg.cacertfile.is_none() {
+            return Err(TlsError::MissingCa);
+        }
         let chain = load_certs("certfile", &cfg.certfile)?;
+        let password = cfg.password.as_deref();
         let key = match &cfg.keyfile {
-            Some(path) => load_key("keyfile", path)?,
-            None => load_key("certfile", &cfg.certfile)?,
+            Some(path) => load_key("keyfile", path, password)?,
+            None => load_key("certfile", &cfg.certfile, password)?,
         };
-        let roots = Arc::new(load_roots(&cfg.cacertfile)?);
+        let roots = cfg.cacertfile.as_deref().map(load_roots).transpose()?;
+        let crls = load_crls(&cfg.crl_files)?;
         let provider = Arc::new(provider(cfg.ciphers.as_deref())?);
-        let versions = versions_of(&provider);
+        let versions = versions_for(&provider, cfg.versions.as_deref())?;
         let keyfile = cfg.keyfile.as_ref().unwrap_or(&cfg.certfile);
         let cert_key_error = |source| TlsError::CertKey {
             certfile: cfg.certfile.clone(),
             keyfile: keyfile.clone(),
             source,
         };
+        let check = Arc::new(PeerCheck::new(cfg, roots, crls, provider.clone())?);
+        if cfg.verify_mode == VerifyMode::None {
+            tracing::warn!(
+                what = "gd_tls_verification_disabled",
+                text = "connections.tls.verify_mode = none: peer certificates are not verified; \
+                        any host that can reach the endpoints can act as a datacenter"
+            );
+        } else if !cfg.disconnect_on_failure {
+            tracing::warn!(
+                what = "gd_tls_verification_not_enforced",
+                text = "connections.tls.disconnect_on_failure = false: peers failing verification \
+                        are logged and let in"
+            );
+        }
 
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier {
-                path: cfg.cacertfile.clone(),
-                reason: e.to_string(),
-            })?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(TlsError::Protocol)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(check.clone())
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(cert_key_error)?;
-        let client = ClientConfig::builder_with_provider(provider)
+        let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(TlsError::Protocol)?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(check)
             .with_client_auth_cert(chain, key)
             .map_err(cert_key_error)?;
+        client.enable_sni = cfg.server_name_indication.enabled;
         Ok(TlsSetup {
             server: Arc::new(server),
             client: Arc::new(client),
+            sni_host: cfg.server_name_indication.host.clone(),
+            enforce_peer_names: cfg.verify_mode != VerifyMode::None && cfg.disconnect_on_failure,
         })
+    }
+
+    /// The name to send and check when connecting to the DC `remote_host`:
+    /// `server_name_indication.host` when set, else `remote_host`.
+    pub fn server_name_for(&self, remote_host: &str) -> Result<ServerName<'static>, TlsError> {
+        server_name(self.sni_host.as_deref().unwrap_or(remote_host))
+    }
+
+    /// Whether the listener must refuse a peer whose certificate does not
+    /// name the DC it claims to be.
+    pub fn enforces_peer_names(&self) -> bool {
+        self.enforce_peer_names
     }
 
     /// Accepts incoming inter-DC connections; demands a client certificate.
@@ -207,8 +286,39 @@ fn load_certs(option: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-fn load_key(option: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut open(option, path)?)
+const ENCRYPTED_PKCS8_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+const ENCRYPTED_PKCS8_END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+
+/// The first private key in `path`: PKCS#8, PKCS#1 or SEC1 in clear, or a
+/// PKCS#8 `ENCRYPTED PRIVATE KEY` (PBES2: PBKDF2 or scrypt with AES-CBC)
+/// decrypted with `password`.
+fn load_key(
+    option: &'static str,
+    path: &Path,
+    password: Option<&str>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let text = std::fs::read(path).map_err(|source| TlsError::Read {
+        option,
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&text);
+    if let Some(begin) = text.find(ENCRYPTED_PKCS8_BEGIN) {
+        let Some(password) = password else {
+            return Err(TlsError::NeedsPassword {
+                option,
+                path: path.to_owned(),
+            });
+        };
+        return decrypt_pkcs8(&text[begin..], password, path);
+    }
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError::LegacyEncryptedKey {
+            option,
+            path: path.to_owned(),
+        });
+    }
+    rustls_pemfile::private_key(&mut text.as_bytes())
         .map_err(|source| TlsError::Pem {
             option,
             path: path.to_owned(),
@@ -218,6 +328,54 @@ fn load_key(option: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>,
             option,
             path: path.to_owned(),
         })
+}
+
+/// `pem` starts at an `ENCRYPTED PRIVATE KEY` block.
+fn decrypt_pkcs8(
+    pem: &str,
+    password: &str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let fail = |reason: String| TlsError::Decrypt {
+        path: path.to_owned(),
+        reason,
+    };
+    let end = pem
+        .find(ENCRYPTED_PKCS8_END)
+        .ok_or_else(|| fail("the PEM block has no END line".to_owned()))?;
+    let block = &pem[..end + ENCRYPTED_PKCS8_END.len()];
+    let (_, der) = pkcs8::der::pem::decode_vec(block.as_bytes())
+        .map_err(|e| fail(format!("malformed PEM: {e}")))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| fail(format!("malformed encrypted key: {e}")))?;
+    let clear = info
+        .decrypt(password)
+        .map_err(|e| fail(format!("{e} (wrong password, or an unsupported cipher)")))?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        clear.as_bytes().to_vec(),
+    )))
+}
+
+/// Every CRL of every file, PEM (`BEGIN X509 CRL`).
+fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let fail = |reason: String| TlsError::Crl {
+            path: path.clone(),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let found = rustls_pemfile::crls(&mut BufReader::new(file))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("malformed PEM: {e}")))?;
+        if found.is_empty() {
+            return Err(fail(
+                "no CRL found (expected PEM \"BEGIN X509 CRL\" blocks)".to_owned(),
+            ));
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -256,14 +414,265 @@ fn provider(ciphers: Option<&[String]>) -> Result<CryptoProvider, TlsError> {
     Ok(provider)
 }
 
-/// Only the protocol versions some selected suite can serve: offering TLS 1.3
-/// with no TLS 1.3 suite would fail the handshake instead of falling back.
-fn versions_of(provider: &CryptoProvider) -> Vec<&'static SupportedProtocolVersion> {
-    rustls::DEFAULT_VERSIONS
-        .iter()
-        .copied()
+/// The protocol versions asked for (all by default) that some selected
+/// suite can serve: offering TLS 1.3 with no TLS 1.3 suite would fail the
+/// handshake instead of falling back.
+fn versions_for(
+    provider: &CryptoProvider,
+    wanted: Option<&[String]>,
+) -> Result<Vec<&'static SupportedProtocolVersion>, TlsError> {
+    let asked: Vec<&'static SupportedProtocolVersion> = match wanted {
+        None => rustls::DEFAULT_VERSIONS.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|name| match name.as_str() {
+                "tlsv1.2" => Ok(&rustls::version::TLS12),
+                "tlsv1.3" => Ok(&rustls::version::TLS13),
+                other => Err(TlsError::UnknownVersion(other.to_owned())),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let usable: Vec<_> = asked
+        .into_iter()
         .filter(|v| provider.cipher_suites.iter().any(|s| s.version() == *v))
-        .collect()
+        .collect();
+    if usable.is_empty() {
+        return Err(TlsError::NoVersions {
+            wanted: wanted.map(<[String]>::to_vec).unwrap_or_default(),
+        });
+    }
+    Ok(usable)
+}
+
+/// The peer check of both sides, after MongooseIM's `just_tls`:
+/// * `peer`: the chain must lead to `cacertfile` (webpki, with the CRLs);
+/// * `selfsigned_peer`: the same, and a certificate signed by its own key
+///   is accepted too (verified with itself as the only trust anchor, so
+///   validity dates, names and CRLs are still checked);
+/// * `none`: anything is accepted; the handshake signatures are still
+///   checked (they prove the peer holds the key of the certificate it sent).
+///
+/// With `disconnect_on_failure = false` a failed verification is logged
+/// and the peer let in, as `just_tls`'s `verify_fun` does.
+#[derive(Debug)]
+struct PeerCheck {
+    mode: VerifyMode,
+    disconnect_on_failure: bool,
+    servers: Option<Arc<WebPkiServerVerifier>>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+    root_hints: Vec<DistinguishedName>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PeerCheck {
+    fn new(
+        cfg: &TlsConfig,
+        roots: Option<RootCertStore>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<PeerCheck, TlsError> {
+        let ca_path = cfg.cacertfile.clone().unwrap_or_default();
+        let verifier_error = |reason: String| TlsError::Verifier {
+            path: ca_path.clone(),
+            reason,
+        };
+        let (servers, clients, root_hints) = match roots {
+            Some(roots) if cfg.verify_mode != VerifyMode::None => {
+                let roots = Arc::new(roots);
+                let servers = server_verifier(roots.clone(), &crls, &provider)
+                    .map_err(|e| verifier_error(e.to_string()))?;
+                let clients = client_verifier(roots.clone(), &crls, &provider)
+                    .map_err(|e| verifier_error(e.to_string()))?;
+                (Some(servers), Some(clients), roots.subjects())
+            }
+            _ => (None, None, Vec::new()),
+        };
+        Ok(PeerCheck {
+            mode: cfg.verify_mode,
+            disconnect_on_failure: cfg.disconnect_on_failure,
+            servers,
+            clients,
+            root_hints,
+            crls,
+            provider,
+        })
+    }
+
+    /// `end_entity` as the only trust anchor, for `selfsigned_peer`.
+    fn self_as_root(&self, end_entity: &CertificateDer<'_>) -> Option<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(end_entity.clone().into_owned()).ok()?;
+        Some(Arc::new(roots))
+    }
+
+    fn unknown_issuer<T>() -> Result<T, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))
+    }
+
+    /// Applies `disconnect_on_failure`.
+    fn settle<T>(&self, result: Result<T, rustls::Error>, accepted: T) -> Result<T, rustls::Error> {
+        match result {
+            Err(e) if !self.disconnect_on_failure => {
+                tracing::warn!(
+                    what = "gd_tls_peer_verification_failed",
+                    error = %e,
+                    text = "peer let in: connections.tls.disconnect_on_failure = false"
+                );
+                Ok(accepted)
+            }
+            other => other,
+        }
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn server_verifier(
+    roots: Arc<RootCertStore>,
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, rustls::client::VerifierBuilderError> {
+    WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls.iter().cloned())
+        // A CA without a listed CRL is not a failure: only what the
+        // configured CRLs revoke is refused.
+        .allow_unknown_revocation_status()
+        .build()
+}
+
+fn client_verifier(
+    roots: Arc<RootCertStore>,
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls.iter().cloned())
+        .allow_unknown_revocation_status()
+        .build()
+}
+
+impl ServerCertVerifier for PeerCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.mode == VerifyMode::None {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let mut result = match &self.servers {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Self::unknown_issuer(),
+        };
+        if self.mode == VerifyMode::SelfsignedPeer && is_unknown_issuer(&result) {
+            if let Some(own) = self.self_as_root(end_entity) {
+                if let Ok(v) = server_verifier(own, &self.crls, &self.provider) {
+                    result = v.verify_server_cert(end_entity, &[], server_name, ocsp, now);
+                }
+            }
+        }
+        self.settle(result, ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for PeerCheck {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mode != VerifyMode::None && self.disconnect_on_failure
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.root_hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.mode == VerifyMode::None {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let mut result = match &self.clients {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Self::unknown_issuer(),
+        };
+        if self.mode == VerifyMode::SelfsignedPeer && is_unknown_issuer(&result) {
+            if let Some(own) = self.self_as_root(end_entity) {
+                if let Ok(v) = client_verifier(own, &self.crls, &self.provider) {
+                    result = v.verify_client_cert(end_entity, &[], now);
+                }
+            }
+        }
+        self.settle(result, ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+fn is_unknown_issuer<T>(result: &Result<T, rustls::Error>) -> bool {
+    matches!(
+        result,
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+        ))
+    )
 }
 
 /// Just enough DER to find dNSName entries in subjectAltName. The certificate
