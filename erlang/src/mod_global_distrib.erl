@@ -83,6 +83,7 @@ supported_features() ->
 -spec start(host_type(), opts()) -> ok.
 start(HostType, #{global_host := HostType} = Opts) ->
     ok = ensure_not_running(HostType),
+    ok = ensure_exml_atoms(),
     Router = select_router(),
     Local = maps:with(?LOCAL_KEYS, Opts),
     Config = core_config(maps:without(?LOCAL_KEYS, Opts)),
@@ -94,9 +95,19 @@ start(HostType, #{global_host := HostType} = Opts) ->
             persistent_term:put(?STATE, #{rt => Rt, host_type => HostType, router => Router,
                                           global_host => HostType,
                                           local_host => global_distrib:local_host(Rt)}),
-            mongoose_instrument:set_up(instrumentation()),
-            {ok, _} = global_distrib_sup:start_child(mod_global_distrib_instrument:child_spec(Rt)),
-            gen_hook:add_handlers(hook_handlers(HostType)),
+            try
+                mongoose_instrument:set_up(instrumentation()),
+                {ok, _} = global_distrib_sup:start_child(
+                            mod_global_distrib_instrument:child_spec(Rt)),
+                gen_hook:add_handlers(hook_handlers(HostType))
+            catch
+                Class:Reason:Stacktrace ->
+                    %% Nothing half-started stays behind a failed start.
+                    _ = persistent_term:erase(?STATE),
+                    ok = global_distrib_sup:stop_child(mod_global_distrib_instrument),
+                    _ = global_distrib:stop(Rt),
+                    erlang:raise(Class, Reason, Stacktrace)
+            end,
             logger:notice(#{what => mod_global_distrib_started, host_type => HostType,
                             local_host => global_distrib:local_host(Rt), router => Router}),
             ok;
@@ -511,7 +522,10 @@ disco_local_items(Acc, _Params, _Extra) ->
 
 -spec users_see_hidden(host_type()) -> boolean().
 users_see_hidden(HostType) ->
-    gen_mod:get_module_opt(HostType, mod_disco, users_can_see_hidden_services, true) =:= true.
+    %% mod_disco's option (true by default), read from the configuration so
+    %% that this hook does not depend on mod_disco being loaded.
+    Path = [{modules, HostType}, mod_disco, users_can_see_hidden_services],
+    mongoose_config:get_opt(Path, true) =:= true.
 
 %%--------------------------------------------------------------------
 %% Stanzas handed over by the runtime
@@ -535,7 +549,11 @@ deliver(HostType, Event, Meta, Payload) ->
             Acc1 = put_metadata(Acc0, origin, maps:get(origin, Meta, undefined)),
             case Event of
                 deliver ->
-                    route(put_metadata(Acc1, delivered, true), From, To, Packet);
+                    %% Not permanent: the mark is for this routing pass only
+                    %% (local delivery strips it), so a module that routes
+                    %% the same acc on to someone else routes it globally.
+                    route(mongoose_acc:set(global_distrib, delivered, true, Acc1),
+                          From, To, Packet);
                 undeliverable ->
                     route_error(Acc1, From, To, Packet, maps:get(reason, Meta, undefined))
             end;
@@ -544,6 +562,14 @@ deliver(HostType, Event, Meta, Payload) ->
                              from => maps:get(from, Meta, undefined),
                              to => maps:get(to, Meta, undefined)})
     end.
+
+%% Stanzas from other DCs are decoded with binary_to_term(_, [safe]),
+%% which refuses atoms this VM does not know: the atoms of exml's element
+%% records are made known at start (MongooseIM's exml has them loaded
+%% anyway; a node where no stanza was parsed yet may not).
+-spec ensure_exml_atoms() -> ok.
+ensure_exml_atoms() ->
+    lists:foreach(fun(Name) -> binary_to_atom(Name, utf8) end, [<<"xmlel">>, <<"xmlcdata">>]).
 
 -spec decode(binary()) -> {ok, jid(), jid(), packet()} | {error, term()}.
 decode(Payload) ->
@@ -593,8 +619,9 @@ route(Acc, From, To, Packet) ->
 %%--------------------------------------------------------------------
 %% Metadata of a stanza (namespace `global_distrib' of its acc), with the
 %% functions and semantics of MongooseIM's module. Set here: `origin' (the
-%% DC where the stanza entered global routing) and `delivered' (handed over
-%% by the runtime: routed globally already).
+%% DC where the stanza entered global routing, permanent) and `delivered'
+%% (handed over by the runtime: routed globally already; for one routing
+%% pass).
 
 -spec get_metadata(acc(), term(), term()) -> term().
 get_metadata(Acc, Key, Default) ->
