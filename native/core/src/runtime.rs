@@ -252,7 +252,10 @@ impl Runtime {
         public_only: bool,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static {
         let store = self.inner.store.clone();
-        self.on_runtime(async move { store.domains(public_only).await }, stopped_store)
+        self.on_runtime(
+            async move { store.domains(public_only).await },
+            stopped_store,
+        )
     }
 
     /// Metadata for a stanza entering global routing here.
