@@ -2,19 +2,25 @@
 %% no persistence, flushed between cases, killed at the end, and a way to
 %% start OTP peer nodes with the test code path.
 -module(gd_redis).
--export([start/0, stop/1, flushall/1, free_port/0, wait_tcp/2, start_peer/0]).
+-export([start/0, start_on/1, stop/1, flushall/1, free_port/0, wait_tcp/2, start_peer/0]).
 
-%% @doc `{ok, #{port, os_pid}}', or `{skip, Why}' without redis-server. The
-%% port dies with the calling process and redis-server does not exit when
-%% its stdin closes: stop/1 kills it by OS pid.
+%% @doc redis-server on a free port: `{ok, #{port, os_pid}}', or
+%% `{skip, Why}' without redis-server.
 -spec start() -> {ok, #{port := inet:port_number(), os_pid := non_neg_integer()}}
                | {skip, string()}.
 start() ->
+    start_on(free_port()).
+
+%% @doc redis-server on `Port' (e.g. again, after a case killed it). The
+%% Erlang port dies with the calling process and redis-server does not exit
+%% when its stdin closes: stop/1 kills it by OS pid.
+-spec start_on(inet:port_number()) ->
+          {ok, #{port := inet:port_number(), os_pid := non_neg_integer()}} | {skip, string()}.
+start_on(Port) ->
     case os:find_executable("redis-server") of
         false ->
             {skip, "redis-server not installed"};
         Exe ->
-            Port = free_port(),
             P = open_port({spawn_executable, Exe},
                           [{args, ["--port", integer_to_list(Port), "--save", "",
                                    "--appendonly", "no", "--bind", "127.0.0.1"]},

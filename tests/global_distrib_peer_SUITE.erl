@@ -31,25 +31,15 @@ groups() ->
      {plain, [sequence], Cases}].
 
 init_per_suite(Config) ->
-    case os:find_executable("redis-server") of
-        false ->
-            {skip, "redis-server not installed"};
-        Exe ->
-            Port = free_port(),
-            RedisPort = open_port({spawn_executable, Exe},
-                                  [{args, ["--port", integer_to_list(Port), "--save", "",
-                                           "--appendonly", "no", "--bind", "127.0.0.1"]},
-                                   exit_status, stderr_to_stdout]),
-            ok = wait_tcp(Port, erlang:monotonic_time(millisecond) + 10000),
-            %% The port dies with this process (CT runs init_per_suite in a
-            %% process of its own), and redis-server does not exit when its
-            %% stdin closes: remember the OS pid to kill it at the end.
-            {os_pid, OsPid} = erlang:port_info(RedisPort, os_pid),
+    case gd_redis:start() of
+        {skip, _} = Skip ->
+            Skip;
+        {ok, #{port := Port, os_pid := OsPid}} ->
             %% A case may restart redis-server (SPEC 11.14): the OS pid of
             %% the one running now is kept where every process sees it.
             persistent_term:put(?REDIS_PID, OsPid),
             Certs = make_certs(?config(priv_dir, Config)),
-            [{redis_port, Port}, {redis_exe, Exe}, {certs, Certs} | Config]
+            [{redis_port, Port}, {certs, Certs} | Config]
     end.
 
 end_per_suite(_Config) ->
@@ -57,15 +47,10 @@ end_per_suite(_Config) ->
     _ = persistent_term:erase(?REDIS_PID),
     ok.
 
-%% Starts redis-server on Port (no persistence) and records its OS pid.
-start_redis(Exe, Port) ->
-    RedisPort = open_port({spawn_executable, Exe},
-                          [{args, ["--port", integer_to_list(Port), "--save", "",
-                                   "--appendonly", "no", "--bind", "127.0.0.1"]},
-                           exit_status, stderr_to_stdout]),
-    {os_pid, OsPid} = erlang:port_info(RedisPort, os_pid),
-    persistent_term:put(?REDIS_PID, OsPid),
-    ok = wait_tcp(Port, erlang:monotonic_time(millisecond) + 10000).
+%% Starts redis-server on Port again and records its OS pid.
+start_redis(Port) ->
+    {ok, #{os_pid := OsPid}} = gd_redis:start_on(Port),
+    persistent_term:put(?REDIS_PID, OsPid).
 
 %% Kills the current redis-server and waits until its port refuses.
 kill_redis(Port) ->
@@ -81,8 +66,7 @@ kill_redis(Port) ->
 stop_redis(undefined) ->
     ok;
 stop_redis(OsPid) ->
-    _ = os:cmd("kill " ++ integer_to_list(OsPid)),
-    ok.
+    gd_redis:stop(#{os_pid => OsPid}).
 
 init_per_group(Group, Config) ->
     [{tls, Group =:= tls} | Config].
@@ -93,7 +77,7 @@ end_per_group(_Group, _Config) ->
 init_per_testcase(Case, Config) ->
     %% A clean Redis per case: no state leaks between cases (only database
     %% 0 is supported, so FLUSHALL).
-    ok = flushall(?config(redis_port, Config)),
+    ok = gd_redis:flushall(?config(redis_port, Config)),
     Db = 0,
     %% Routing from cache while Redis is down needs entries that outlive it.
     CacheLifetime = case Case of redis_restarted_mid_traffic -> 60; _ -> 1 end,
@@ -118,12 +102,7 @@ host(N) ->
     iolist_to_binary(["dc", integer_to_list(N), ".example.com"]).
 
 start_dc(N, Db, Config) ->
-    Paths = [D || D <- code:get_path(), string:find(D, "_build") =/= nomatch],
-    Peer = case peer:start_link(#{connection => standard_io,
-                                  args => lists:append([["-pa", D] || D <- Paths])}) of
-               {ok, P} -> P;
-               {ok, P, _Node} -> P
-           end,
+    Peer = gd_redis:start_peer(),
     TlsOpt = case ?config(tls, Config) of
                  true ->
                      {_, Dir} = ?config(certs, Config),
@@ -164,28 +143,6 @@ wait_until(Fun) ->
 
 wait_until(Fun, Deadline) ->
     gd_wait:until(Fun, Deadline).
-
-flushall(Port) ->
-    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 2000),
-    ok = gen_tcp:send(S, <<"*1\r\n$8\r\nFLUSHALL\r\n">>),
-    {ok, <<"+OK\r\n">>} = gen_tcp:recv(S, 0, 2000),
-    gen_tcp:close(S).
-
-free_port() ->
-    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(S),
-    ok = gen_tcp:close(S),
-    Port.
-
-wait_tcp(Port, Deadline) ->
-    case gen_tcp:connect({127, 0, 0, 1}, Port, [], 200) of
-        {ok, S} -> gen_tcp:close(S);
-        {error, _} ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> {error, redis_not_listening};
-                false -> receive after 20 -> wait_tcp(Port, Deadline) end
-            end
-    end.
 
 %% A CA and one leaf per DC (DNS SAN = its local_host, usable as server and
 %% client), with the openssl CLI.
@@ -376,7 +333,7 @@ redis_restarted_mid_traffic(Config) ->
         %% A refresh while Redis is down fails quietly.
         ct:log("refresh while down: ~p", [call(P1, gd_test_host, refresh_now, [])])
     after
-        start_redis(?config(redis_exe, Config), Port)
+        start_redis(Port)
     end,
     Get = fun(P, K) -> {ok, [V]} = call(P, gd_test_host, store_exec, [[{get, K}]]), V end,
     ?assertEqual(nil, Get(P1, Bob)),

@@ -109,6 +109,9 @@ fn dc_down_gives_undeliverable_after_retries_and_resumes_when_back() {
     let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, dc::config(1));
     dc1.send("alice@example.com/a", "bob@example.com/b", "before");
     assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+    // Its acknowledgement (coalesced for a few ms) must be back before the
+    // cut, or "before" is given back unacknowledged and counted here too.
+    assert!(wait_for(WAIT, || dc1.rt.outgoing().in_flight() == 0));
 
     proxy.cut();
     for i in 0..5 {
