@@ -10,10 +10,10 @@
 %% with peer:call/4.
 -module(gd_mim_node).
 
--export([start/1, start_again/0, stop/0, set_module_opts/2, atom_exists/1, login/1, send/3, send_error_flagged/3, routed/0, s2s_routed/0,
-         clear/0, events/0, flush_instrument/0, lookup/1, store_del/1, handlers/0,
-         register_subhost/2, unregister_subhost/1, disco/1, to_component/3,
-         last_routed_to/1, packet_to_component/3, rebalance/0, refresh_hosts/0, await_peer/1]).
+-export([start/1, start_again/0, stop/0, set_module_opts/2, atom_exists/1,
+         login/1, send/3, routed/0, s2s_routed/0, events/0, flush_instrument/0,
+         lookup/1, store_del/1, handlers/0, register_subhost/2, unregister_subhost/1,
+         disco/1, last_routed_to/1, packet_to_component/3, await_peer/1]).
 
 -define(GLOBAL, <<"example.com">>).
 
@@ -77,13 +77,6 @@ login(JidBin) ->
 send(FromBin, ToBin, Packet) ->
     route(new_acc(FromBin, ToBin, Packet), FromBin, ToBin, Packet).
 
-%% @doc As send/3 with an acc already flagged as an error reply, as
-%% jlib:make_error_reply/3 leaves it.
--spec send_error_flagged(binary(), binary(), tuple()) -> ok.
-send_error_flagged(FromBin, ToBin, Packet) ->
-    Acc = mongoose_acc:set(flag, error, true, new_acc(FromBin, ToBin, Packet)),
-    route(Acc, FromBin, ToBin, Packet).
-
 new_acc(FromBin, ToBin, Packet) ->
     From = jid:from_binary(FromBin),
     {_, LServer} = jid:to_lus(From),
@@ -107,10 +100,6 @@ routed() ->
 -spec s2s_routed() -> [{binary(), binary(), tuple()}].
 s2s_routed() ->
     [{jid:to_binary(F), jid:to_binary(T), P} || {F, T, _Acc, P} <- mim_standin:s2s_routed()].
-
--spec clear() -> ok.
-clear() ->
-    mim_standin:clear().
 
 %% @doc The instrumentation events executed so far.
 -spec events() -> [{atom(), map(), map()}].
@@ -157,14 +146,6 @@ disco(FromBin) ->
         _ -> []
     end.
 
-%% @doc A component attached here receives a stanza: the component service
-%% runs packet_to_component with the acc it got.
--spec to_component(binary(), binary(), tuple()) -> ok.
-to_component(FromBin, ToBin, Packet) ->
-    _ = mim_standin:packet_to_component(new_acc(FromBin, ToBin, Packet),
-                                        jid:from_binary(FromBin), jid:from_binary(ToBin)),
-    ok.
-
 %% @doc The last stanza local routing received for `ToBin', with the acc
 %% it had: what MongooseIM's cluster routing hands to the node a component
 %% is attached to when that is another node of the DC.
@@ -180,14 +161,6 @@ last_routed_to(ToBin) ->
 packet_to_component(Acc, From, To) ->
     _ = mim_standin:packet_to_component(Acc, From, To),
     ok.
-
--spec rebalance() -> ok | {error, term()}.
-rebalance() ->
-    global_distrib:rebalance_now(mod_global_distrib:runtime()).
-
--spec refresh_hosts() -> ok | {error, term()}.
-refresh_hosts() ->
-    global_distrib:refresh_hosts(mod_global_distrib:runtime()).
 
 -spec await_peer(binary()) -> ok | {error, timeout}.
 await_peer(Host) ->
