@@ -12,7 +12,7 @@
 
 -export([start/1, start_again/0, stop/0, set_module_opts/2, atom_exists/1,
          login/1, send/3, routed/0, s2s_routed/0, events/0, flush_instrument/0,
-         lookup/1, store_del/1, handlers/0, register_subhost/2, unregister_subhost/1,
+         lookup/1, info/0, store_del/1, handlers/0, register_subhost/2, unregister_subhost/1,
          disco/1, last_routed_to/1, packet_to_component/3, await_peer/1]).
 
 -define(GLOBAL, <<"example.com">>).
@@ -116,6 +116,10 @@ flush_instrument() ->
 -spec lookup(binary()) -> term().
 lookup(JidBin) ->
     global_distrib:lookup(mod_global_distrib:runtime(), JidBin).
+
+-spec info() -> map().
+info() ->
+    global_distrib:info(mod_global_distrib:runtime()).
 
 -spec store_del([binary()]) -> ok | {error, term()}.
 store_del(Keys) ->

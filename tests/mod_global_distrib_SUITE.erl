@@ -362,6 +362,9 @@ unreachable_dc_answers_service_unavailable(Config) ->
     First = message(<<"first">>),
     ok = call(P1, gd_mim_node, send, [<<"alice@example.com/a">>, <<"bob@example.com/b">>, First]),
     wait_until(fun() -> routed(P2) =/= [] end),
+    %% Its acknowledgement is back (else it would be given back and answered
+    %% with an error too: at-least-once, docs/PROTOCOL.md).
+    wait_until(fun() -> maps:get(in_flight, call(P1, gd_mim_node, info, [])) =:= 0 end),
     %% dc2 goes away without a word: its sessions stay in Redis.
     ok = peer:stop(P2),
     Lost = message(<<"lost">>),

@@ -286,7 +286,8 @@ poll(Cond, Deadline) ->
 store_del(#gd_rt{nif = Nif}, Keys) ->
     await(global_distrib_nif:store_del(Nif, Keys), ?TIMEOUT).
 
-%% @doc local_host, global_host, listen addresses, bounce queue size, etc.
+%% @doc local_host, global_host, listen addresses, bounce queue size,
+%% stanzas sent to other DCs and not acknowledged yet (`in_flight'), etc.
 -spec info(runtime()) -> map().
 info(#gd_rt{nif = Nif}) ->
     global_distrib_nif:info(Nif).

@@ -59,7 +59,7 @@ mod atoms {
         local, forwarded, undeliverable, remote, unknown,
         message, presence, presence_unavailable, iq, other,
         workers, worker_threads, dispatch_shards,
-        local_host, global_host, listen, bounce_queue_size, delivered_sent, delivered_lost,
+        local_host, global_host, listen, bounce_queue_size, in_flight, delivered_sent, delivered_lost,
         log_dropped, error_level = "error", warning, info, debug, trace, none,
         count, min, max, mean, sum, p50, p95, p99, nil,
     }
@@ -625,6 +625,10 @@ fn info<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> NifResult<Term<'a>> {
         (
             atoms::bounce_queue_size().encode(env),
             rt.rt.bounce_queue_size().encode(env),
+        ),
+        (
+            atoms::in_flight().encode(env),
+            rt.rt.outgoing().in_flight().encode(env),
         ),
         (
             atoms::workers().encode(env),
