@@ -172,6 +172,12 @@ pub struct RedisConfig {
     pub expire_after: u64,
     /// Seconds: period of re-writing this node's keys.
     pub refresh_after: u64,
+    /// Milliseconds: bound on one store call (dial + pipeline round trip).
+    #[serde(default = "defaults::redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Milliseconds: bound on the store check at start.
+    #[serde(default = "defaults::redis_start_timeout_ms")]
+    pub start_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +263,16 @@ mod defaults {
     pub const MONGOOSEIM_REDIS_PORT: u16 = 6379;
     pub const EXPIRE_AFTER: u64 = 120;
     pub const REFRESH_AFTER: u64 = 60;
+    /// Under the Erlang API's 5 s: the core answers before the binding
+    /// gives up (docs/CONFIG.md).
+    pub const REDIS_TIMEOUT_MS: u64 = 1000;
+    pub const REDIS_START_TIMEOUT_MS: u64 = 3000;
+    pub fn redis_timeout_ms() -> u64 {
+        REDIS_TIMEOUT_MS
+    }
+    pub fn redis_start_timeout_ms() -> u64 {
+        REDIS_START_TIMEOUT_MS
+    }
     /// MongooseIM's default `redis.pool` name.
     pub const REDIS_POOL: &str = "global_distrib";
     pub const DOMAIN_LIFETIME: u64 = 600;
@@ -465,6 +481,8 @@ const REDIS_KEYS: &[&str] = &[
     "port",
     "refresh_after",
     "server",
+    "start_timeout_ms",
+    "timeout_ms",
     "url",
     "username",
 ];
@@ -947,6 +965,8 @@ fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig,
         pool_size: defaults::REDIS_POOL_SIZE,
         expire_after: defaults::EXPIRE_AFTER,
         refresh_after: defaults::REFRESH_AFTER,
+        timeout_ms: defaults::REDIS_TIMEOUT_MS,
+        start_timeout_ms: defaults::REDIS_START_TIMEOUT_MS,
     };
     let field = top.get("redis")?;
     let section = field
@@ -1016,6 +1036,9 @@ fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(RedisConfig,
         );
         return Err(ConfigError::new("redis.refresh_after", message));
     }
+    let millis = |f: &Field| f.int(1, MAX_MILLISECONDS);
+    redis.timeout_ms = s.opt("timeout_ms", millis, || redis.timeout_ms)?;
+    redis.start_timeout_ms = s.opt("start_timeout_ms", millis, || redis.start_timeout_ms)?;
     if !redis.username.is_empty() && redis.password.is_empty() {
         let message = format!(
             "{} is given without a password: Redis authenticates a user with AUTH <username> <password>",

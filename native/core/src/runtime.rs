@@ -43,6 +43,9 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The store did not answer the start-time check (`redis.start_timeout_ms`).
+    #[error("start: {0}")]
+    StoreCheck(String),
     #[error("{0}")]
     Transport(#[from] TransportError),
     #[error("cannot start the runtime's threads: {0}")]
@@ -457,6 +460,15 @@ async fn build(
         },
     };
     let store = Store::new(backend);
+    // One bounded round trip before anything starts: a store that does not
+    // answer fails the start clearly instead of stalling every first call.
+    let within = Duration::from_millis(config.redis.start_timeout_ms);
+    if let Err(e) = store.backend().health_within(within).await {
+        return Err(StartError::StoreCheck(match e {
+            StoreError::Unavailable(why) => why,
+            e => e.to_string(),
+        }));
+    }
     let metrics = Arc::new(Metrics::new());
     let local_host: Arc<str> = Arc::from(config.local_host.as_str());
     // What this node holds: written through by the refresher, and asked

@@ -87,6 +87,8 @@ fn minimal_config_has_every_default_of_spec_2() {
             pool_size: 1,
             expire_after: 120,
             refresh_after: 60,
+            timeout_ms: 1000,
+            start_timeout_ms: 3000,
         }
     );
     assert_eq!(c.expire_after(), Duration::from_secs(120));
@@ -1096,6 +1098,8 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             pool_size: 24,
             expire_after: 120,
             refresh_after: 60,
+            timeout_ms: 1000,
+            start_timeout_ms: 3000,
         },
         cache: CacheConfig {
             cache_missed: true,

@@ -49,6 +49,8 @@ fn redis_config(url: String, pool_size: u32) -> RedisConfig {
         pool_size,
         expire_after: 120,
         refresh_after: 60,
+        timeout_ms: 1000,
+        start_timeout_ms: 3000,
     }
 }
 

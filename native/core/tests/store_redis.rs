@@ -27,6 +27,8 @@ fn config(url: String, pool_size: u32) -> RedisConfig {
         pool_size,
         expire_after: 120,
         refresh_after: 60,
+        timeout_ms: 1000,
+        start_timeout_ms: 3000,
     }
 }
 

@@ -103,8 +103,28 @@ pub trait Backend: Send + Sync + 'static {
     /// proxy closed the connection): nothing can be assumed about it.
     async fn exec(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError>;
 
+    /// Same as [`Backend::exec`], but tried even while the store is known
+    /// down: the refresher's passes and pending retries are the probes that
+    /// find it back (see `redis::Gate`).
+    async fn exec_probe(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
+        self.exec(cmds).await
+    }
+
     /// Liveness check that works through proxies (`GET` of a sentinel key).
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// [`Backend::health`] answered within `within`, dial included (the
+    /// start-time check), whatever the store was known to be before.
+    async fn health_within(&self, within: Duration) -> Result<(), StoreError> {
+        match tokio::time::timeout(within, self.health()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{} store did not answer within {} ms",
+                self.kind(),
+                within.as_millis()
+            ))),
+        }
+    }
 
     /// `"embedded"` or `"redis"`, for logs.
     fn kind(&self) -> &'static str;
@@ -121,11 +141,34 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Calls of this handle are probes ([`Backend::exec_probe`]).
+    probe: bool,
 }
 
 impl Store {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Store { backend }
+        Store {
+            backend,
+            probe: false,
+        }
+    }
+
+    /// The same store, for the refresher's passes: its calls are tried even
+    /// while the store is known down, so that they find it back.
+    pub fn probing(&self) -> Store {
+        Store {
+            backend: self.backend.clone(),
+            probe: true,
+        }
+    }
+
+    /// One pipeline through the backend, as a probe or not.
+    async fn exec(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
+        if self.probe {
+            self.backend.exec_probe(cmds).await
+        } else {
+            self.backend.exec(cmds).await
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -137,7 +180,7 @@ impl Store {
         let cmd = Cmd::Get {
             key: key.to_owned(),
         };
-        match self.backend.exec(std::slice::from_ref(&cmd)).await?.pop() {
+        match self.exec(std::slice::from_ref(&cmd)).await?.pop() {
             Some(Reply::Str(v)) => Ok(Some(v)),
             Some(Reply::Nil) => Ok(None),
             other => Err(StoreError::Protocol(format!(
@@ -215,7 +258,7 @@ impl Store {
             return Ok(Vec::new());
         }
         if cmds.len() <= BATCH {
-            return self.backend.exec(cmds).await;
+            return self.exec(cmds).await;
         }
         let mut out = Vec::with_capacity(cmds.len());
         let mut chunks = cmds.chunks(BATCH);
@@ -223,7 +266,7 @@ impl Store {
         loop {
             while in_flight.len() < self.concurrency() {
                 let Some(chunk) = chunks.next() else { break };
-                in_flight.push_back(self.backend.exec(chunk));
+                in_flight.push_back(self.exec(chunk));
             }
             match in_flight.next().await {
                 Some(batch) => out.extend(batch?),
@@ -305,7 +348,7 @@ impl Store {
             ttl_secs: ttl_secs(ttl),
         }];
         push_domain_sets(&mut cmds, me, &[(domain.to_owned(), public)], ttl);
-        check_replies(&self.backend.exec(&cmds).await?)
+        check_replies(&self.exec(&cmds).await?)
     }
 
     /// Re-writes this node's domains: CAS on each mapping key (never
@@ -324,7 +367,7 @@ impl Store {
         for chunk in domains.chunks(BATCH) {
             let mut cmds = Vec::new();
             push_domain_sets(&mut cmds, me, chunk, ttl);
-            check_replies(&self.backend.exec(&cmds).await?)?;
+            check_replies(&self.exec(&cmds).await?)?;
         }
         Ok(count)
     }
@@ -346,7 +389,7 @@ impl Store {
                 members,
             },
         ];
-        check_replies(&self.backend.exec(&cmds).await?)
+        check_replies(&self.exec(&cmds).await?)
     }
 
     /// Advertises this node's endpoints (`addr#port` members) with the TTL.
@@ -373,7 +416,7 @@ impl Store {
                 ttl_secs: ttl_secs(ttl),
             },
         ];
-        check_replies(&self.backend.exec(&cmds).await?)
+        check_replies(&self.exec(&cmds).await?)
     }
 
     /// Stamps this node alive in `<local_host>#{nodes}`, makes sure
@@ -400,7 +443,7 @@ impl Store {
                 key: nodes_key.clone(),
             },
         ];
-        let replies = self.backend.exec(&cmds).await?;
+        let replies = self.exec(&cmds).await?;
         check_replies(&replies)?;
         let dead: Vec<String> = match replies.last() {
             Some(Reply::Pairs(pairs)) => pairs
@@ -444,7 +487,7 @@ impl Store {
     pub async fn nodes_of(&self, host: &str) -> Result<Vec<String>, StoreError> {
         let key = keys::nodes(host);
         let cmd = Cmd::HGetAll { key: key.clone() };
-        match self.backend.exec(std::slice::from_ref(&cmd)).await?.pop() {
+        match self.exec(std::slice::from_ref(&cmd)).await?.pop() {
             Some(Reply::Pairs(p)) => Ok(p.into_iter().map(|(n, _)| n).collect()),
             other => Err(StoreError::Protocol(format!(
                 "HGETALL {key}: unexpected reply {other:?}"

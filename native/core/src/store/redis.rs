@@ -18,7 +18,7 @@
 //! lazily, so building the backend never fails because Redis is down.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -26,7 +26,6 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
     ProtocolVersion, RedisConnectionInfo, Value,
 };
-use tokio::sync::Mutex;
 
 use super::{keys, Backend, Cmd, Reply, StoreError};
 use crate::config::RedisConfig;
@@ -42,14 +41,152 @@ pub const DELETE_IF_OURS_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] t
 return redis.call('DEL', KEYS[1]) end \
 return 0";
 
-/// Default bound on one batch (dial + pipeline round trip): a stalled server
-/// must not hang callers forever.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default bound on one batch (dial + pipeline round trip) when no
+/// `redis.timeout_ms` is given: well under the hosts' own timeouts (the
+/// Erlang API waits 5 s), so the core answers first.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long calls fail at once after a failure, before one probe is let
+/// through (see [`Circuit`]).
+pub const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
 struct Slot {
     /// The live connection and the generation it was dialled in, so that a
-    /// failing batch only discards the connection it actually used.
-    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// failing batch only discards the connection it actually used. A plain
+    /// mutex never held across an await: dialling happens outside it.
+    conn: parking_lot::Mutex<Option<(u64, MultiplexedConnection)>>,
+}
+
+/// Whether a call waits behind the circuit ([`Gate::Checked`]) or is a
+/// probe that always tries ([`Gate::Probe`]: the refresher's passes and
+/// pending retries, the start-time check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Checked,
+    Probe,
+}
+
+/// The `down_until` circuit. After a transport failure or a missed
+/// deadline the store is known down: checked calls fail at once for
+/// [`DOWN_BACKOFF`] instead of each waiting out its own deadline; after
+/// that, one checked call at a time is let through as a probe (the others
+/// still fail at once). Any success closes the circuit. Probes
+/// ([`Gate::Probe`]) always try, so the refresher keeps probing.
+#[derive(Default)]
+struct Circuit {
+    state: parking_lot::Mutex<CircuitState>,
+}
+
+#[derive(Default)]
+struct CircuitState {
+    down_until: Option<Instant>,
+    probing: bool,
+    last_failure: String,
+}
+
+const KNOWN_DOWN: &str = "known down";
+const TIMED_OUT: &str = "did not answer within";
+
+/// Why a checked call was refused at once, or `Ok(probe)`.
+type Admission = Result<bool, String>;
+
+impl Circuit {
+    fn admit(&self) -> Admission {
+        let mut s = self.state.lock();
+        let Some(until) = s.down_until else {
+            return Ok(false);
+        };
+        let now = Instant::now();
+        if now < until {
+            let left = until.saturating_duration_since(now).as_millis();
+            return Err(format!(
+                "{KNOWN_DOWN} since the last failure ({}); next attempt in {left} ms",
+                s.last_failure
+            ));
+        }
+        if s.probing {
+            return Err(format!(
+                "{KNOWN_DOWN} since the last failure ({}); a probe is in flight",
+                s.last_failure
+            ));
+        }
+        s.probing = true;
+        Ok(true)
+    }
+
+    fn succeeded(&self) {
+        let mut s = self.state.lock();
+        s.down_until = None;
+        s.probing = false;
+    }
+
+    fn failed(&self, why: &str) {
+        let mut s = self.state.lock();
+        s.down_until = Some(Instant::now() + DOWN_BACKOFF);
+        s.probing = false;
+        s.last_failure = why.to_owned();
+    }
+
+    /// A probe that ended without an outcome (its caller gave up on it).
+    fn abandoned(&self, probe: bool) {
+        if probe {
+            self.state.lock().probing = false;
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.state.lock().down_until.is_some()
+    }
+}
+
+/// Clears the probe flag if the call is dropped before it reports.
+struct ProbeGuard<'a> {
+    circuit: &'a Circuit,
+    probe: bool,
+    reported: bool,
+}
+
+impl ProbeGuard<'_> {
+    /// A success closes the circuit and a failure that shows the store
+    /// down opens it; other failures (a connection a proxy closed) leave it
+    /// as it was.
+    fn report<T>(&mut self, result: &Result<T, Failure>) {
+        self.reported = true;
+        match result {
+            Ok(_) => self.circuit.succeeded(),
+            Err(Failure::Down(why)) => self.circuit.failed(why),
+            Err(_) => self.circuit.abandoned(self.probe),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.circuit.abandoned(self.probe);
+        }
+    }
+}
+
+/// How one batch failed.
+enum Failure {
+    /// No connection could be dialled, or no answer came in time: the store
+    /// is known down (opens the circuit).
+    Down(String),
+    /// The connection was found closed at the socket level (the server
+    /// restarted, a proxy dropped it, or refused a command by closing):
+    /// worth one fresh connection, and not proof the store is down.
+    Closed(String),
+    /// The replies did not match the commands.
+    Other(String),
+}
+
+impl Failure {
+    fn text(&self) -> &str {
+        match self {
+            Failure::Down(s) | Failure::Closed(s) | Failure::Other(s) => s,
+        }
+    }
 }
 
 pub struct RedisBackend {
@@ -59,12 +196,14 @@ pub struct RedisBackend {
     slots: Vec<Slot>,
     next_slot: AtomicUsize,
     generation: AtomicU64,
+    circuit: Circuit,
 }
 
 impl RedisBackend {
-    /// Builds the backend from the `redis` config section; dials nothing yet.
+    /// Builds the backend from the `redis` config section (its
+    /// `timeout_ms` bounds each batch); dials nothing yet.
     pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
-        Self::with_timeout(cfg, DEFAULT_TIMEOUT)
+        Self::with_timeout(cfg, Duration::from_millis(cfg.timeout_ms))
     }
 
     /// Same, with an explicit per-batch timeout.
@@ -80,11 +219,12 @@ impl RedisBackend {
             timeout,
             slots: (0..pool)
                 .map(|_| Slot {
-                    conn: Mutex::new(None),
+                    conn: parking_lot::Mutex::new(None),
                 })
                 .collect(),
             next_slot: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            circuit: Circuit::default(),
         })
     }
 
@@ -99,7 +239,7 @@ impl RedisBackend {
         for a in rest {
             pipe.arg(*a);
         }
-        let mut values = self.query(&pipe, 1).await?;
+        let mut values = self.query(&pipe, 1, Gate::Probe, self.timeout).await?;
         Ok(values.pop().map(raw_reply).unwrap_or(Reply::Nil))
     }
 
@@ -108,73 +248,165 @@ impl RedisBackend {
         &self.target
     }
 
-    /// The slot's connection, and whether it was dialled just now.
-    async fn connection(
-        &self,
-        slot: &Slot,
-    ) -> Result<(u64, MultiplexedConnection, bool), StoreError> {
-        let mut guard = slot.conn.lock().await;
-        if let Some((gen, conn)) = guard.as_ref() {
+    /// The per-batch deadline (`redis.timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the last batch failed and no batch has succeeded since.
+    pub fn is_down(&self) -> bool {
+        self.circuit.is_down()
+    }
+
+    /// Runs `cmds` as one pipeline with the given gate (see [`Gate`]).
+    pub async fn exec_gated(&self, cmds: &[Cmd], gate: Gate) -> Result<Vec<Reply>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for c in cmds {
+            add_cmd(&mut pipe, c);
+        }
+        let values = self.query(&pipe, cmds.len(), gate, self.timeout).await?;
+        Ok(cmds.iter().zip(values).map(|(c, v)| reply(c, v)).collect())
+    }
+
+    /// The slot's connection, and whether it was dialled just now. The dial
+    /// happens outside the slot's lock: a slow dial never holds up a batch
+    /// that could use a connection dialled meanwhile. Two racing dials keep
+    /// the first connection stored; the other one is dropped.
+    async fn connection(&self, slot: &Slot) -> Result<(u64, MultiplexedConnection, bool), Failure> {
+        if let Some((gen, conn)) = slot.conn.lock().as_ref() {
             return Ok((*gen, conn.clone(), false));
         }
+        // The caller's deadline bounds the dial; redis-rs' own timeouts are
+        // off so that a timeout is never mistaken for a closed connection.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
         let conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("redis at {}: cannot connect: {e}", self.target))
-            })?;
+            .map_err(|e| Failure::Down(format!("cannot connect: {e}")))?;
         let gen = self.generation.fetch_add(1, Ordering::Relaxed);
+        let mut guard = slot.conn.lock();
+        if let Some((g, c)) = guard.as_ref() {
+            return Ok((*g, c.clone(), false));
+        }
         *guard = Some((gen, conn.clone()));
+        drop(guard);
         tracing::debug!(what = "redis_connected", target = %self.target, generation = gen);
         Ok((gen, conn, true))
     }
 
-    async fn discard(&self, slot: &Slot, gen: u64) {
-        let mut guard = slot.conn.lock().await;
+    fn discard(&self, slot: &Slot, gen: u64) {
+        let mut guard = slot.conn.lock();
         if guard.as_ref().is_some_and(|(g, _)| *g == gen) {
             *guard = None;
         }
     }
 
-    /// Runs `pipe` (of `count` commands) on the next pooled connection.
-    /// Server errors come back as values; any `Err` is a transport failure,
-    /// after which the connection is discarded.
-    ///
-    /// A connection kept from before may have died unnoticed (the server
-    /// restarted, a proxy dropped it): when it fails at the socket level the
-    /// batch is sent once more on a fresh connection. Every command of the
-    /// dialect is idempotent, so a batch that did reach the server before
-    /// the failure is safe to repeat.
-    async fn query(&self, pipe: &redis::Pipeline, count: usize) -> Result<Vec<Value>, StoreError> {
+    /// Runs `pipe` (of `count` commands) on the next pooled connection,
+    /// dial included, within `within`; a checked call is refused at once
+    /// while the circuit is open. Server errors come back as values; any
+    /// `Err` is a transport failure, a missed deadline or the open circuit.
+    async fn query(
+        &self,
+        pipe: &redis::Pipeline,
+        count: usize,
+        gate: Gate,
+        within: Duration,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.query_raw(pipe, count, gate, within)
+            .await
+            .map_err(|why| self.failed(why))
+    }
+
+    /// [`RedisBackend::query`] with the failure as text.
+    async fn query_raw(
+        &self,
+        pipe: &redis::Pipeline,
+        count: usize,
+        gate: Gate,
+        within: Duration,
+    ) -> Result<Vec<Value>, String> {
+        let probe = match gate {
+            Gate::Probe => false,
+            Gate::Checked => self.circuit.admit()?,
+        };
+        let mut outcome = ProbeGuard {
+            circuit: &self.circuit,
+            probe,
+            reported: false,
+        };
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[i];
-        loop {
-            let (gen, mut conn, fresh) = self.connection(slot).await?;
-            let sent =
-                tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn));
-            let (failure, stale) = match sent.await {
-                Ok(Ok(values)) if values.len() == count => return Ok(values),
-                Ok(Ok(values)) => (
-                    format!("expected {count} replies, got {}", values.len()),
-                    false,
-                ),
-                Ok(Err(e)) => (e.to_string(), e.is_io_error() || e.is_connection_dropped()),
-                Err(_) => (format!("no reply within {:?}", self.timeout), false),
-            };
-            self.discard(slot, gen).await;
-            if stale && !fresh {
-                tracing::debug!(what = "redis_stale_connection", target = %self.target, reason = %failure);
-                continue;
+        let result = match tokio::time::timeout(within, self.attempt(slot, pipe, count)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The connection may hold a request the server never
+                // answers: start afresh next time. No retry: a timeout says
+                // the server is slow or stalled, not that the socket is stale.
+                let gen = slot.conn.lock().as_ref().map(|(g, _)| *g);
+                if let Some(gen) = gen {
+                    self.discard(slot, gen);
+                }
+                Err(Failure::Down(format!(
+                    "{TIMED_OUT} {} ms",
+                    within.as_millis()
+                )))
             }
-            return Err(self.failed(failure));
+        };
+        outcome.report(&result);
+        result.map_err(|f| f.text().to_owned())
+    }
+
+    /// One batch, plus one resend on a fresh connection when a kept
+    /// connection is found closed at the socket level (Redis restarted, a
+    /// proxy dropped it). Every command of the dialect is idempotent, so a
+    /// batch that did reach the server before the failure is safe to repeat.
+    async fn attempt(
+        &self,
+        slot: &Slot,
+        pipe: &redis::Pipeline,
+        count: usize,
+    ) -> Result<Vec<Value>, Failure> {
+        match self.once(slot, pipe, count).await {
+            Err((Failure::Closed(why), false)) => {
+                tracing::debug!(what = "redis_stale_connection", target = %self.target, reason = %why);
+                self.once(slot, pipe, count).await.map_err(|(f, _)| f)
+            }
+            r => r.map_err(|(f, _)| f),
         }
     }
 
+    /// One batch on the slot's connection; on failure, also whether that
+    /// connection had just been dialled.
+    async fn once(
+        &self,
+        slot: &Slot,
+        pipe: &redis::Pipeline,
+        count: usize,
+    ) -> Result<Vec<Value>, (Failure, bool)> {
+        let (gen, mut conn, fresh) = self.connection(slot).await.map_err(|f| (f, true))?;
+        let failure = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(values) if values.len() == count => return Ok(values),
+            Ok(values) => Failure::Other(format!("expected {count} replies, got {}", values.len())),
+            Err(e) if (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() => {
+                Failure::Closed(e.to_string())
+            }
+            Err(e) => Failure::Other(e.to_string()),
+        };
+        self.discard(slot, gen);
+        Err((failure, fresh))
+    }
+
     fn failed(&self, failure: String) -> StoreError {
+        if failure.starts_with(KNOWN_DOWN) {
+            return StoreError::Unavailable(format!("redis at {}: {failure}", self.target));
+        }
         tracing::warn!(what = "redis_batch_failed", target = %self.target, reason = %failure);
         StoreError::Unavailable(format!(
             "redis at {}: {failure}; will reconnect on the next batch",
@@ -370,26 +602,41 @@ fn raw_reply(v: Value) -> Reply {
 #[async_trait]
 impl Backend for RedisBackend {
     async fn exec(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for c in cmds {
-            add_cmd(&mut pipe, c);
-        }
-        let values = self.query(&pipe, cmds.len()).await?;
-        Ok(cmds.iter().zip(values).map(|(c, v)| reply(c, v)).collect())
+        self.exec_gated(cmds, Gate::Checked).await
+    }
+
+    async fn exec_probe(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
+        self.exec_gated(cmds, Gate::Probe).await
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        let cmd = Cmd::Get {
-            key: keys::HEALTH_SENTINEL.to_owned(),
-        };
-        match self.exec(std::slice::from_ref(&cmd)).await?.pop() {
-            Some(Reply::Error(e)) => Err(StoreError::Unavailable(format!(
-                "redis at {}: health check failed: {e}",
-                self.target
+        self.health_within(self.timeout).await
+    }
+
+    /// One `GET` of the health sentinel (proxy-safe: a proxy answers
+    /// `PING` itself), dial included, within `within`, whatever the
+    /// circuit says.
+    async fn health_within(&self, within: Duration) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("GET").arg(keys::HEALTH_SENTINEL);
+        let values = self
+            .query_raw(&pipe, 1, Gate::Probe, within)
+            .await
+            .map_err(|why| {
+                StoreError::Unavailable(match why.strip_prefix(TIMED_OUT) {
+                    Some(_) => format!(
+                        "redis {} did not answer within {} ms",
+                        self.target,
+                        within.as_millis()
+                    ),
+                    None => format!("redis {} cannot be reached: {why}", self.target),
+                })
+            })?;
+        match values.into_iter().next() {
+            Some(Value::ServerError(e)) => Err(StoreError::Unavailable(format!(
+                "redis {}: health check failed: {}",
+                self.target,
+                server_error_text(&e)
             ))),
             _ => Ok(()),
         }

@@ -13,7 +13,9 @@
 //! because the store was down are "pending" and retried every second as plain
 //! `SET`s: a CAS refresh would be blocked forever by a stale foreign entry
 //! that the lost open was meant to replace. Failures are logged and retried;
-//! the next pass after the store returns restores everything owned.
+//! the next pass after the store returns restores everything owned. Passes
+//! and pending retries go through [`Store::probing`]: they are the probes
+//! that find a store known down back, while callers fail fast.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -316,6 +318,11 @@ impl RefreshStats {
 #[derive(Clone)]
 pub struct Refresher {
     store: Store,
+    /// The same store for passes and pending retries: tried even while the
+    /// store is known down, so the refresher keeps probing and restores
+    /// everything owned as soon as it answers (caller-facing writes fail
+    /// fast meanwhile).
+    probe: Store,
     state: Arc<OwnedState>,
     me: NodeId,
     expire_after: Duration,
@@ -362,6 +369,7 @@ impl Refresher {
         refresh_after: Duration,
     ) -> Self {
         Refresher {
+            probe: store.probing(),
             store,
             state,
             me,
@@ -445,7 +453,7 @@ impl Refresher {
         let keys = self.state.pending_snapshot();
         let mut done = 0;
         for chunk in keys.chunks(BATCH) {
-            self.store
+            self.probe
                 .open_sessions(chunk, &self.me.local_host, self.expire_after)
                 .await?;
             self.state.pending_done(chunk);
@@ -458,13 +466,13 @@ impl Refresher {
     /// domains. Each part is attempted even if an earlier one failed.
     async fn refresh_meta(&self, stats: &mut RefreshStats) {
         let ttl = self.expire_after;
-        if let Err(e) = self.store.heartbeat(&self.me, unix_now(), ttl).await {
+        if let Err(e) = self.probe.heartbeat(&self.me, unix_now(), ttl).await {
             stats.errors += 1;
             tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
         }
         let endpoints = self.state.endpoints();
         if let Err(e) = self
-            .store
+            .probe
             .publish_endpoints(&self.me, &endpoints, ttl)
             .await
         {
@@ -472,7 +480,7 @@ impl Refresher {
             tracing::warn!(what = "refresh_endpoints_failed", error = %e);
         }
         match self
-            .store
+            .probe
             .refresh_domains(&self.me, &self.state.domains(), ttl)
             .await
         {
@@ -532,7 +540,7 @@ impl Refresher {
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }
-        self.store
+        self.probe
             .refresh_sessions(&keys, &self.me.local_host, self.expire_after)
             .await
             .map_err(|e| {
