@@ -165,9 +165,34 @@ impl RedisServer {
     /// Kills the server (all data is lost: no persistence).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused server would not die of SIGKILL any later, but make
+            // sure it is not left stopped either.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections are still accepted by the
+    /// kernel, nothing is ever answered, as with a stalled Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`RedisServer::pause`]d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
     }
 
     /// Starts again, empty, on the same port.
