@@ -61,6 +61,8 @@
                         worker_threads => pos_integer(),
                         dispatch_shards => pos_integer()}.
 
+%% A last resort: the core answers store-bound calls within
+%% `redis.timeout_ms' (1 s by default), so keep this well above it.
 -define(TIMEOUT, 5000).
 
 %% @equiv start(Config, #{})
