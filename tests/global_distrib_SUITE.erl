@@ -31,6 +31,7 @@
          rebalance_now_uses_a_new_endpoint_at_once/1,
          core_logs_reach_logger/1, log/2,
          cached_route_cost/1]).
+-export([stalled_redis_answers_before_the_api_timeout/1]).
 
 -define(GLOBAL, <<"example.com">>).
 -define(WAIT, 10000).
@@ -39,7 +40,8 @@ suite() ->
     [{timetrap, {minutes, 3}}].
 
 all() ->
-    [{group, scenarios}, {group, binding}, cached_route_cost].
+    [{group, scenarios}, {group, binding}, cached_route_cost,
+     stalled_redis_answers_before_the_api_timeout].
 
 groups() ->
     [{scenarios, [],
@@ -827,3 +829,63 @@ batch(F, N) ->
 
 loop(_, 0) -> ok;
 loop(F, N) -> F(), loop(F, N - 1).
+
+%%--------------------------------------------------------------------
+%% Redis that accepts and never answers (issue 11, item 4): start fails
+%% clearly within a bound; with a redis-server frozen by SIGSTOP,
+%% session_opened and an uncached route return the core's answer within
+%% about redis.timeout_ms (1 s), well before the API's 5 s timeout.
+
+stalled_redis_answers_before_the_api_timeout(_Config) ->
+    {ok, Hole} = gen_tcp:listen(0, [binary, {ip, {127, 0, 0, 1}}, {active, false}]),
+    {ok, HolePort} = inet:port(Hole),
+    Holder = spawn(fun() -> hold(Hole, []) end),
+    ok = gen_tcp:controlling_process(Hole, Holder),
+    RedisAt = fun(Port) -> #{url => iolist_to_binary(["redis://127.0.0.1:",
+                                                       integer_to_list(Port)])} end,
+    {StartUs, Refused} = timer:tc(fun() ->
+        global_distrib:start((dc_config(1))#{redis => RedisAt(HolePort)}, #{})
+    end),
+    exit(Holder, kill),
+    Expected = iolist_to_binary(["start: redis 127.0.0.1:", integer_to_list(HolePort),
+                                 " did not answer within 3000 ms"]),
+    ?assertEqual({error, {start, Expected}}, Refused),
+    ?assert(StartUs < 6000000),
+    case gd_redis:start() of
+        {skip, Why} ->
+            {skip, Why};
+        {ok, #{port := Port, os_pid := OsPid} = Redis} ->
+            Signal = fun(Sig) -> os:cmd(io_lib:format("kill -~s ~b", [Sig, OsPid])) end,
+            try
+                {ok, Rt} = global_distrib:start((dc_config(1))#{redis => RedisAt(Port)}, #{}),
+                put(gd_dcs, [Rt | get_dcs()]),
+                ok = global_distrib:session_opened(Rt, <<"alice@example.com/a">>),
+                _ = Signal("STOP"),
+                {OpenUs, Opened} = timer:tc(fun() ->
+                    global_distrib:session_opened(Rt, <<"carol@example.com/c">>)
+                end),
+                {RouteUs, Routed} = timer:tc(fun() ->
+                    global_distrib:route(Rt, <<"alice@example.com/a">>,
+                                         <<"bob@example.com/b">>, message, <<"stalled">>)
+                end),
+                ct:pal("Redis stalled: start against a blackhole ~b ms, session_opened ~b ms "
+                       "-> ~p, uncached route ~b ms -> ~p",
+                       [StartUs div 1000, OpenUs div 1000, Opened, RouteUs div 1000, Routed]),
+                ?assertEqual(ok, Opened),
+                ?assert(OpenUs < 2000000),
+                %% Bounce holds it: the store could not be read.
+                ?assertEqual(stored, Routed),
+                ?assert(RouteUs < 2000000)
+            after
+                _ = Signal("CONT"),
+                [catch global_distrib:stop(R, 1000) || R <- get_dcs()],
+                erase(gd_dcs),
+                gd_redis:stop(Redis)
+            end
+    end.
+
+hold(Listen, Held) ->
+    case gen_tcp:accept(Listen) of
+        {ok, S} -> hold(Listen, [S | Held]);
+        {error, _} -> ok
+    end.
