@@ -902,7 +902,7 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     assert_eq!(
         error(json!({"redis": {"host": "x"}})),
         "redis.host: unknown option (expected one of: database, expire_after, password, pool, pool_size, \
-         port, refresh_after, server, url, username)"
+         port, refresh_after, server, start_timeout_ms, timeout_ms, url, username)"
     );
     let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
     assert_eq!(
@@ -1467,4 +1467,17 @@ fn tls_keys_without_meaning_for_rustls_are_logged_at_info() {
             "{key}: {text}"
         );
     }
+}
+
+#[test]
+fn redis_deadlines_are_read_and_checked() {
+    let c = parse(json!({"redis": {"timeout_ms": 250, "start_timeout_ms": 5000}}));
+    assert_eq!((c.redis.timeout_ms, c.redis.start_timeout_ms), (250, 5000));
+    let c = parse(json!({}));
+    assert_eq!((c.redis.timeout_ms, c.redis.start_timeout_ms), (1000, 3000));
+    assert!(
+        error(json!({"redis": {"timeout_ms": 0}})).starts_with("redis.timeout_ms: "),
+        "{}",
+        error(json!({"redis": {"timeout_ms": 0}}))
+    );
 }
