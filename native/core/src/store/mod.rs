@@ -105,7 +105,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Same as [`Backend::exec`], but tried even while the store is known
     /// down: the refresher's passes and pending retries are the probes that
-    /// find it back (see `redis::Gate`).
+    /// find it back (the Redis backend's `down_until` circuit, docs/REDIS.md).
     async fn exec_probe(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
         self.exec(cmds).await
     }

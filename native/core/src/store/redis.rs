@@ -15,7 +15,13 @@
 //!   and the next batch dials a fresh one.
 //!
 //! `pool_size` multiplexed connections are used round-robin and dialled
-//! lazily, so building the backend never fails because Redis is down.
+//! lazily (outside any lock), so building the backend never fails because
+//! Redis is down.
+//!
+//! Deadlines: every batch, dial included, ends within `redis.timeout_ms`;
+//! a missed deadline is never retried, and together with a failed dial it
+//! opens the `down_until` circuit (`Circuit`) during which callers fail at
+//! once while the refresher keeps probing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -47,7 +53,7 @@ return 0";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long calls fail at once after a failure, before one probe is let
-/// through (see [`Circuit`]).
+/// through (see `Circuit`).
 pub const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
 struct Slot {
@@ -61,7 +67,7 @@ struct Slot {
 /// probe that always tries ([`Gate::Probe`]: the refresher's passes and
 /// pending retries, the start-time check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
+enum Gate {
     Checked,
     Probe,
 }
@@ -132,10 +138,6 @@ impl Circuit {
         if probe {
             self.state.lock().probing = false;
         }
-    }
-
-    fn is_down(&self) -> bool {
-        self.state.lock().down_until.is_some()
     }
 }
 
@@ -248,18 +250,8 @@ impl RedisBackend {
         &self.target
     }
 
-    /// The per-batch deadline (`redis.timeout_ms`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// Whether the last batch failed and no batch has succeeded since.
-    pub fn is_down(&self) -> bool {
-        self.circuit.is_down()
-    }
-
     /// Runs `cmds` as one pipeline with the given gate (see [`Gate`]).
-    pub async fn exec_gated(&self, cmds: &[Cmd], gate: Gate) -> Result<Vec<Reply>, StoreError> {
+    async fn exec_gated(&self, cmds: &[Cmd], gate: Gate) -> Result<Vec<Reply>, StoreError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
