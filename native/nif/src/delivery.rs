@@ -6,14 +6,19 @@
 //! `{global_distrib, deliver_batch, [{Meta, Payload}]}` in arrival order:
 //! one message and one wake-up instead of one per stanza.
 //!
-//! A worker that died (its supervisor is restarting it) does not lose what
-//! is sent to it meanwhile: a send to a dead pid keeps the message in its
-//! slot, and every later message of that slot queues behind it (order kept),
-//! until the restarted worker registers its pid (`set_worker/3`, from its
-//! `init/1`); then the held messages go to it first, in order. At most
-//! [`MAX_HELD`] stanzas or [`MAX_HELD_BYTES`] payload bytes are held per
-//! runtime; beyond that, or when the runtime stops with stanzas held, they
-//! are counted `delivered_lost` and logged.
+//! A worker that dies (its supervisor restarts it) loses nothing: every
+//! stanza sent stays in its slot until the worker says it ran the callback
+//! for it (`delivered/2`, an inline NIF call per stanza), so what was in the
+//! dead worker's mailbox is still here; a send to a dead pid keeps the
+//! message too, and every later message of that slot queues behind it
+//! (order kept). When the restarted worker registers its pid
+//! (`set_worker/3`, from its `init/1`), the stanzas its predecessor did not
+//! confirm and then the held ones go to it, in order. The one stanza whose
+//! callback had returned when the worker was killed, before it confirmed,
+//! is delivered again. At most [`MAX_HELD`] stanzas or [`MAX_HELD_BYTES`]
+//! payload bytes wait for a successor per runtime; beyond that, or when the
+//! runtime stops with stanzas held, they are counted `delivered_lost` and
+//! logged.
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
@@ -180,10 +185,45 @@ impl Msg {
     }
 }
 
-/// One worker slot: its pid, and what waits for its restarted successor.
+/// One worker slot: its pid, what it was sent and did not confirm yet
+/// (with the number of stanzas of the first message it confirmed), and
+/// what waits to be sent.
 struct Slot {
     pid: LocalPid,
+    /// A send to `pid` failed: nothing is tried until `set_worker`.
+    dead: bool,
+    unconfirmed: VecDeque<Msg>,
+    confirmed_of_first: usize,
     held: VecDeque<Msg>,
+}
+
+impl Slot {
+    /// One more stanza of the oldest unconfirmed message ran.
+    fn confirm(&mut self) {
+        let Some(first) = self.unconfirmed.front() else {
+            return;
+        };
+        self.confirmed_of_first += 1;
+        if self.confirmed_of_first >= first.stanzas() {
+            self.unconfirmed.pop_front();
+            self.confirmed_of_first = 0;
+        }
+    }
+
+    /// The worker died: what it did not confirm goes back in front of the
+    /// held messages, without the stanzas of a batch it already ran.
+    /// Returns how many messages came back.
+    fn take_back(&mut self) -> usize {
+        let done = std::mem::take(&mut self.confirmed_of_first);
+        let mut back = std::mem::take(&mut self.unconfirmed);
+        if let (Some(Msg::Batch(first)), true) = (back.front_mut(), done > 0) {
+            first.drain(..done.min(first.len()));
+        }
+        let n = back.len();
+        back.append(&mut self.held);
+        self.held = back;
+        n
+    }
 }
 
 /// The slots and counters, shared with the short-lived threads that send
@@ -208,9 +248,12 @@ impl Slots {
         if !slot.held.is_empty() {
             self.flush(&mut slot);
         }
-        if slot.held.is_empty() && send(slot.pid, &msg) {
+        if slot.held.is_empty() && !slot.dead && send(slot.pid, &msg) {
             self.sent.fetch_add(msg.stanzas() as u64, Ordering::Relaxed);
+            slot.unconfirmed.push_back(msg);
         } else {
+            // Only a dead pid refuses a message, and held ones wait for a successor.
+            slot.dead = true;
             self.hold(&mut slot, msg);
         }
     }
@@ -218,11 +261,17 @@ impl Slots {
     /// Sends the held messages in order until one cannot be sent.
     fn flush(&self, slot: &mut Slot) {
         while let Some(msg) = slot.held.front() {
+            if slot.dead {
+                return;
+            }
             if !send(slot.pid, msg) {
+                slot.dead = true;
                 return;
             }
             let (n, b) = (msg.stanzas(), msg.bytes());
-            slot.held.pop_front();
+            if let Some(msg) = slot.held.pop_front() {
+                slot.unconfirmed.push_back(msg);
+            }
             self.held_stanzas.fetch_sub(n, Ordering::Relaxed);
             self.held_bytes.fetch_sub(b, Ordering::Relaxed);
             self.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -240,6 +289,26 @@ impl Slots {
             return;
         }
         slot.held.push_back(msg);
+    }
+
+    /// The first `back` messages of `slot.held` came back unconfirmed:
+    /// count them as held, and lose what exceeds the bounds (newest first).
+    fn account_back(&self, slot: &mut Slot, back: usize) {
+        for m in slot.held.iter().take(back) {
+            self.held_stanzas.fetch_add(m.stanzas(), Ordering::Relaxed);
+            self.held_bytes.fetch_add(m.bytes(), Ordering::Relaxed);
+        }
+        while self.held_stanzas.load(Ordering::Relaxed) > MAX_HELD
+            || self.held_bytes.load(Ordering::Relaxed) > MAX_HELD_BYTES
+        {
+            let Some(msg) = slot.held.pop_back() else {
+                break;
+            };
+            self.held_stanzas
+                .fetch_sub(msg.stanzas(), Ordering::Relaxed);
+            self.held_bytes.fetch_sub(msg.bytes(), Ordering::Relaxed);
+            self.lose(&msg);
+        }
     }
 
     fn lose(&self, msg: &Msg) {
@@ -278,6 +347,9 @@ impl ErlDelivery {
             .map(|pid| {
                 Mutex::new(Slot {
                     pid,
+                    dead: false,
+                    unconfirmed: VecDeque::new(),
+                    confirmed_of_first: 0,
                     held: VecDeque::new(),
                 })
             })
@@ -294,16 +366,24 @@ impl ErlDelivery {
         }
     }
 
-    /// Puts `pid` in slot `index` and sends it what was held for the slot
-    /// (on a thread of its own: this is called on a scheduler thread).
-    /// False when `index` is not a slot: the table never grows.
+    /// Puts `pid` in slot `index` (a restarted worker) and sends it what
+    /// its predecessor did not confirm, then what was held for the slot (on
+    /// a thread of its own: this is called on a scheduler thread). The pid
+    /// already in the slot changes nothing. False when `index` is not a
+    /// slot: the table never grows.
     pub fn set_worker(&self, index: usize, pid: LocalPid) -> bool {
         let Some(slot) = self.slots.slots.get(index) else {
             return false;
         };
         let pending = {
             let mut slot = slot.lock();
+            if slot.pid == pid {
+                return true;
+            }
             slot.pid = pid;
+            slot.dead = false;
+            let back = slot.take_back();
+            self.slots.account_back(&mut slot, back);
             !slot.held.is_empty()
         };
         if pending {
@@ -316,6 +396,21 @@ impl ErlDelivery {
                     }
                 });
         }
+        true
+    }
+
+    /// The worker of slot `index`, `pid`, ran the callback of the oldest
+    /// stanza it had not confirmed. False when `pid` is not that slot's
+    /// worker (a late call of a replaced worker changes nothing).
+    pub fn delivered(&self, index: usize, pid: LocalPid) -> bool {
+        let Some(slot) = self.slots.slots.get(index) else {
+            return false;
+        };
+        let mut slot = slot.lock();
+        if slot.pid != pid {
+            return false;
+        }
+        slot.confirm();
         true
     }
 
@@ -342,6 +437,9 @@ impl ErlDelivery {
         for slot in self.slots.slots.iter() {
             let mut slot = slot.lock();
             self.slots.flush(&mut slot);
+            // Sent to live workers: the owner lets them run these.
+            slot.unconfirmed.clear();
+            slot.confirmed_of_first = 0;
             for msg in std::mem::take(&mut slot.held) {
                 self.slots
                     .held_stanzas

@@ -360,6 +360,18 @@ fn set_worker<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, index: usize, pid: Local
     }
 }
 
+/// `delivered(Rt, Index)`: the calling worker of slot `Index` ran the
+/// callback of its oldest unconfirmed stanza (inline: a lock and a pop).
+/// `ok`, or `{error, bad_index}` when the caller is not that slot's worker.
+#[rustler::nif]
+fn delivered<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, index: usize) -> Term<'a> {
+    if rt.delivery.delivered(index, env.pid()) {
+        atoms::ok().encode(env)
+    } else {
+        err(env, atoms::bad_index())
+    }
+}
+
 /// `set_log(Pid | undefined, Level)`: where the core's log events go.
 #[rustler::nif]
 fn set_log(pid: Option<LocalPid>, level: Atom) -> Atom {
