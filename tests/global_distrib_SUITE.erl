@@ -908,6 +908,11 @@ worker_index_is_checked(_Config) ->
     %% Only the slot's worker confirms its stanzas.
     ?assertEqual({error, bad_index}, global_distrib_nif:delivered(Nif, 0)),
     ?assertMatch(#{workers := 4}, global_distrib:info(Rt)),
+    %% set_log/2 takes `undefined' as its spec says (global_distrib_log's
+    %% terminate/2 calls it so), and any non-pid as no target.
+    ?assertEqual(ok, global_distrib_nif:set_log(undefined, none)),
+    ?assertEqual(ok, global_distrib_nif:set_log(<<"junk">>, junk)),
+    ok = global_distrib:set_log_level(application:get_env(global_distrib, log_level, info)),
     vm_alive().
 
 %% Payloads over 16 KiB are copied on a dirty scheduler: no long_schedule

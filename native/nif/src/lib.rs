@@ -379,7 +379,10 @@ fn delivered<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, index: usize) -> Term<'a>
 
 /// `set_log(Pid | undefined, Level)`: where the core's log events go.
 #[rustler::nif]
-fn set_log(pid: Option<LocalPid>, level: Atom) -> Atom {
+fn set_log(pid: Term<'_>, level: Atom) -> Atom {
+    // `undefined` (or anything but a pid) means no target; rustler's
+    // `Option<LocalPid>` would only accept `nil`.
+    let pid: Option<LocalPid> = pid.decode().ok();
     let n = if level == atoms::error_level() {
         1
     } else if level == atoms::warning() {
