@@ -32,6 +32,15 @@
          core_logs_reach_logger/1, log/2,
          cached_route_cost/1]).
 -export([stalled_redis_answers_before_the_api_timeout/1]).
+-export([deep_config_is_refused/1,
+         improper_lists_are_refused/1,
+         worker_index_is_checked/1,
+         large_payload_runs_off_normal_schedulers/1,
+         zero_workers_and_bad_sizes_are_refused/1,
+         node_name_over_wire_limit_is_refused/1,
+         application_stop_stops_every_runtime/1,
+         killed_worker_stanzas_go_to_successor/1,
+         random_worker_kills_lose_nothing/1]).
 
 -define(GLOBAL, <<"example.com">>).
 -define(WAIT, 10000).
@@ -40,8 +49,8 @@ suite() ->
     [{timetrap, {minutes, 3}}].
 
 all() ->
-    [{group, scenarios}, {group, binding}, cached_route_cost,
-     stalled_redis_answers_before_the_api_timeout].
+    [{group, scenarios}, {group, binding}, {group, hostile}, {group, lifecycle},
+     cached_route_cost, stalled_redis_answers_before_the_api_timeout].
 
 groups() ->
     [{scenarios, [],
@@ -65,7 +74,21 @@ groups() ->
        burst_arrives_in_batches_in_order_per_sender,
        stop_reports_and_refuses,
        cache_origin_teaches_the_cache_only,
-       core_logs_reach_logger]}].
+       core_logs_reach_logger]},
+     %% issue 11, item 8: bad input from Erlang is an error term, never a
+     %% crashed VM (each case ends by checking the NIF still answers).
+     {hostile, [],
+      [deep_config_is_refused,
+       improper_lists_are_refused,
+       worker_index_is_checked,
+       large_payload_runs_off_normal_schedulers,
+       zero_workers_and_bad_sizes_are_refused,
+       node_name_over_wire_limit_is_refused]},
+     %% issue 11, item 9: who owns a runtime, and what a dead worker costs.
+     {lifecycle, [],
+      [application_stop_stops_every_runtime,
+       killed_worker_stanzas_go_to_successor,
+       random_worker_kills_lose_nothing]}].
 
 %%--------------------------------------------------------------------
 %% Setup: the long_schedule watcher lives for the whole suite.
@@ -889,3 +912,264 @@ hold(Listen, Held) ->
         {ok, S} -> hold(Listen, [S | Held]);
         {error, _} -> ok
     end.
+%% Hostile input (issue 11, item 8)
+
+%% The VM is alive and the NIF answers.
+vm_alive() ->
+    ?assert(is_binary(global_distrib_nif:version())),
+    ?assertEqual(ok, global_distrib:check_config(dc_config(1))).
+
+nest(0, Leaf) -> Leaf;
+nest(N, Leaf) when N rem 3 =:= 0 -> nest(N - 1, #{n => Leaf});
+nest(N, Leaf) when N rem 3 =:= 1 -> nest(N - 1, [Leaf]);
+nest(N, Leaf) -> nest(N - 1, {Leaf}).
+
+deep_config_is_refused(_Config) ->
+    Store = global_distrib:new_store(),
+    [begin
+         Cfg = (dc_config(1))#{bounce => nest(Depth, 1)},
+         {error, {config, Msg}} = global_distrib:start(Cfg, #{store => Store}),
+         ct:log("~b levels: ~s", [Depth, Msg]),
+         ?assertMatch({match, _}, re:run(Msg, "^bounce.*: nested deeper than 32$")),
+         ?assertEqual({error, {config, Msg}}, global_distrib:check_config(Cfg))
+     end || Depth <- [40, 180, 100000]],
+    %% A real document is far from the limit.
+    {error, {config, Shallow}} = global_distrib:check_config((dc_config(1))#{bounce => nest(20, 1)}),
+    ?assertEqual(nomatch, re:run(Shallow, "nested")),
+    vm_alive().
+
+improper_lists_are_refused(_Config) ->
+    Cfg = dc_config(1),
+    Conns = maps:get(connections, Cfg),
+    Bad = Cfg#{connections := Conns#{endpoints => [{"127.0.0.1", 0} | tail]}},
+    ?assertEqual({error, {config, <<"connections.endpoints: improper list (its tail is not [])">>}},
+                 global_distrib:check_config(Bad)),
+    ?assertMatch({error, {config, <<"connections.endpoints: improper list", _/binary>>}},
+                 global_distrib:start(Bad, #{})),
+    ?assertMatch({error, {config, <<"(root): improper list", _/binary>>}},
+                 global_distrib:check_config([{global_host, "example.com"} | x])),
+    %% Lists given to other NIFs: badarg, not a panic.
+    ?assertError(badarg, global_distrib_nif:start(Cfg, #{workers => [self() | self()]})),
+    {Rt, _} = start_dc(Cfg, global_distrib:new_store()),
+    Nif = global_distrib:nif(Rt),
+    ?assertError(badarg, global_distrib_nif:store_del(Nif, [<<"k">> | <<"j">>])),
+    ?assertError(badarg, global_distrib_nif:debug_store_exec(Nif, [{get, <<"k">>} | x])),
+    ?assertError(badarg, global_distrib_nif:debug_store_exec(Nif, [{sadd, <<"k">>, [<<"m">> | y]}])),
+    vm_alive().
+
+worker_index_is_checked(_Config) ->
+    {Rt, _} = start_dc(dc_config(1), global_distrib:new_store()),
+    Nif = global_distrib:nif(Rt),
+    #{workers := 4} = global_distrib:info(Rt),
+    [?assertEqual({error, bad_index}, global_distrib_nif:set_worker(Nif, I, self()))
+     || I <- [4, 1000000, 1 bsl 50, 1 bsl 63]],
+    ?assertError(badarg, global_distrib_nif:set_worker(Nif, -1, self())),
+    ?assertError(badarg, global_distrib_nif:set_worker(Nif, 1 bsl 64, self())),
+    ?assertEqual({error, bad_index}, global_distrib_nif:delivered(Nif, 1 bsl 40)),
+    %% Only the slot's worker confirms its stanzas.
+    ?assertEqual({error, bad_index}, global_distrib_nif:delivered(Nif, 0)),
+    ?assertMatch(#{workers := 4}, global_distrib:info(Rt)),
+    %% set_log/2 takes `undefined' as its spec says (global_distrib_log's
+    %% terminate/2 calls it so), and any non-pid as no target.
+    ?assertEqual(ok, global_distrib_nif:set_log(undefined, none)),
+    ?assertEqual(ok, global_distrib_nif:set_log(<<"junk">>, junk)),
+    ok = global_distrib:set_log_level(application:get_env(global_distrib, log_level, info)),
+    vm_alive().
+
+%% Payloads over 16 KiB are copied on a dirty scheduler: no long_schedule
+%% event in the NIF (end_per_testcase), and a frame over max_frame_size
+%% (4 MiB by default) is refused before it is queued.
+large_payload_runs_off_normal_schedulers(_Config) ->
+    {{R1, _}, {R2, T2}} = two_dcs(),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, Alice),
+    ok = global_distrib:session_opened(R2, Bob),
+    Huge = binary:copy(<<"x">>, 100 bsl 20),
+    ?assertEqual({undeliverable, too_large}, global_distrib:route(R1, Alice, Bob, message, Huge)),
+    Big = binary:copy(<<"y">>, 1 bsl 20),
+    ?assertEqual({forwarded, host(2)}, global_distrib:route(R1, Alice, Bob, message, Big)),
+    ?assertEqual(local, global_distrib:route(R1, Bob, Alice, message, Huge)),
+    wait_until(fun() -> bodies_to(T2, Bob) =:= [Big] end),
+    %% route/5 itself refuses what it would copy inline.
+    ?assertError(badarg, global_distrib_nif:route(global_distrib:nif(R1), Alice, Bob, message,
+                                                  binary:copy(<<"z">>, 16385))),
+    ?assertEqual({forwarded, host(2)},
+                 global_distrib_nif:route(global_distrib:nif(R1), Alice, Bob, message,
+                                          binary:copy(<<"z">>, 16384))),
+    vm_alive().
+
+zero_workers_and_bad_sizes_are_refused(_Config) ->
+    Cfg = dc_config(1),
+    Store = global_distrib:new_store(),
+    ?assertEqual({error, {config, <<"workers: expected an integer from 1 to 1024, got 0">>}},
+                 global_distrib:start(Cfg, #{store => Store, workers => 0})),
+    ?assertMatch({error, {config, <<"workers: ", _/binary>>}},
+                 global_distrib:start(Cfg, #{store => Store, workers => 1 bsl 40})),
+    ?assertEqual({error, {config, <<"workers: expected 1 to 1024 delivery worker pids, got 0">>}},
+                 global_distrib_nif:start(Cfg, #{store => Store, workers => []})),
+    ?assertEqual({error, {config, <<"workers: expected 1 to 1024 delivery worker pids, got 0">>}},
+                 global_distrib_nif:start(Cfg, #{store => Store})),
+    ?assertMatch({error, {config, <<"worker_threads: expected an integer from 1 to 64", _/binary>>}},
+                 global_distrib:start(Cfg, #{store => Store, worker_threads => 1 bsl 40})),
+    ?assertMatch({error, {config, <<"dispatch_shards: expected an integer from 1 to 64", _/binary>>}},
+                 global_distrib:start(Cfg, #{store => Store, dispatch_shards => 0})),
+    %% Nothing left behind.
+    Left = [Id || {Id, _, _, _} <- supervisor:which_children(global_distrib_sup),
+                  Id =/= global_distrib_log],
+    ?assertEqual([], Left),
+    %% One worker is enough, and stop clamps an absurd deadline.
+    {ok, Rt} = global_distrib:start(Cfg, #{store => Store, workers => 1}),
+    ?assertEqual({ok, 0}, global_distrib_nif:stop(global_distrib:nif(Rt), 1 bsl 63)),
+    ?assertEqual({ok, 0}, global_distrib:stop(Rt)),
+    vm_alive().
+
+node_name_over_wire_limit_is_refused(_Config) ->
+    Cfg = dc_config(1),
+    ?assertEqual({error, {config, <<"node_name: is 3072 bytes long, at most 3071 allowed "
+                                    "(a string on the wire, docs/PROTOCOL.md)">>}},
+                 global_distrib:start(Cfg#{node_name => lists:duplicate(3072, $n)}, #{})),
+    Conns = maps:get(connections, Cfg),
+    ?assertMatch({error, {config, <<"node_name: with local_host, the handshake frame takes ",
+                                    _/binary>>}},
+                 global_distrib:check_config(Cfg#{node_name => lists:duplicate(2000, $n),
+                                                  connections := Conns#{max_frame_size => 2000}})),
+    %% Hosts are bounded below the wire limit already.
+    ?assertMatch({error, {config, <<"local_host: is 1024 bytes long", _/binary>>}},
+                 global_distrib:check_config(Cfg#{local_host => binary:copy(<<"a">>, 1024)})),
+    vm_alive().
+
+%%--------------------------------------------------------------------
+%% Lifecycle (issue 11, item 9)
+
+%% Each runtime has an owner under the application's supervisor; stopping
+%% the application stops every runtime gracefully (nothing left to send to
+%% dead workers, nothing counted lost).
+application_stop_stops_every_runtime(_Config) ->
+    {{R1, _} = D1, {R2, T2}} = two_dcs(),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, Alice),
+    ok = global_distrib:session_opened(R2, Bob),
+    [{forwarded, _} = send(D1, Alice, Bob, integer_to_binary(I)) || I <- lists:seq(1, 50)],
+    wait_until(fun() -> length(bodies_to(T2, Bob)) =:= 50 end),
+    Owners = [Pid || {{runtime, _}, Pid, worker, _} <- supervisor:which_children(global_distrib_sup)],
+    ?assertEqual(2, length(Owners)),
+    Nifs = [global_distrib:nif(R) || R <- [R1, R2]],
+    ok = application:stop(global_distrib),
+    try
+        [?assertMatch(#{stopped := true, delivered_lost := 0, delivered_held := 0},
+                      global_distrib_nif:info(N)) || N <- Nifs],
+        ?assertEqual({undeliverable, stopped}, send(D1, Alice, Bob, <<"late">>)),
+        ?assertEqual(lists:seq(1, 50), [binary_to_integer(B) || B <- bodies_to(T2, Bob)])
+    after
+        {ok, _} = application:ensure_all_started(global_distrib)
+    end,
+    %% stop/1 on a runtime the application stopped: harmless.
+    ?assertEqual({ok, 0}, global_distrib:stop(R1)),
+    vm_alive().
+
+%% A delivery worker killed while stanzas flow: what was in its mailbox,
+%% what was sent to it while dead and the stanza whose callback it was
+%% running all reach its restarted successor, each exactly once, in order.
+killed_worker_stanzas_go_to_successor(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, _} = start_dc(dc_config(1), Store),
+    Tab = ets:new(inbox, [ordered_set, public]),
+    Test = self(),
+    Cb = fun(deliver, #{to := To}, <<"block">> = P) ->
+                 case ets:insert_new(Tab, {blocked_once}) of
+                     true ->
+                         Test ! {blocked, self()},
+                         receive never -> ok end;
+                     false ->
+                         ets:insert(Tab, {erlang:unique_integer([monotonic]), To, P})
+                 end;
+            (deliver, #{to := To}, P) ->
+                 ets:insert(Tab, {erlang:unique_integer([monotonic]), To, P})
+         end,
+    {ok, R2} = global_distrib:start(dc_config(2), #{store => Store, callback => Cb, workers => 1}),
+    put(gd_dcs, [R2 | get_dcs()]),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, Alice),
+    ok = global_distrib:session_opened(R2, Bob),
+    [Worker] = global_distrib:workers(R2),
+    Bodies = [integer_to_binary(I) || I <- lists:seq(1, 100)] ++ [<<"block">>]
+        ++ [integer_to_binary(I) || I <- lists:seq(101, 300)],
+    Sender = spawn_link(fun() ->
+                                [begin
+                                     {forwarded, _} = global_distrib:route(R1, Alice, Bob, message, B),
+                                     timer:sleep(1)
+                                 end || B <- Bodies],
+                                Test ! sent
+                        end),
+    receive {blocked, Worker} -> ok after ?WAIT -> ct:fail(never_blocked) end,
+    %% Let more stanzas pile up in its mailbox, then kill it mid-callback.
+    timer:sleep(50),
+    exit(Worker, kill),
+    receive sent -> ok after 30000 -> ct:fail({sender_stuck, Sender}) end,
+    Got = fun() -> [P || {_, To, P} <- ets:tab2list(Tab), To =:= Bob] end,
+    wait_until(fun() -> length(Got()) >= length(Bodies) end),
+    timer:sleep(200),
+    ?assertEqual(Bodies, Got()),
+    [New] = global_distrib:workers(R2),
+    ?assertNotEqual(Worker, New),
+    ?assertMatch(#{delivered_lost := 0, delivered_held := 0}, global_distrib:info(R2)),
+    vm_alive().
+
+%% The worker killed at random moments (every 8 ms) during a burst of
+%% 20 000 stanzas: none is lost, they come in order, and a stanza is seen
+%% twice only when a kill fell between its callback and its confirmation
+%% (at most one per kill; docs/ERLANG.md, "Lifecycle").
+random_worker_kills_lose_nothing(_Config) ->
+    Store = global_distrib:new_store(),
+    {R1, _} = start_dc(dc_config(1), Store),
+    Tab = ets:new(inbox, [ordered_set, public]),
+    Cb = fun(deliver, _Meta, P) -> ets:insert(Tab, {erlang:unique_integer([monotonic]), P});
+            (_, _, _) -> ok
+         end,
+    {ok, R2} = global_distrib:start(dc_config(2), #{store => Store, callback => Cb, workers => 1}),
+    put(gd_dcs, [R2 | get_dcs()]),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, Alice),
+    ok = global_distrib:session_opened(R2, Bob),
+    N = 20000,
+    Test = self(),
+    spawn_link(fun() ->
+                       [{forwarded, _} = global_distrib:route(R1, Alice, Bob, message,
+                                                              integer_to_binary(I))
+                        || I <- lists:seq(1, N)],
+                       Test ! sent
+               end),
+    Kills = kill_worker_until_sent(R2, 0),
+    Got = fun() -> [binary_to_integer(P) || {_, P} <- ets:tab2list(Tab)] end,
+    wait_until(fun() -> length(lists:usort(Got())) =:= N end),
+    timer:sleep(200),
+    All = Got(),
+    Dups = length(All) - N,
+    ct:log("~b kills, ~b duplicates, ~p", [Kills, Dups, global_distrib:info(R2)]),
+    ?assert(Dups =< Kills),
+    ?assertEqual(lists:seq(1, N), first_occurrences(All)),
+    ?assertMatch(#{delivered_lost := 0, delivered_held := 0}, global_distrib:info(R2)),
+    vm_alive().
+
+%% At most 8 kills: the pool's restart intensity is 10 in 10 s.
+kill_worker_until_sent(_R2, 8) ->
+    receive sent -> 8 after 30000 -> ct:fail(sender_stuck) end;
+kill_worker_until_sent(R2, K) ->
+    receive sent -> K
+    after 8 ->
+            [exit(W, kill) || W <- global_distrib:workers(R2)],
+            kill_worker_until_sent(R2, K + 1)
+    end.
+
+first_occurrences(L) ->
+    {Firsts, _} = lists:foldl(fun(X, {Acc, Seen}) ->
+                                      case sets:is_element(X, Seen) of
+                                          true -> {Acc, Seen};
+                                          false -> {[X | Acc], sets:add_element(X, Seen)}
+                                      end
+                              end, {[], sets:new()}, L),
+    lists:reverse(Firsts).

@@ -33,7 +33,8 @@
 
 -record(gd_rt, {nif :: global_distrib_nif:rt(),
                 key :: reference(),
-                host :: binary()}).
+                host :: binary(),
+                owner :: pid()}).
 
 -opaque runtime() :: #gd_rt{}.
 -type store() :: global_distrib_nif:store().
@@ -59,11 +60,17 @@
                         workers => pos_integer(),
                         store => store(),
                         worker_threads => pos_integer(),
-                        dispatch_shards => pos_integer()}.
+                        dispatch_shards => pos_integer(),
+                        stop_timeout => non_neg_integer()}.
 
 %% A last resort: the core answers store-bound calls within
 %% `redis.timeout_ms' (1 s by default), so keep this well above it.
 -define(TIMEOUT, 5000).
+%% Payloads above this size are routed by a dirty-scheduler NIF
+%% (global_distrib_nif:route_dirty/5): the copy would hold a normal
+%% scheduler too long. docs/ERLANG.md, "Scheduling rules".
+-define(INLINE_PAYLOAD_MAX, 16384).
+-define(MAX_WORKERS, 1024).
 
 %% @equiv start(Config, #{})
 -spec start(term()) -> {ok, runtime()} | {error, term()}.
@@ -73,16 +80,39 @@ start(Config) ->
 %% @doc Starts a runtime from `Config': a map or the seed's proplist
 %% (`[{global_host, "example.com"}, {local_host, "dc1.example.com"}, ...]').
 %% Options: `callback' (default: log and drop), `workers' (delivery pool
-%% size, default 4), `store' (a store from {@link new_store/0} shared by the
-%% runtimes of this VM instead of the configured backend),
-%% `worker_threads', `dispatch_shards'.
-%% A wrong configuration fails with `{error, {config, <<"path: message">>}}'.
+%% size, 1 to 1024, default 4), `store' (a store from {@link new_store/0}
+%% shared by the runtimes of this VM instead of the configured backend),
+%% `worker_threads' (1 to 64), `dispatch_shards' (1 to 64), `stop_timeout'
+%% (ms, default 5000: the deadline of the graceful stop when the
+%% application stops).
+%% A wrong configuration or option fails with
+%% `{error, {config, <<"path: message">>}}'. The runtime is owned by a
+%% {@link global_distrib_runtime} process under the application's
+%% supervisor, next to its delivery pool: `application:stop(global_distrib)'
+%% stops it gracefully.
 -spec start(term(), start_opts()) -> {ok, runtime()} | {error, term()}.
 start(Config, Opts) ->
     {ok, _} = application:ensure_all_started(global_distrib),
-    Key = make_ref(),
     N = maps:get(workers, Opts, 4),
+    StopTimeout = maps:get(stop_timeout, Opts, ?TIMEOUT),
     Callback = maps:get(callback, Opts, fun default_callback/3),
+    if
+        not is_integer(N); N < 1; N > ?MAX_WORKERS ->
+            {error, {config, iolist_to_binary(
+                               io_lib:format("workers: expected an integer from 1 to ~b, got ~0tp",
+                                             [?MAX_WORKERS, N]))}};
+        not is_integer(StopTimeout); StopTimeout < 0 ->
+            {error, {config, iolist_to_binary(
+                               io_lib:format("stop_timeout: expected a non-negative integer "
+                                             "(milliseconds), got ~0tp", [StopTimeout]))}};
+        true ->
+            start_pool(Config, Opts, N, Callback, StopTimeout)
+    end.
+
+-spec start_pool(term(), start_opts(), pos_integer(), global_distrib_worker:callback(),
+                 non_neg_integer()) -> {ok, runtime()} | {error, term()}.
+start_pool(Config, Opts, N, Callback, StopTimeout) ->
+    Key = make_ref(),
     case global_distrib_sup:start_pool(Key, N, Callback) of
         {ok, Pool} ->
             Workers = global_distrib_pool_sup:workers(Pool),
@@ -90,15 +120,27 @@ start(Config, Opts) ->
                                maps:with([store, worker_threads, dispatch_shards], Opts)),
             case global_distrib_nif:start(Config, NifOpts) of
                 {ok, Nif} ->
-                    persistent_term:put({global_distrib_rt, Key}, Nif),
-                    #{local_host := Host} = global_distrib_nif:info(Nif),
-                    logger:info(#{what => global_distrib_started, local_host => Host}),
-                    {ok, #gd_rt{nif = Nif, key = Key, host = Host}};
+                    own(Key, Nif, Pool, StopTimeout);
                 {error, _} = E ->
                     global_distrib_sup:stop_pool(Key),
                     E
             end;
         {error, _} = E ->
+            E
+    end.
+
+%% Hands the runtime to its owner process.
+-spec own(reference(), global_distrib_nif:rt(), pid(), non_neg_integer()) ->
+          {ok, runtime()} | {error, term()}.
+own(Key, Nif, Pool, StopTimeout) ->
+    case global_distrib_sup:start_runtime(Key, Nif, Pool, StopTimeout) of
+        {ok, Owner} ->
+            #{local_host := Host} = global_distrib_nif:info(Nif),
+            logger:info(#{what => global_distrib_started, local_host => Host}),
+            {ok, #gd_rt{nif = Nif, key = Key, host = Host, owner = Owner}};
+        {error, _} = E ->
+            {ok, _} = global_distrib_nif:stop(Nif, 0),
+            global_distrib_sup:stop_pool(Key),
             E
     end.
 
@@ -115,16 +157,18 @@ stop(Rt) ->
 
 %% @doc Graceful stop: flushes queues within `TimeoutMs', reports the rest
 %% undeliverable (their count is returned), then stops the worker pool.
+%% Through the runtime's owner ({@link global_distrib_runtime}); `{ok, 0}'
+%% for a runtime already stopped (by an earlier call or the application's
+%% stop).
 -spec stop(runtime(), non_neg_integer()) -> {ok, non_neg_integer()}.
-stop(#gd_rt{nif = Nif, key = Key, host = Host}, TimeoutMs) ->
-    {ok, N} = global_distrib_nif:stop(Nif, TimeoutMs),
-    %% Undeliverable reports of the stop were sent before it returned; let
-    %% the workers run them before the pool goes.
-    _ = [sys:get_state(W) || {_, W, _, _} <- pool_children(Key)],
-    global_distrib_sup:stop_pool(Key),
-    _ = persistent_term:erase({global_distrib_rt, Key}),
-    logger:info(#{what => global_distrib_stopped, local_host => Host, undeliverable => N}),
-    {ok, N}.
+stop(#gd_rt{nif = Nif, key = Key, owner = Owner}, TimeoutMs) ->
+    Result = try global_distrib_runtime:stop(Owner, TimeoutMs)
+             catch exit:_ ->
+                     %% The owner is gone: stopping again is harmless.
+                     global_distrib_nif:stop(Nif, TimeoutMs)
+             end,
+    global_distrib_sup:stop_runtime(Key),
+    Result.
 
 -spec pool_children(reference()) -> [{term(), pid(), worker, [module()]}].
 pool_children(Key) ->
@@ -172,7 +216,11 @@ route(Rt, From, To, Kind, Payload) ->
 -spec route(runtime(), jid(), jid(), kind(), binary(), timeout()) ->
           route_result() | {error, term()}.
 route(#gd_rt{nif = Nif}, From, To, Kind, Payload, Timeout) ->
-    case global_distrib_nif:route(Nif, From, To, Kind, Payload) of
+    Routed = case is_binary(Payload) andalso byte_size(Payload) > ?INLINE_PAYLOAD_MAX of
+                 true -> global_distrib_nif:route_dirty(Nif, From, To, Kind, Payload);
+                 false -> global_distrib_nif:route(Nif, From, To, Kind, Payload)
+             end,
+    case Routed of
         {wait, Ref} ->
             receive {Ref, R} -> R
             after Timeout -> {undeliverable, timeout}

@@ -2,15 +2,15 @@
 %% calls answering `{wait, Ref}' send `{Ref, Result}' to the caller later.
 -module(global_distrib_nif).
 
--export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
+-export([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, delivered/2, set_log/2,
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
-         route/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
+         route/5, route_dirty/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
          rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
          debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
--nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, set_log/2,
+-nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, delivered/2, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
-       route/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
+       route/5, route_dirty/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
        rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
        debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
 
@@ -48,14 +48,26 @@ new_embedded_store() -> erlang:nif_error(nif_not_loaded).
 -spec check_config(term()) -> ok | {error, {config, binary()}}.
 check_config(_Config) -> erlang:nif_error(nif_not_loaded).
 
+%% @doc `Opts': `workers' (1 to 1024 pids), `store', `worker_threads' (1 to
+%% 64), `dispatch_shards' (1 to 64); a bad one is `{error, {config, Msg}}'.
 -spec start(term(), map()) -> {ok, rt()} | {error, {config | start, binary()}}.
 start(_Config, _Opts) -> erlang:nif_error(nif_not_loaded).
 
+%% @doc Graceful stop within `TimeoutMs' (clamped to 24 h). Idempotent.
 -spec stop(rt(), non_neg_integer()) -> {ok, non_neg_integer()}.
 stop(_Rt, _TimeoutMs) -> erlang:nif_error(nif_not_loaded).
 
--spec set_worker(rt(), non_neg_integer(), pid()) -> ok.
+%% @doc The delivery worker of slot `Index' is `Pid' now; what was held for
+%% the slot's dead worker goes to it. `{error, bad_index}' unless `Index' is
+%% below the number of workers given at start.
+-spec set_worker(rt(), non_neg_integer(), pid()) -> ok | {error, bad_index}.
 set_worker(_Rt, _Index, _Pid) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Called by the worker of slot `Index' after each stanza's callback:
+%% the NIF forgets it (until then it would resend it to a restarted
+%% successor). `{error, bad_index}' when the caller is not that worker.
+-spec delivered(rt(), non_neg_integer()) -> ok | {error, bad_index}.
+delivered(_Rt, _Index) -> erlang:nif_error(nif_not_loaded).
 
 -spec set_log(pid() | undefined, atom()) -> ok.
 set_log(_Pid, _Level) -> erlang:nif_error(nif_not_loaded).
@@ -75,6 +87,12 @@ unregister_subhost(_Rt, _Domain) -> erlang:nif_error(nif_not_loaded).
 -spec route(rt(), binary(), binary(), global_distrib:kind(), binary()) ->
           global_distrib:route_result() | wait() | bad_jid() | stopped() | {error, bad_kind}.
 route(_Rt, _From, _To, _Kind, _Payload) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc {@link route/5} on a dirty CPU scheduler, for payloads over 16 KiB
+%% (which {@link route/5} refuses with badarg).
+-spec route_dirty(rt(), binary(), binary(), global_distrib:kind(), binary()) ->
+          global_distrib:route_result() | wait() | bad_jid() | stopped() | {error, bad_kind}.
+route_dirty(_Rt, _From, _To, _Kind, _Payload) -> erlang:nif_error(nif_not_loaded).
 
 -spec lookup(rt(), binary()) -> global_distrib:location() | wait() | bad_jid() | stopped().
 lookup(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).

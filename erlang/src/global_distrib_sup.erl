@@ -1,10 +1,14 @@
-%% @doc Top supervisor: the log forwarder, then one
-%% {@link global_distrib_pool_sup} per running runtime (added and removed
-%% by {@link global_distrib:start/2} and {@link global_distrib:stop/1}).
+%% @doc Top supervisor: the log forwarder, then for each running runtime
+%% its {@link global_distrib_pool_sup} and, after it, its owner
+%% {@link global_distrib_runtime} (added by {@link global_distrib:start/2},
+%% removed by {@link global_distrib:stop/2}). Children stop in reverse
+%% start order, so at the application's stop each runtime stops
+%% gracefully before its delivery pool goes.
 -module(global_distrib_sup).
 -behaviour(supervisor).
 
--export([start_link/0, start_pool/3, stop_pool/1, start_child/1, stop_child/1]).
+-export([start_link/0, start_pool/3, stop_pool/1, start_runtime/4, stop_runtime/1,
+         start_child/1, stop_child/1]).
 -export([init/1]).
 
 -spec start_link() -> {ok, pid()} | ignore | {error, term()}.
@@ -32,6 +36,26 @@ stop_pool(Key) ->
     _ = supervisor:terminate_child(?MODULE, {pool, Key}),
     _ = supervisor:delete_child(?MODULE, {pool, Key}),
     ok.
+
+%% @doc Starts the owner of runtime `Key' (after its pool). Its shutdown
+%% time covers the graceful stop (`StopTimeout' ms) and the workers' runs
+%% of the stop's reports.
+-spec start_runtime(reference(), global_distrib_nif:rt(), pid(), non_neg_integer()) ->
+          {ok, pid()} | {error, term()}.
+start_runtime(Key, Nif, Pool, StopTimeout) ->
+    start_child(#{id => {runtime, Key},
+                  start => {global_distrib_runtime, start_link, [Key, Nif, Pool, StopTimeout]},
+                  restart => temporary,
+                  shutdown => StopTimeout + 10000,
+                  type => worker,
+                  modules => [global_distrib_runtime]}).
+
+%% @doc Removes runtime `Key''s owner (stopping the runtime if it still
+%% runs) and then its pool.
+-spec stop_runtime(reference()) -> ok.
+stop_runtime(Key) ->
+    ok = stop_child({runtime, Key}),
+    stop_pool(Key).
 
 %% @doc Starts a process of a facade (e.g. MongooseIM's instrumentation
 %% reader) under this supervisor, so that it stops with the application.

@@ -18,7 +18,10 @@
 -type callback() :: fun((event(), global_distrib:meta(), binary()) -> term())
                   | {module(), atom()}.
 
--record(state, {index :: non_neg_integer(), callback :: callback()}).
+-record(state, {key :: reference(),
+                index :: non_neg_integer(),
+                callback :: callback(),
+                nif :: global_distrib_nif:rt() | undefined}).
 
 -spec start_link(reference(), non_neg_integer(), callback()) -> {ok, pid()} | {error, term()}.
 start_link(Key, Index, Callback) ->
@@ -26,14 +29,16 @@ start_link(Key, Index, Callback) ->
 
 -spec init({reference(), non_neg_integer(), callback()}) -> {ok, #state{}}.
 init({Key, Index, Callback}) ->
-    %% After a restart, tell the NIF where this slot's stanzas go now. On
+    %% After a restart, tell the NIF where this slot's stanzas go now: it
+    %% held those sent to the dead worker, and sends them here first. On
     %% the first start the runtime does not exist yet: it is given the
-    %% pids at start.
-    case persistent_term:get({global_distrib_rt, Key}, undefined) of
+    %% pids at start (and its owner registers them again once it runs).
+    Nif = global_distrib_runtime:nif_of(Key),
+    case Nif of
         undefined -> ok;
-        Nif -> ok = global_distrib_nif:set_worker(Nif, Index, self())
+        _ -> ok = global_distrib_nif:set_worker(Nif, Index, self())
     end,
-    {ok, #state{index = Index, callback = Callback}}.
+    {ok, #state{key = Key, index = Index, callback = Callback, nif = Nif}}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, {error, unknown_call}, #state{}}.
 handle_call(_Req, _From, State) ->
@@ -44,18 +49,52 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({global_distrib, Event, Meta, Payload}, #state{callback = Cb} = State)
+handle_info({global_distrib, Event, Meta, Payload}, #state{callback = Cb} = State0)
   when Event =:= deliver; Event =:= undeliverable ->
+    State = with_nif(State0),
     safe_call(Cb, Event, Meta, Payload),
+    confirm(State),
     {noreply, State};
-handle_info({global_distrib, deliver_batch, Stanzas}, #state{callback = Cb} = State)
+handle_info({global_distrib, deliver_batch, Stanzas}, #state{callback = Cb} = State0)
   when is_list(Stanzas) ->
-    lists:foreach(fun({Meta, Payload}) -> safe_call(Cb, deliver, Meta, Payload) end, Stanzas),
+    State = with_nif(State0),
+    lists:foreach(fun({Meta, Payload}) ->
+                          safe_call(Cb, deliver, Meta, Payload),
+                          confirm(State)
+                  end, Stanzas),
     {noreply, State};
 handle_info(Other, State) ->
     logger:warning(#{what => global_distrib_worker_unexpected_message,
                      index => State#state.index, message => Other}),
     {noreply, State}.
+
+%% The NIF keeps each stanza sent here until it is confirmed, so that a
+%% restarted successor gets what this worker did not run.
+-spec confirm(#state{}) -> ok.
+confirm(#state{nif = undefined}) ->
+    ok;
+confirm(#state{nif = Nif, index = Index}) ->
+    _ = global_distrib_nif:delivered(Nif, Index),
+    ok.
+
+%% The runtime's handle, published by its owner right after the start: a
+%% stanza that reaches a first-started worker before that waits for it (at
+%% most a second), so that every stanza is confirmed.
+-spec with_nif(#state{}) -> #state{}.
+with_nif(#state{nif = undefined, key = Key} = State) ->
+    State#state{nif = await_nif(Key, 1000)};
+with_nif(State) ->
+    State.
+
+-spec await_nif(reference(), non_neg_integer()) -> global_distrib_nif:rt() | undefined.
+await_nif(Key, Tries) ->
+    case global_distrib_runtime:nif_of(Key) of
+        undefined when Tries > 0 ->
+            timer:sleep(1),
+            await_nif(Key, Tries - 1);
+        Nif ->
+            Nif
+    end.
 
 %% One callback; a crash is logged and does not cost the other stanzas.
 -spec safe_call(callback(), event(), global_distrib:meta(), binary()) -> ok.

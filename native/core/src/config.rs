@@ -291,6 +291,16 @@ const MIN_FRAME_SIZE: u64 = 1024;
 const MAX_FRAME_SIZE: u64 = 1024 * 1024 * 1024;
 /// Longest host name accepted (bytes); XMPP domain parts are at most 1023 bytes.
 const MAX_HOST_LEN: usize = 1023;
+/// Longest string a frame carries (docs/PROTOCOL.md), the value of
+/// `transport::frame::MAX_STRING_LEN`, repeated here so that config stays
+/// below transport in the module graph (tests/config.rs checks they agree).
+pub const MAX_WIRE_STRING_LEN: usize = 3071;
+// Host names travel in frames (handshakes, origins, targets): they must fit.
+const _: () = assert!(MAX_HOST_LEN <= MAX_WIRE_STRING_LEN);
+/// Bytes of the largest handshake frame besides `local_host` and
+/// `node_name` (the HandshakeAck: 5 header, 3 magic, 2 version, 2 + 2
+/// string lengths, 1 + 8 resume_seq); docs/PROTOCOL.md.
+pub const HANDSHAKE_OVERHEAD: usize = 23;
 
 /// Path used for errors about the text as a whole.
 const DOCUMENT: &str = "document";
@@ -587,6 +597,7 @@ fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Confi
         Some(f) => read_connections(&f, &local_host)?,
         None => default_connections(&local_host),
     };
+    check_handshake_fits(&local_host, &node_name, connections.max_frame_size)?;
     let (redis, redis_given) = read_redis(&s, redis_pools)?;
     let cache = read_cache(s.get("cache")?)?;
     let bounce = read_bounce(s.get("bounce")?)?;
@@ -610,6 +621,21 @@ fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Confi
         bounce,
         global_distrib_addr,
     })
+}
+
+/// The handshake carries `local_host` and `node_name`: refused now when
+/// its frame cannot fit `connections.max_frame_size`, since no connection
+/// could ever be made.
+fn check_handshake_fits(local_host: &str, node_name: &str, max_frame_size: usize) -> Result<()> {
+    let len = HANDSHAKE_OVERHEAD + local_host.len() + node_name.len();
+    if len <= max_frame_size {
+        return Ok(());
+    }
+    let message = format!(
+        "with local_host, the handshake frame takes {len} bytes, \
+         over connections.max_frame_size ({max_frame_size}): shorten it or raise the limit"
+    );
+    Err(ConfigError::new("node_name", message))
 }
 
 fn read_backend(f: &Field) -> Result<BackendKind> {
@@ -1432,6 +1458,13 @@ impl<'a> Field<'a> {
         let name = self.string()?;
         if name.is_empty() {
             return Err(self.err("must not be empty"));
+        }
+        // It travels in every handshake: a longer name could never connect.
+        if name.len() > MAX_WIRE_STRING_LEN {
+            return Err(self.err(format!(
+                "is {} bytes long, at most {MAX_WIRE_STRING_LEN} allowed (a string on the wire, docs/PROTOCOL.md)",
+                name.len()
+            )));
         }
         if let Some(c) = name.chars().find(|c| matches!(c, '{' | '}' | '#')) {
             return Err(self.err(format!(

@@ -1481,3 +1481,40 @@ fn redis_deadlines_are_read_and_checked() {
         error(json!({"redis": {"timeout_ms": 0}}))
     );
 }
+
+/// Every string that goes into a frame fits the wire's limit, checked when
+/// the configuration is read: a `node_name` over 3071 bytes, or one whose
+/// handshake cannot fit `connections.max_frame_size`, could never connect.
+#[test]
+fn strings_sent_in_frames_fit_the_wire_limits() {
+    use gd_core::config::{HANDSHAKE_OVERHEAD, MAX_WIRE_STRING_LEN};
+    use gd_core::transport::frame::{self, Frame, HandshakeAck, MAX_STRING_LEN};
+    assert_eq!(MAX_WIRE_STRING_LEN, MAX_STRING_LEN);
+    let big = "n".repeat(MAX_STRING_LEN + 1);
+    assert_eq!(
+        error(json!({"node_name": big})),
+        "node_name: is 3072 bytes long, at most 3071 allowed (a string on the wire, docs/PROTOCOL.md)"
+    );
+    // The largest name accepted fits the default frame size and connects.
+    let longest = "n".repeat(MAX_STRING_LEN);
+    let c = parse(json!({"node_name": longest, "local_host": "a".repeat(1023)}));
+    let ack = Frame::HandshakeAck(HandshakeAck {
+        version: frame::PROTOCOL_VERSION,
+        local_host: c.local_host.clone(),
+        node: c.node_name.clone(),
+        resume_seq: Some(1),
+    });
+    let len = frame::encoded_len(&ack);
+    assert_eq!(len, HANDSHAKE_OVERHEAD + 1023 + MAX_STRING_LEN);
+    let mut buf = bytes::BytesMut::new();
+    frame::encode(&ack, &mut buf, len).unwrap();
+    // ... but not a frame size below its handshake.
+    assert_eq!(
+        error(json!({"node_name": "n".repeat(2000), "connections": {"max_frame_size": 2000}})),
+        format!(
+            "node_name: with local_host, the handshake frame takes {} bytes, over \
+             connections.max_frame_size (2000): shorten it or raise the limit",
+            HANDSHAKE_OVERHEAD + LOCAL.len() + 2000
+        )
+    );
+}

@@ -5,15 +5,36 @@
 //! of Unicode code points (charlists) → strings; tuples → arrays;
 //! binaries → strings; `true`/`false` → booleans; `undefined`/`null` → null;
 //! other atoms → strings; numbers → numbers. Pids, refs, funs and ports are
-//! refused with the path where they were found.
+//! refused with the path where they were found, and so are improper lists
+//! and terms nested deeper than [`MAX_DEPTH`]: the conversion recurses, and
+//! the stack of a dirty scheduler thread is small (a few hundred KB), so an
+//! unbounded depth would crash the VM instead of returning an error.
 
 use rustler::types::tuple::get_tuple;
-use rustler::{Binary, ListIterator, MapIterator, Term, TermType};
+use rustler::{Binary, MapIterator, Term, TermType};
 use serde_json::{Map, Number, Value};
+
+/// Deepest nesting of maps, lists and tuples accepted. MongooseIM's
+/// processed document is about 7 levels deep; 32 leaves room for any real
+/// configuration and keeps the recursion far from the end of the stack.
+pub const MAX_DEPTH: usize = 32;
 
 /// Converts `term`; `Err` holds `path: message` like the core's errors.
 pub fn to_json(term: Term<'_>) -> Result<Value, String> {
-    convert(term, "")
+    convert(term, "", 0)
+}
+
+/// The elements of a proper list, or `None` for an improper one (rustler's
+/// `ListIterator` panics on an improper tail).
+pub fn proper_list(term: Term<'_>) -> Option<Vec<Term<'_>>> {
+    let n = term.list_length().ok()?;
+    let mut items = Vec::with_capacity(n);
+    let mut rest = term;
+    while let Ok((head, tail)) = rest.list_get_cell() {
+        items.push(head);
+        rest = tail;
+    }
+    Some(items)
 }
 
 fn at(path: &str) -> &str {
@@ -32,7 +53,15 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
-fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
+fn convert(term: Term<'_>, path: &str, depth: usize) -> Result<Value, String> {
+    let nested = matches!(
+        term.get_type(),
+        TermType::Tuple | TermType::List | TermType::Map
+    );
+    if nested && depth >= MAX_DEPTH {
+        return Err(format!("{}: nested deeper than {MAX_DEPTH}", at(path)));
+    }
+    let depth = depth + 1;
     match term.get_type() {
         TermType::Atom => {
             let name = term
@@ -75,15 +104,13 @@ fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| convert(t, &format!("{path}[{i}]")))
+                .map(|(i, t)| convert(t, &format!("{path}[{i}]"), depth))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
         }
         TermType::List => {
-            let items: Vec<Term> = term
-                .decode::<ListIterator>()
-                .map_err(|_| format!("{}: improper list", at(path)))?
-                .collect();
+            let items = proper_list(term)
+                .ok_or_else(|| format!("{}: improper list (its tail is not [])", at(path)))?;
             if let Some(s) = charlist(&items) {
                 return Ok(Value::String(s));
             }
@@ -94,9 +121,9 @@ fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
                     // A proplist entry: errors name the option, not the index.
                     Some((key, value)) => Ok(Value::Array(vec![
                         Value::String(key.clone()),
-                        convert(value, &child(path, &key))?,
+                        convert(value, &child(path, &key), depth)?,
                     ])),
-                    None => convert(t, &format!("{path}[{i}]")),
+                    None => convert(t, &format!("{path}[{i}]"), depth),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
@@ -107,11 +134,11 @@ fn convert(term: Term<'_>, path: &str) -> Result<Value, String> {
                 .decode()
                 .map_err(|_| format!("{}: unreadable map", at(path)))?;
             for (k, v) in iter {
-                let key = match convert(k, path)? {
+                let key = match convert(k, path, depth)? {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
-                let value = convert(v, &child(path, &key))?;
+                let value = convert(v, &child(path, &key), depth)?;
                 out.insert(key, value);
             }
             Ok(Value::Object(out))

@@ -5,6 +5,21 @@
 //! several stanzas of one network read bound to the same worker, as one
 //! `{global_distrib, deliver_batch, [{Meta, Payload}]}` in arrival order:
 //! one message and one wake-up instead of one per stanza.
+//!
+//! A worker that dies (its supervisor restarts it) loses nothing: every
+//! stanza sent stays in its slot until the worker says it ran the callback
+//! for it (`delivered/2`, an inline NIF call per stanza), so what was in the
+//! dead worker's mailbox is still here; a send to a dead pid keeps the
+//! message too, and every later message of that slot queues behind it
+//! (order kept). When the restarted worker registers its pid
+//! (`set_worker/3`, from its `init/1`), the stanzas its predecessor did not
+//! confirm and then the held ones go to it, in order. The one stanza whose
+//! callback had returned when the worker was killed, before it confirmed,
+//! is delivered again. At most [`MAX_HELD`] stanzas or [`MAX_HELD_BYTES`]
+//! payload bytes sent while the worker was dead wait for a successor per
+//! runtime (what the dead worker had been sent was in memory already and is
+//! never dropped for the bound); beyond that, or when the runtime stops
+//! with stanzas still waiting, they are counted `delivered_lost` and logged.
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
@@ -13,9 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gd_core::routing::{sender_key, Delivered, Delivery, Envelope, Reason};
 use gd_core::transport::frame::PayloadKind;
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use rustler::thread::is_scheduler_thread;
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 pub mod atoms {
     rustler::atoms! {
@@ -37,33 +55,6 @@ pub fn kind_atom(k: PayloadKind) -> Atom {
 
 thread_local! {
     static ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
-}
-
-/// Sends the term built by `build` to `pid` from whatever thread we are on.
-/// Runtime threads send directly; a scheduler thread (the rare inline
-/// path) cannot use a process-independent env, so it hands over to a
-/// short-lived thread. Returns false when the pid is dead.
-pub fn send_any<F>(pid: LocalPid, build: F) -> bool
-where
-    F: for<'a> FnOnce(Env<'a>) -> Term<'a> + Send + 'static,
-{
-    if is_scheduler_thread() {
-        return std::thread::Builder::new()
-            .name("gd-send".into())
-            .spawn(move || send_owned(pid, build))
-            .is_ok();
-    }
-    send_owned(pid, build)
-}
-
-fn send_owned<F>(pid: LocalPid, build: F) -> bool
-where
-    F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
-{
-    ENV.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut env) => env.send_and_clear(&pid, build).is_ok(),
-        Err(_) => OwnedEnv::new().send_and_clear(&pid, build).is_ok(),
-    })
 }
 
 fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
@@ -117,101 +108,384 @@ pub fn meta_term<'a>(
     Term::map_from_pairs(env, &pairs).unwrap_or(undef)
 }
 
-/// Worker pids, indexed; a slot is refilled when a worker restarts.
-pub struct ErlDelivery {
-    global_host: String,
-    workers: RwLock<Vec<Option<LocalPid>>>,
+/// Most stanzas held for dead workers, per runtime. A worker's restart
+/// takes a few ms (its supervisor's report is logged first), and received
+/// stanzas arrive in batches of hundreds at 100 000+ a second: a 10 000
+/// bound lost stanzas on every other kill in a stress run.
+pub const MAX_HELD: usize = 100_000;
+/// Most payload bytes held for dead workers, per runtime.
+pub const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+
+/// One message to a worker, kept as data until it is sent.
+enum Msg {
+    Deliver(Delivered),
+    Batch(Vec<Delivered>),
+    Undeliverable(Envelope, Reason),
+}
+
+impl Msg {
+    fn stanzas(&self) -> usize {
+        match self {
+            Msg::Batch(b) => b.len(),
+            _ => 1,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Msg::Deliver(d) => d.envelope.payload.len(),
+            Msg::Batch(b) => b.iter().map(|d| d.envelope.payload.len()).sum(),
+            Msg::Undeliverable(e, _) => e.payload.len(),
+        }
+    }
+
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            Msg::Deliver(d) => {
+                let e = &d.envelope;
+                let meta = meta_term(
+                    env,
+                    e,
+                    d.from_host.as_deref(),
+                    d.transfer_time_us,
+                    d.unrouted,
+                );
+                (
+                    atoms::global_distrib(),
+                    atoms::deliver(),
+                    meta,
+                    binary(env, &e.payload),
+                )
+                    .encode(env)
+            }
+            Msg::Batch(group) => {
+                let items: Vec<Term<'_>> = group
+                    .iter()
+                    .map(|d| {
+                        let e = &d.envelope;
+                        let meta = meta_term(
+                            env,
+                            e,
+                            d.from_host.as_deref(),
+                            d.transfer_time_us,
+                            d.unrouted,
+                        );
+                        (meta, binary(env, &e.payload)).encode(env)
+                    })
+                    .collect();
+                (atoms::global_distrib(), atoms::deliver_batch(), items).encode(env)
+            }
+            Msg::Undeliverable(envelope, reason) => {
+                let meta = meta_term(env, envelope, None, 0, Some(*reason));
+                (
+                    atoms::global_distrib(),
+                    atoms::undeliverable(),
+                    meta,
+                    binary(env, &envelope.payload),
+                )
+                    .encode(env)
+            }
+        }
+    }
+}
+
+/// One worker slot: its pid, what it was sent and did not confirm yet
+/// (with the number of stanzas of the first message it confirmed), and
+/// what waits to be sent.
+struct Slot {
+    pid: LocalPid,
+    /// A send to `pid` failed: nothing is tried until `set_worker`.
+    dead: bool,
+    unconfirmed: VecDeque<Msg>,
+    confirmed_of_first: usize,
+    held: VecDeque<Held>,
+}
+
+/// A message waiting for the slot's worker. `counted`: held because the
+/// worker was dead (counted against [`MAX_HELD`]); not for a stanza its
+/// dead predecessor had been sent and did not run, which was in memory
+/// already (as its mailbox was) and must not be dropped for a bound.
+struct Held {
+    msg: Msg,
+    counted: bool,
+}
+
+impl Slot {
+    /// One more stanza of the oldest unconfirmed message ran.
+    fn confirm(&mut self) {
+        let Some(first) = self.unconfirmed.front() else {
+            return;
+        };
+        self.confirmed_of_first += 1;
+        if self.confirmed_of_first >= first.stanzas() {
+            self.unconfirmed.pop_front();
+            self.confirmed_of_first = 0;
+        }
+    }
+
+    /// The worker died: what it did not confirm goes back in front of the
+    /// held messages, without the stanzas of a batch it already ran.
+    fn take_back(&mut self) {
+        let done = std::mem::take(&mut self.confirmed_of_first);
+        let mut back = std::mem::take(&mut self.unconfirmed);
+        if let (Some(Msg::Batch(first)), true) = (back.front_mut(), done > 0) {
+            first.drain(..done.min(first.len()));
+        }
+        let mut held: VecDeque<Held> = back
+            .into_iter()
+            .map(|msg| Held {
+                msg,
+                counted: false,
+            })
+            .collect();
+        held.append(&mut self.held);
+        self.held = held;
+    }
+}
+
+/// The slots and counters, shared with the short-lived threads that send
+/// for a scheduler thread.
+struct Slots {
+    slots: Box<[Mutex<Slot>]>,
     sent: AtomicU64,
     lost: AtomicU64,
+    held_stanzas: AtomicUsize,
+    held_bytes: AtomicUsize,
+}
+
+impl Slots {
+    /// Sends `msg` to slot `i`'s worker, behind anything held there;
+    /// holds it when the worker is dead.
+    fn dispatch(&self, i: usize, msg: Msg) {
+        let Some(slot) = self.slots.get(i) else {
+            self.lose(&msg);
+            return;
+        };
+        let mut slot = slot.lock();
+        if !slot.held.is_empty() {
+            self.flush(&mut slot);
+        }
+        if slot.held.is_empty() && !slot.dead && send(slot.pid, &msg) {
+            self.sent.fetch_add(msg.stanzas() as u64, Ordering::Relaxed);
+            slot.unconfirmed.push_back(msg);
+        } else {
+            // Only a dead pid refuses a message, and held ones wait for a successor.
+            slot.dead = true;
+            self.hold(&mut slot, msg);
+        }
+    }
+
+    /// Sends the held messages in order until one cannot be sent.
+    fn flush(&self, slot: &mut Slot) {
+        while let Some(front) = slot.held.front() {
+            if slot.dead {
+                return;
+            }
+            if !send(slot.pid, &front.msg) {
+                slot.dead = true;
+                return;
+            }
+            if let Some(h) = slot.held.pop_front() {
+                self.uncount(&h);
+                if h.counted {
+                    // Not a resend of what a dead worker had been sent.
+                    self.sent
+                        .fetch_add(h.msg.stanzas() as u64, Ordering::Relaxed);
+                }
+                slot.unconfirmed.push_back(h.msg);
+            }
+        }
+    }
+
+    fn hold(&self, slot: &mut Slot, msg: Msg) {
+        let (n, b) = (msg.stanzas(), msg.bytes());
+        let stanzas = self.held_stanzas.fetch_add(n, Ordering::Relaxed) + n;
+        let bytes = self.held_bytes.fetch_add(b, Ordering::Relaxed) + b;
+        if stanzas > MAX_HELD || bytes > MAX_HELD_BYTES {
+            self.held_stanzas.fetch_sub(n, Ordering::Relaxed);
+            self.held_bytes.fetch_sub(b, Ordering::Relaxed);
+            self.lose(&msg);
+            return;
+        }
+        slot.held.push_back(Held { msg, counted: true });
+    }
+
+    fn uncount(&self, h: &Held) {
+        if h.counted {
+            self.held_stanzas
+                .fetch_sub(h.msg.stanzas(), Ordering::Relaxed);
+            self.held_bytes.fetch_sub(h.msg.bytes(), Ordering::Relaxed);
+        }
+    }
+
+    fn lose(&self, msg: &Msg) {
+        let n = msg.stanzas();
+        self.lost.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::warn!(
+            stanzas = n,
+            "delivery worker dead and too much held for dead workers: stanzas dropped"
+        );
+    }
+}
+
+/// Sends `msg` to `pid` from a thread that is not a scheduler thread;
+/// false when the pid is dead (the message is kept by the caller).
+fn send(pid: LocalPid, msg: &Msg) -> bool {
+    ENV.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut env) => env.send_and_clear(&pid, |e| msg.encode(e)).is_ok(),
+        Err(_) => OwnedEnv::new()
+            .send_and_clear(&pid, |e| msg.encode(e))
+            .is_ok(),
+    })
+}
+
+/// Worker pids, one slot per worker given at start; a slot's pid is
+/// replaced when its worker restarts (`set_worker/3`).
+pub struct ErlDelivery {
+    global_host: String,
+    slots: Arc<Slots>,
 }
 
 impl ErlDelivery {
+    /// `workers` must not be empty (checked by `start/2`).
     pub fn new(global_host: String, workers: Vec<LocalPid>) -> ErlDelivery {
+        let slots = workers
+            .into_iter()
+            .map(|pid| {
+                Mutex::new(Slot {
+                    pid,
+                    dead: false,
+                    unconfirmed: VecDeque::new(),
+                    confirmed_of_first: 0,
+                    held: VecDeque::new(),
+                })
+            })
+            .collect();
         ErlDelivery {
             global_host,
-            workers: RwLock::new(workers.into_iter().map(Some).collect()),
-            sent: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
+            slots: Arc::new(Slots {
+                slots,
+                sent: AtomicU64::new(0),
+                lost: AtomicU64::new(0),
+                held_stanzas: AtomicUsize::new(0),
+                held_bytes: AtomicUsize::new(0),
+            }),
         }
     }
 
-    /// Puts `pid` in slot `index`, growing the pool if needed.
-    pub fn set_worker(&self, index: usize, pid: LocalPid) {
-        let mut w = self.workers.write();
-        if w.len() <= index {
-            w.resize(index + 1, None);
+    /// Puts `pid` in slot `index` (a restarted worker) and sends it what
+    /// its predecessor did not confirm, then what was held for the slot (on
+    /// a thread of its own: this is called on a scheduler thread). The pid
+    /// already in the slot changes nothing. False when `index` is not a
+    /// slot: the table never grows.
+    pub fn set_worker(&self, index: usize, pid: LocalPid) -> bool {
+        let Some(slot) = self.slots.slots.get(index) else {
+            return false;
+        };
+        let pending = {
+            let mut slot = slot.lock();
+            if slot.pid == pid {
+                return true;
+            }
+            slot.pid = pid;
+            slot.dead = false;
+            slot.take_back();
+            !slot.held.is_empty()
+        };
+        if pending {
+            let slots = self.slots.clone();
+            let _ = std::thread::Builder::new()
+                .name("gd-send".into())
+                .spawn(move || {
+                    if let Some(slot) = slots.slots.get(index) {
+                        slots.flush(&mut slot.lock());
+                    }
+                });
         }
-        w[index] = Some(pid);
+        true
+    }
+
+    /// The worker of slot `index`, `pid`, ran the callback of the oldest
+    /// stanza it had not confirmed. False when `pid` is not that slot's
+    /// worker (a late call of a replaced worker changes nothing).
+    pub fn delivered(&self, index: usize, pid: LocalPid) -> bool {
+        let Some(slot) = self.slots.slots.get(index) else {
+            return false;
+        };
+        let mut slot = slot.lock();
+        if slot.pid != pid {
+            return false;
+        }
+        slot.confirm();
+        true
     }
 
     pub fn worker_count(&self) -> usize {
-        self.workers.read().len()
+        self.slots.slots.len()
     }
 
-    /// (sent, lost: no worker or dead worker).
+    /// (sent, lost: dropped because too much was held for dead workers, or
+    /// still held when the runtime stopped).
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.sent.load(Ordering::Relaxed),
-            self.lost.load(Ordering::Relaxed),
+            self.slots.sent.load(Ordering::Relaxed),
+            self.slots.lost.load(Ordering::Relaxed),
         )
     }
 
-    fn pick(&self, from: &gd_core::jid::Jid) -> Option<LocalPid> {
-        let w = self.workers.read();
-        if w.is_empty() {
-            return None;
-        }
-        w[self.slot(from, w.len())]
+    /// Stanzas held for dead workers now.
+    pub fn held(&self) -> usize {
+        self.slots.held_stanzas.load(Ordering::Relaxed)
     }
 
-    /// The worker slot of a sender among `slots` (> 0).
-    fn slot(&self, from: &gd_core::jid::Jid, slots: usize) -> usize {
+    /// The runtime stopped: what is still held for dead workers is lost.
+    pub fn drop_held(&self) {
+        for slot in self.slots.slots.iter() {
+            let mut slot = slot.lock();
+            self.slots.flush(&mut slot);
+            // Sent to live workers: the owner lets them run these.
+            slot.unconfirmed.clear();
+            slot.confirmed_of_first = 0;
+            for h in std::mem::take(&mut slot.held) {
+                self.slots.uncount(&h);
+                self.slots.lose(&h.msg);
+            }
+        }
+    }
+
+    /// The worker slot of a sender.
+    fn slot(&self, from: &gd_core::jid::Jid) -> usize {
         let mut h = DefaultHasher::new();
         sender_key(from, &self.global_host).hash(&mut h);
-        (h.finish() % slots as u64) as usize
+        (h.finish() % self.slots.slots.len().max(1) as u64) as usize
     }
 
-    fn dispatch<F>(&self, from: &gd_core::jid::Jid, build: F)
-    where
-        F: for<'a> FnOnce(Env<'a>) -> Term<'a> + Send + 'static,
-    {
-        let ok = match self.pick(from) {
-            Some(pid) => send_any(pid, build),
-            None => false,
-        };
-        if ok {
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(from = %from.as_full_str(), "no live delivery worker: stanza dropped");
+    fn dispatch(&self, i: usize, msg: Msg) {
+        // A scheduler thread (the rare inline path) cannot use a
+        // process-independent env: a short-lived thread sends for it.
+        if is_scheduler_thread() {
+            let slots = self.slots.clone();
+            let spawned = std::thread::Builder::new()
+                .name("gd-send".into())
+                .spawn(move || slots.dispatch(i, msg));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot spawn a sender thread: stanza dropped");
+                self.slots.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
         }
+        self.slots.dispatch(i, msg);
     }
 }
 
 impl Delivery for ErlDelivery {
     fn deliver(&self, d: Delivered) {
-        let from = d.envelope.from.clone();
-        self.dispatch(&from, move |env| {
-            let e = &d.envelope;
-            let meta = meta_term(
-                env,
-                e,
-                d.from_host.as_deref(),
-                d.transfer_time_us,
-                d.unrouted,
-            );
-            (
-                atoms::global_distrib(),
-                atoms::deliver(),
-                meta,
-                binary(env, &e.payload),
-            )
-                .encode(env)
-        });
+        let i = self.slot(&d.envelope.from);
+        self.dispatch(i, Msg::Deliver(d));
     }
 
     fn deliver_many(&self, batch: &mut Vec<Delivered>) {
-        let slots = self.workers.read().len();
+        let slots = self.slots.slots.len();
         if batch.len() < 2 || slots == 0 {
             for d in batch.drain(..) {
                 self.deliver(d);
@@ -220,57 +494,26 @@ impl Delivery for ErlDelivery {
         }
         let mut groups: Vec<Vec<Delivered>> = (0..slots).map(|_| Vec::new()).collect();
         for d in batch.drain(..) {
-            let i = self.slot(&d.envelope.from, slots);
-            groups[i].push(d);
+            let i = self.slot(&d.envelope.from);
+            if let Some(g) = groups.get_mut(i) {
+                g.push(d);
+            }
         }
         for (i, mut group) in groups.into_iter().enumerate() {
-            if group.len() < 2 {
-                if let Some(d) = group.pop() {
-                    self.deliver(d);
+            match group.len() {
+                0 => {}
+                1 => {
+                    if let Some(d) = group.pop() {
+                        self.dispatch(i, Msg::Deliver(d));
+                    }
                 }
-                continue;
-            }
-            let n = group.len() as u64;
-            let pid = self.workers.read().get(i).copied().flatten();
-            let ok = pid.is_some_and(|pid| {
-                send_any(pid, move |env| {
-                    let items: Vec<Term<'_>> = group
-                        .iter()
-                        .map(|d| {
-                            let e = &d.envelope;
-                            let meta = meta_term(
-                                env,
-                                e,
-                                d.from_host.as_deref(),
-                                d.transfer_time_us,
-                                d.unrouted,
-                            );
-                            (meta, binary(env, &e.payload)).encode(env)
-                        })
-                        .collect();
-                    (atoms::global_distrib(), atoms::deliver_batch(), items).encode(env)
-                })
-            });
-            if ok {
-                self.sent.fetch_add(n, Ordering::Relaxed);
-            } else {
-                self.lost.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(stanzas = n, "no live delivery worker: stanzas dropped");
+                _ => self.dispatch(i, Msg::Batch(group)),
             }
         }
     }
 
     fn undeliverable(&self, envelope: Envelope, reason: Reason) {
-        let from = envelope.from.clone();
-        self.dispatch(&from, move |env| {
-            let meta = meta_term(env, &envelope, None, 0, Some(reason));
-            (
-                atoms::global_distrib(),
-                atoms::undeliverable(),
-                meta,
-                binary(env, &envelope.payload),
-            )
-                .encode(env)
-        });
+        let i = self.slot(&envelope.from);
+        self.dispatch(i, Msg::Undeliverable(envelope, reason));
     }
 }
