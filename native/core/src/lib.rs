@@ -18,6 +18,7 @@
 
 pub mod bounce;
 pub mod config;
+pub mod envelope;
 pub mod jid;
 pub mod mapping;
 pub mod metrics;

@@ -8,7 +8,8 @@
 //! (many frames per syscall under load). Frames carry a sequence number; the
 //! receiver acknowledges them, and unacknowledged frames are sent again after
 //! a reconnection, so a cut link loses nothing. When a connection cannot be
-//! (re)established, its queue goes to bounce: nothing is dropped silently.
+//! (re)established, its queue is given back to the router on a channel:
+//! nothing is dropped silently.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -21,13 +22,12 @@ use bytes::BytesMut;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::bounce::Bounce;
 use crate::config::{Config, Endpoint};
 use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::routing::{sender_key, Envelope, Reason};
+use crate::envelope::{sender_key, Envelope, Reason};
 use crate::store::Store;
 use crate::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
 use crate::transport::tls::TlsSetup;
@@ -41,6 +41,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// How long `enqueue` waits for the first endpoint list of a new remote DC.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A stanza the transport gives back, with why: reported on a channel the
+/// router drains (the transport never calls routing or bounce). Its TTL is
+/// as it was queued; the router refunds the unit spent on leaving.
+#[derive(Debug)]
+pub(crate) struct GivenBack {
+    pub(crate) envelope: Envelope,
+    pub(crate) reason: Reason,
+}
 
 /// Why a stanza could not be queued; the stanza is handed back.
 #[derive(Debug)]
@@ -264,7 +273,7 @@ pub struct Outgoing {
     tls: Option<Arc<TlsSetup>>,
     store: Store,
     metrics: Arc<Metrics>,
-    bounce: Arc<Bounce>,
+    given_back: mpsc::UnboundedSender<GivenBack>,
     hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>>>,
     stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
@@ -290,7 +299,7 @@ impl Outgoing {
         tls: Option<Arc<TlsSetup>>,
         store: Store,
         metrics: Arc<Metrics>,
-        bounce: Arc<Bounce>,
+        given_back: mpsc::UnboundedSender<GivenBack>,
         stop: watch::Receiver<bool>,
         rt: tokio::runtime::Handle,
     ) -> Outgoing {
@@ -302,7 +311,7 @@ impl Outgoing {
             tls,
             store,
             metrics,
-            bounce,
+            given_back,
             hosts: RwLock::new(HashMap::new()),
             stop,
             rt,
@@ -463,7 +472,7 @@ impl Outgoing {
             tls: self.tls.clone(),
             max_frame: self.cfg.connections.max_frame_size,
             give_up_after: give_up_after(&self.cfg),
-            bounce: self.bounce.clone(),
+            given_back: self.given_back.clone(),
             stop: self.stop.clone(),
         }
     }
@@ -644,7 +653,7 @@ impl Outgoing {
     }
 
     /// Waits until everything queued is acknowledged or `deadline`; then
-    /// closes every connection and returns what is left.
+    /// closes every connection and returns what is left (TTL as queued).
     pub(crate) async fn drain(&self, deadline: Instant) -> Vec<Envelope> {
         while self.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -662,7 +671,7 @@ impl Outgoing {
                 c.closing.store(true, Ordering::Relaxed);
                 let taken = c.take_all();
                 h.release(taken.len());
-                left.extend(taken.into_iter().map(unsent));
+                left.extend(taken);
                 c.wake.notify_one();
             }
         }
@@ -682,13 +691,6 @@ fn frame_len_bound(env: &Envelope) -> usize {
         + env.to.as_full_str().len()
         + 8
         + env.payload.len()
-}
-
-/// A stanza leaving an outgoing queue without having been delivered gets
-/// back the TTL unit spent when it was queued.
-fn unsent(mut env: Envelope) -> Envelope {
-    env.meta.ttl = env.meta.ttl.saturating_add(1);
-    env
 }
 
 /// Written-but-unacknowledged stanzas of a failing connection wait as long
@@ -714,8 +716,18 @@ struct ConnCtx {
     max_frame: usize,
     /// How long written-but-unacknowledged stanzas wait for a resume.
     give_up_after: Duration,
-    bounce: Arc<Bounce>,
+    given_back: mpsc::UnboundedSender<GivenBack>,
     stop: watch::Receiver<bool>,
+}
+
+impl ConnCtx {
+    /// Hands stanzas back to the router; after a stop nobody reads them
+    /// any more, and the runtime has already reported what it drained.
+    fn give_back(&self, envelopes: impl IntoIterator<Item = Envelope>, reason: Reason) {
+        for envelope in envelopes {
+            let _ = self.given_back.send(GivenBack { envelope, reason });
+        }
+    }
 }
 
 /// Connects, says who we are, and learns what the receiver already has of
@@ -836,9 +848,7 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
                 let mut queued = conn.fail();
                 queued.extend(conn.give_up_unacked(ctx.give_up_after));
                 host.release(queued.len());
-                for env in queued {
-                    ctx.bounce.store_or_report(unsent(env), Reason::Unreachable);
-                }
+                ctx.give_back(queued, Reason::Unreachable);
             }
         }
         let jitter = Duration::from_millis(rand::random::<u64>() % 50);
@@ -851,9 +861,7 @@ async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
     }
     let left = conn.take_all();
     host.release(left.len());
-    for env in left {
-        ctx.bounce.store_or_report(unsent(env), Reason::Stopped);
-    }
+    ctx.give_back(left, Reason::Stopped);
 }
 
 /// Writes queued stanzas in batches and reads acknowledgements, until the
@@ -884,9 +892,7 @@ async fn io_loop(
         let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
         loop {
             let too_large = fill_batch(ctx, host, conn, &mut buf);
-            for env in too_large {
-                ctx.bounce.report(unsent(env), Reason::TooLarge);
-            }
+            ctx.give_back(too_large, Reason::TooLarge);
             if buf.is_empty() {
                 if conn.closing.load(Ordering::Relaxed) {
                     return Ok(());
