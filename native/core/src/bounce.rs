@@ -238,8 +238,7 @@ impl Bounce {
     }
 
     fn hash(&self, from: &Jid, to: &Jid) -> u64 {
-        self.hasher
-            .hash_one((from.as_full_str(), to.as_full_str()))
+        self.hasher.hash_one((from.as_full_str(), to.as_full_str()))
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
@@ -327,7 +326,11 @@ impl Bounce {
     /// Holds `envelope` for a later retry (behind its pair if present), or
     /// hands it back with the reason bounce refused it: `why` when bounce
     /// is disabled, `RetriesExhausted`, `BounceFull`.
-    pub(crate) fn hold(&self, mut envelope: Envelope, why: Reason) -> Result<(), (Envelope, Reason)> {
+    pub(crate) fn hold(
+        &self,
+        mut envelope: Envelope,
+        why: Reason,
+    ) -> Result<(), (Envelope, Reason)> {
         if !self.cfg.enabled {
             return Err((envelope, why));
         }
@@ -429,7 +432,12 @@ impl Bounce {
     /// rest of its batch, in order): they go back in front of the pair,
     /// which is held again for `why`. Returns the stanzas with no retry
     /// left, for the router to end.
-    pub(crate) fn flush_refused(&self, r: &PairRef, back: Vec<Envelope>, why: Reason) -> Vec<Envelope> {
+    pub(crate) fn flush_refused(
+        &self,
+        r: &PairRef,
+        back: Vec<Envelope>,
+        why: Reason,
+    ) -> Vec<Envelope> {
         let (kept, exhausted): (Vec<_>, Vec<_>) =
             back.into_iter().partition(|e| e.bounce_ttl != Some(0));
         let mut shard = self.shard(r.hash).lock();
@@ -628,8 +636,10 @@ mod tests {
     async fn a_refused_flush_puts_the_rest_back_in_front_and_ends_the_exhausted() {
         let m = Metrics::new();
         let b = Bounce::new(&cfg(10), &m);
-        b.hold(env("a@x/r", "b@x/r", "0"), Reason::Unreachable).unwrap();
-        b.hold(env("a@x/r", "b@x/r", "1"), Reason::Unreachable).unwrap();
+        b.hold(env("a@x/r", "b@x/r", "0"), Reason::Unreachable)
+            .unwrap();
+        b.hold(env("a@x/r", "b@x/r", "1"), Reason::Unreachable)
+            .unwrap();
         let (work, _) = b.next_work(Instant::now() + Duration::from_secs(1));
         let r = work[0].0.clone();
         let mut batch = b.take_batch(&r).unwrap();
@@ -648,7 +658,9 @@ mod tests {
         let m = Metrics::new();
         let b = Bounce::new(&cfg(1), &m);
         b.hold(env("a@x/r", "b@x/r", "0"), Reason::NoRoute).unwrap();
-        let (_, why) = b.hold(env("c@x/r", "b@x/r", "1"), Reason::NoRoute).unwrap_err();
+        let (_, why) = b
+            .hold(env("c@x/r", "b@x/r", "1"), Reason::NoRoute)
+            .unwrap_err();
         assert_eq!(why, Reason::BounceFull);
         assert!(b.append_if_present(env("a@x/r", "b@x/r", "2")).is_err());
         let mut spent = env("d@x/r", "b@x/r", "3");

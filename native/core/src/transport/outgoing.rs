@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::{Config, Endpoint};
-use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::envelope::{sender_key, Envelope, Reason};
+use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::store::Store;
 use crate::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
 use crate::transport::tls::TlsSetup;
