@@ -71,8 +71,7 @@ fn imports(text: &str, known: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
 /// grammar for module paths; items after the module are ignored later).
 fn expand(rest: &str) -> Vec<String> {
     let mut path = String::new();
-    let mut chars = rest.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in rest.char_indices() {
         match c {
             c if c.is_alphanumeric() || c == '_' || c == ':' => path.push(c),
             '{' => {
