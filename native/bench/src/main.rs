@@ -424,9 +424,24 @@ fn b6(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     let [route] = repeat("B6a try_route", plan.runs, || {
         Ok([lookup::try_route_ns(&pair, plan.lookups)?])
     })?;
+    let [held] = repeat("B6a try_route, one pair held", plan.runs, || {
+        Ok([lookup::try_route_held_ns(&pair, plan.lookups)?])
+    })?;
     pair.stop();
     table.row("B6a", "mapping.lookup_cached (cached JID)", lookup, "ns/op");
     table.row("B6a", "rt.try_route (cached remote)", route, "ns/op");
+    table.row(
+        "B6a",
+        "rt.try_route (cached remote), one pair held in bounce",
+        held,
+        "ns/op",
+    );
+    table.ratio(
+        "B6a",
+        "try_route, one pair held ÷ bounce empty",
+        held,
+        route,
+    );
     Ok(())
 }
 
