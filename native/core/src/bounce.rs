@@ -245,12 +245,15 @@ impl Bounce {
         &self.shards[(hash as usize) % SHARDS]
     }
 
+    /// Counts stanzas in or out. An increment is made under the lock of
+    /// the shard the stanza went into, so the decrement of taking it out
+    /// (under the same lock, later) can never come first.
     fn set_total(&self, delta: isize) {
         let n = if delta >= 0 {
             self.total.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
         } else {
             let d = delta.unsigned_abs();
-            self.total.fetch_sub(d, Ordering::Relaxed) - d
+            self.total.fetch_sub(d, Ordering::Relaxed).saturating_sub(d)
         };
         self.queue_size.set(n as i64);
     }
@@ -305,17 +308,15 @@ impl Bounce {
             return Err(env);
         }
         pair.items.push_back(env);
-        let appended = if pair.flushing {
-            Appended::Behind
-        } else {
-            pair.flushing = true;
-            let r = pair.handle(hash);
-            drop(shard);
-            self.kick(r);
-            Appended::Kicked
-        };
         self.set_total(1);
-        Ok(appended)
+        if pair.flushing {
+            return Ok(Appended::Behind);
+        }
+        pair.flushing = true;
+        let r = pair.handle(hash);
+        drop(shard);
+        self.kick(r);
+        Ok(Appended::Kicked)
     }
 
     fn kick(&self, pair: PairRef) {
@@ -365,8 +366,8 @@ impl Bounce {
             self.pairs.fetch_add(1, Ordering::AcqRel);
             self.wake.notify_one();
         }
-        drop(shard);
         self.set_total(1);
+        drop(shard);
         Ok(())
     }
 
@@ -430,22 +431,23 @@ impl Bounce {
 
     /// A flush could not hand `back` over (the first refused, then the
     /// rest of its batch, in order): they go back in front of the pair,
-    /// which is held again for `why`. Returns the stanzas with no retry
-    /// left, for the router to end.
+    /// which is held again for `why`. Returns the stanzas to end and why:
+    /// those with no retry left (`RetriesExhausted`), or all of them when
+    /// a stop drained the pair meanwhile (`Stopped`).
     pub(crate) fn flush_refused(
         &self,
         r: &PairRef,
         back: Vec<Envelope>,
         why: Reason,
-    ) -> Vec<Envelope> {
+    ) -> (Vec<Envelope>, Reason) {
         let (kept, exhausted): (Vec<_>, Vec<_>) =
             back.into_iter().partition(|e| e.bounce_ttl != Some(0));
         let mut shard = self.shard(r.hash).lock();
         let Some(pair) = shard.get(r) else {
             // Drained by a stop meanwhile: nothing holds them any more.
-            return kept.into_iter().chain(exhausted).collect();
+            return (kept.into_iter().chain(exhausted).collect(), Reason::Stopped);
         };
-        let n = kept.len();
+        self.set_total(kept.len() as isize);
         for env in kept.into_iter().rev() {
             pair.items.push_front(env);
         }
@@ -464,8 +466,7 @@ impl Bounce {
             self.reschedule(pair, r.hash);
             drop(shard);
         }
-        self.set_total(n as isize);
-        exhausted
+        (exhausted, Reason::RetriesExhausted)
     }
 
     /// A kick found no route that could take the pair: it stays held on
@@ -529,16 +530,17 @@ impl Bounce {
     pub(crate) fn drain(&self) -> Vec<(Envelope, bool)> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let pairs = std::mem::take(&mut shard.lock().pairs);
+            let mut shard = shard.lock();
+            let pairs = std::mem::take(&mut shard.pairs);
+            let before = out.len();
             for pair in pairs.into_values().flatten() {
                 let nowhere = pair.nowhere;
                 self.pairs.fetch_sub(1, Ordering::AcqRel);
                 out.extend(pair.items.into_iter().map(|e| (e, nowhere)));
             }
+            self.set_total(-((out.len() - before) as isize));
         }
         *self.schedule.lock() = Schedule::default();
-        self.total.store(0, Ordering::Relaxed);
-        self.queue_size.set(0);
         out
     }
 }
@@ -645,12 +647,50 @@ mod tests {
         let mut batch = b.take_batch(&r).unwrap();
         b.append_if_present(env("a@x/r", "b@x/r", "2")).unwrap();
         batch[1].bounce_ttl = Some(0);
-        let ended = b.flush_refused(&r, batch, Reason::QueueFull);
+        let (ended, why) = b.flush_refused(&r, batch, Reason::QueueFull);
         assert_eq!(bodies(&ended), ["1"]);
+        assert_eq!(why, Reason::RetriesExhausted);
         assert_eq!(b.len(), 2);
         let (work, _) = b.next_work(Instant::now() + Duration::from_secs(5));
         assert_eq!(work.len(), 1, "rescheduled once");
         assert_eq!(bodies(&b.take_batch(&work[0].0).unwrap()), ["0", "2"]);
+    }
+
+    /// Appends racing a flusher on one pair: every stanza is counted in
+    /// before it can be taken out (the count once went below zero here).
+    #[test]
+    fn the_count_stays_exact_while_appends_race_a_flusher() {
+        let b = Arc::new(Bounce::new(&cfg(1_000_000), &Metrics::new()));
+        b.hold(env("a@x/r", "b@x/r", "first"), Reason::NoRoute)
+            .unwrap();
+        let (work, _) = b.next_work(Instant::now() + Duration::from_secs(1));
+        let r = work[0].0.clone();
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..5_000)
+                        .filter(|i| {
+                            b.append_if_present(env("a@x/r", "b@x/r", &i.to_string()))
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let flusher = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut taken = 0;
+                while let Some(batch) = b.take_batch(&r) {
+                    taken += batch.len();
+                }
+                taken
+            })
+        };
+        let appended: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        let taken = flusher.join().unwrap();
+        assert_eq!(taken + b.len(), 1 + appended);
     }
 
     #[tokio::test]

@@ -304,8 +304,9 @@ impl Router {
                         // The rest must not overtake it, and a queue that
                         // refused one would refuse the next: all wait.
                         let back: Vec<Envelope> = std::iter::once(env).chain(batch).collect();
-                        for env in self.bounce.flush_refused(&pair, back, why) {
-                            self.delivery.undeliverable(env, Reason::RetriesExhausted);
+                        let (ended, reason) = self.bounce.flush_refused(&pair, back, why);
+                        for env in ended {
+                            self.delivery.undeliverable(env, reason);
                         }
                         return;
                     }
