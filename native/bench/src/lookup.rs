@@ -6,6 +6,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gd_core::jid::Jid;
+use gd_core::routing::RouteResult;
+use gd_core::transport::frame::PayloadKind;
 
 use crate::dcs::{wait_for, Pair, PAYLOAD_LEN, SENDERS};
 use crate::BenchError;
@@ -29,6 +32,37 @@ const CHUNK: u64 = 10_000;
 
 /// ns per `try_route` of a stanza to a cached remote recipient.
 pub fn try_route_ns(pair: &Pair, n: u64) -> Result<f64, BenchError> {
+    try_route_loop(pair, n, false)
+}
+
+/// [`try_route_ns`] while bounce holds one other pair (a sender to a user
+/// logged in nowhere; one more stanza of it per chunk, untimed, keeps it
+/// held whatever its retries do).
+pub fn try_route_held_ns(pair: &Pair, n: u64) -> Result<f64, BenchError> {
+    try_route_loop(pair, n, true)
+}
+
+fn hold_one(pair: &Pair) -> Result<(), BenchError> {
+    let nobody = Jid::parse("nobody@example.com/x").map_err(|e| BenchError::msg(e.to_string()))?;
+    let env = pair.dc1.envelope(
+        pair.senders[0].clone(),
+        nobody,
+        PayloadKind::Message,
+        Bytes::from_static(b"held"),
+    );
+    let r = match pair.dc1.try_route(env) {
+        Ok(r) => r,
+        Err(env) => pair.dc1.block_on(pair.dc1.route(env)),
+    };
+    match r {
+        RouteResult::Stored => Ok(()),
+        other => Err(BenchError::msg(format!(
+            "B6a: a stanza to nobody was not held by bounce: {other:?}"
+        ))),
+    }
+}
+
+fn try_route_loop(pair: &Pair, n: u64, hold: bool) -> Result<f64, BenchError> {
     let payload = Bytes::from(vec![b'x'; PAYLOAD_LEN]);
     let base = pair.sink.count();
     let mut timed = Duration::ZERO;
@@ -36,6 +70,9 @@ pub fn try_route_ns(pair: &Pair, n: u64) -> Result<f64, BenchError> {
     let mut slow = 0u64;
     while sent < n {
         let k = CHUNK.min(n - sent);
+        if hold {
+            hold_one(pair)?;
+        }
         let envs: Vec<_> = (0..k)
             .map(|i| pair.envelope(&pair.senders[(i as usize) % SENDERS], payload.clone()))
             .collect();

@@ -353,7 +353,7 @@ fn b5_b6(
     ours: &Ours,
 ) -> Result<(), BenchError> {
     const M: &str = "gd_bench_nif";
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 9] = [
         "b5_rate",
         "b5_p50_us",
         "b5_p99_us",
@@ -362,6 +362,7 @@ fn b5_b6(
         "b6_route_ns",
         "b6_lookup_ns",
         "b6_ets_ns",
+        "b6_route_held_ns",
     ];
     let s = repeat("B5/B6 NIF from Erlang", plan.runs, || {
         // A fresh, empty Redis per run: the two nodes' sessions and
@@ -394,6 +395,18 @@ fn b5_b6(
         table.row("B6", "ets:lookup", s[7], "ns/call");
         table.ratio("B6", "route() ÷ ets:lookup", s[5], s[7]);
         table.ratio("B6", "lookup() ÷ ets:lookup", s[6], s[7]);
+        table.row(
+            "B6",
+            "route() from Erlang, one pair held in bounce",
+            s[8],
+            "ns/call",
+        );
+        table.ratio(
+            "B6",
+            "route(), one pair held ÷ bounce empty (target ≤ 1.2)",
+            s[8],
+            s[5],
+        );
     }
     Ok(())
 }
@@ -411,9 +424,24 @@ fn b6(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     let [route] = repeat("B6a try_route", plan.runs, || {
         Ok([lookup::try_route_ns(&pair, plan.lookups)?])
     })?;
+    let [held] = repeat("B6a try_route, one pair held", plan.runs, || {
+        Ok([lookup::try_route_held_ns(&pair, plan.lookups)?])
+    })?;
     pair.stop();
     table.row("B6a", "mapping.lookup_cached (cached JID)", lookup, "ns/op");
     table.row("B6a", "rt.try_route (cached remote)", route, "ns/op");
+    table.row(
+        "B6a",
+        "rt.try_route (cached remote), one pair held in bounce",
+        held,
+        "ns/op",
+    );
+    table.ratio(
+        "B6a",
+        "try_route, one pair held ÷ bounce empty",
+        held,
+        route,
+    );
     Ok(())
 }
 

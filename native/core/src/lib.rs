@@ -10,6 +10,12 @@
 //!            receive: transport listener ──> frame codec ──> origin hint ──> deliver
 //!          bounce, metrics, refreshers: background tasks owned by the Runtime
 //! ```
+//!
+//! Imports point down only (`tests/layers.rs` checks it): `runtime` →
+//! `transport::listener` → `routing` (owns `bounce`) → `transport::outgoing`
+//! → `transport::conn` → `transport::queue` → `envelope` → `jid`. The
+//! transport gives stanzas it cannot deliver back on a channel the router
+//! drains; it never calls routing or bounce.
 
 // Functions that cannot take a stanza hand the `Envelope` back by value in
 // their `Err` so the caller can route it elsewhere; boxing it would cost an
@@ -18,6 +24,7 @@
 
 pub mod bounce;
 pub mod config;
+pub mod envelope;
 pub mod jid;
 pub mod mapping;
 pub mod metrics;

@@ -1,203 +1,34 @@
 //! route(): the decision taken for every stanza (SPEC 6.1) — local,
 //! forwarded to another datacenter, stored in bounce, or undeliverable —
-//! and the hand-off interface through which the host receives stanzas.
+//! and the one place that decides what becomes of a stanza afterwards:
+//! bounce's flushes and retries, and stanzas the transport gives back.
 //!
 //! The same function runs for stanzas the host submits and for stanzas
 //! arriving from another datacenter, so a stanza whose recipient moved is
-//! forwarded again (its TTL bounds how often).
+//! forwarded again (its TTL, clamped to this DC's `message_ttl`, bounds
+//! how often).
+//!
+//! Layers: routing uses bounce (a store, no I/O), mapping and the
+//! outgoing transport; none of them calls back up. The transport reports
+//! the stanzas it gives back on a channel this module drains.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use rand::RngCore;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
 
-use crate::bounce::Bounce;
-use crate::jid::Jid;
+use crate::bounce::{Bounce, Flush, PairRef};
+use crate::config::BounceConfig;
 use crate::mapping::{Location, Mapping};
 use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::transport::frame::PayloadKind;
-use crate::transport::outgoing::{EnqueueError, Outgoing};
+use crate::transport::outgoing::{EnqueueError, GivenBack, Outgoing};
 
-/// Metadata travelling with a stanza between datacenters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    /// Unique id (128-bit random), kept across reroutes.
-    pub message_id: u128,
-    /// local_host of the DC where the stanza entered global routing.
-    pub origin: Arc<str>,
-    /// Remaining reroutes; decremented on each forward.
-    pub ttl: u8,
-    /// Route to this DC without looking the recipient up (bounce flushes).
-    pub target: Option<Arc<str>>,
-}
+pub use crate::envelope::{
+    new_message_id, sender_key, Delivered, Delivery, Envelope, Meta, Reason, RouteResult,
+};
 
-impl Meta {
-    /// Metadata of a stanza entering global routing at this DC.
-    pub fn new(origin: Arc<str>, ttl: u8) -> Meta {
-        Meta {
-            message_id: new_message_id(),
-            origin,
-            ttl,
-            target: None,
-        }
-    }
-}
-
-/// A 128-bit random message id.
-pub fn new_message_id() -> u128 {
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    u128::from_be_bytes(b)
-}
-
-/// A stanza with everything route() needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub from: Jid,
-    pub to: Jid,
-    pub kind: PayloadKind,
-    pub payload: Bytes,
-    pub meta: Meta,
-    /// Bounce retries left at this DC (None: never bounced here). Local
-    /// state, not sent on the wire: each DC gives a stanza its own budget.
-    pub bounce_ttl: Option<u32>,
-    /// `(session, seq)` it was written under before its connection was
-    /// given up; travels so that the receiver can drop a second copy.
-    pub prior: Option<(u64, u64)>,
-}
-
-impl Envelope {
-    pub fn new(from: Jid, to: Jid, kind: PayloadKind, payload: Bytes, meta: Meta) -> Envelope {
-        Envelope {
-            from,
-            to,
-            kind,
-            payload,
-            meta,
-            bounce_ttl: None,
-            prior: None,
-        }
-    }
-}
-
-/// What route() decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteResult {
-    /// The host continues its own routing: the recipient is here, or it is
-    /// known in no datacenter and bounce cannot hold the stanza (disabled
-    /// or full), so the host routes it as MongooseIM does (offline storage,
-    /// or its own error for a user that does not exist).
-    Local,
-    /// Queued towards that datacenter.
-    Forwarded(Arc<str>),
-    /// Held by bounce; the host hears of it again through [`Delivery`].
-    Stored,
-    /// Given up: the host should answer with an error (service-unavailable).
-    Undeliverable(Reason),
-}
-
-/// Why a stanza could not be delivered, or (in [`Delivered::unrouted`])
-/// why global routing handed it back to the host's local routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Bounce retried it `bounce.max_retries` times without a route that
-    /// took it.
-    RetriesExhausted,
-    /// The recipient is known in no datacenter.
-    NoRoute,
-    /// The recipient's datacenter is known but cannot be reached (no
-    /// endpoint, every connection failing).
-    Unreachable,
-    /// The bounce store is full (`bounce.max_stored`).
-    BounceFull,
-    /// The queue towards the remote DC is full (`connections.outgoing_queue_size`).
-    QueueFull,
-    /// The runtime stopped before the stanza could be delivered.
-    Stopped,
-    /// The metadata store could not be read during a lookup (why bounce
-    /// holds a stanza; like `NoRoute`, the recipient counts as found nowhere).
-    StoreUnavailable,
-    /// The stanza exceeds `connections.max_frame_size`.
-    TooLarge,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::RetriesExhausted => "retries_exhausted",
-            Reason::NoRoute => "no_route",
-            Reason::Unreachable => "unreachable",
-            Reason::BounceFull => "bounce_full",
-            Reason::QueueFull => "queue_full",
-            Reason::Stopped => "stopped",
-            Reason::StoreUnavailable => "store_unavailable",
-            Reason::TooLarge => "too_large",
-        }
-    }
-}
-
-/// A stanza handed to the host for local delivery.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    pub envelope: Envelope,
-    /// local_host of the DC it came from (None: it was held by bounce here).
-    pub from_host: Option<Arc<str>>,
-    /// Sender wall clock to receiver wall clock, µs (0 when not from the wire).
-    pub transfer_time_us: u64,
-    /// `Some` when global routing gave up on the stanza because its
-    /// recipient is known in no datacenter: the host routes it locally like
-    /// any stanza of its own (MongooseIM's bounce does the same: offline
-    /// storage, or the host's error for a user that does not exist). The
-    /// reason says when: `RetriesExhausted` (bounce's retries ran out),
-    /// `NoRoute` (bounce is disabled), `BounceFull` (bounce could not hold
-    /// it again), `Stopped` (the runtime stopped while bounce held it).
-    /// `None` for every other delivery.
-    pub unrouted: Option<Reason>,
-}
-
-impl Delivered {
-    /// A stanza delivered here that did not come over the wire.
-    pub fn here(envelope: Envelope, unrouted: Option<Reason>) -> Delivered {
-        Delivered {
-            envelope,
-            from_host: None,
-            transfer_time_us: 0,
-            unrouted,
-        }
-    }
-}
-
-/// How stanzas reach the host. Called on runtime threads: implementations
-/// must not block (hand over to a queue, `enif_send`, a C callback that
-/// returns quickly) and must not call back into the runtime synchronously.
-pub trait Delivery: Send + Sync + 'static {
-    /// A stanza whose recipient is local: deliver it, do not route it globally again.
-    fn deliver(&self, delivered: Delivered);
-    /// A stanza given up on: answer the sender with an error. Only for a
-    /// known datacenter that stayed unreachable, a full queue, a stanza too
-    /// large, a stop: a recipient known nowhere goes to [`Delivery::deliver`]
-    /// with [`Delivered::unrouted`] set instead.
-    fn undeliverable(&self, envelope: Envelope, reason: Reason);
-    /// Several stanzas for local recipients, in arrival order, from one
-    /// read of the network: a host that pays per hand-over (a process
-    /// wake-up, a message) can take them at once. Drains `batch`.
-    fn deliver_many(&self, batch: &mut Vec<Delivered>) {
-        for d in batch.drain(..) {
-            self.deliver(d);
-        }
-    }
-}
-
-/// The ordering key: the sender's full JID if it is in the global domain,
-/// otherwise its domain (components, other servers). Borrowed: it is
-/// computed for every stanza sent.
-pub fn sender_key<'a>(from: &'a Jid, global_host: &str) -> &'a str {
-    if from.domain() == global_host {
-        from.as_full_str()
-    } else {
-        from.domain()
-    }
-}
+/// Flushes of held pairs running at once (each a lookup, then sends).
+const FLUSHES_AT_ONCE: usize = 32;
 
 /// The routing engine of one runtime.
 pub struct Router {
@@ -205,9 +36,14 @@ pub struct Router {
     pub(crate) message_ttl: u8,
     pub(crate) mapping: Arc<Mapping>,
     pub(crate) outgoing: Arc<Outgoing>,
-    pub(crate) bounce: Arc<Bounce>,
+    /// Stanzas held per (from, to) pair; only the router takes them out.
+    pub(crate) bounce: Bounce,
     pub(crate) delivery: Arc<dyn Delivery>,
+    /// What the transport gives back (a connection that cannot be made, a
+    /// stanza too large, a stop); read by [`Router::run`].
+    given_back: tokio::sync::Mutex<mpsc::UnboundedReceiver<GivenBack>>,
     stop_ttl_zero: Arc<Counter>,
+    routed_inline: Arc<Counter>,
     delivered_with_ttl: Arc<Histogram>,
 }
 
@@ -218,13 +54,18 @@ enum Step {
     Lookup,
 }
 
+/// What a flush could not hand over: the stanza, why, whether bounce may retry it.
+type Refused = (Envelope, Reason, bool);
+
 impl Router {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         local_host: Arc<str>,
         message_ttl: u8,
         mapping: Arc<Mapping>,
         outgoing: Arc<Outgoing>,
-        bounce: Arc<Bounce>,
+        bounce: &BounceConfig,
+        given_back: mpsc::UnboundedReceiver<GivenBack>,
         delivery: Arc<dyn Delivery>,
         metrics: &Metrics,
     ) -> Router {
@@ -233,9 +74,11 @@ impl Router {
             message_ttl,
             mapping,
             outgoing,
-            bounce,
+            bounce: Bounce::new(bounce, metrics),
             delivery,
+            given_back: tokio::sync::Mutex::new(given_back),
             stop_ttl_zero: metrics.counter(names::STOP_TTL_ZERO),
+            routed_inline: metrics.counter(&format!("{}routed_inline", names::PREFIX)),
             delivered_with_ttl: metrics.histogram(names::DELIVERED_WITH_TTL),
         }
     }
@@ -263,22 +106,34 @@ impl Router {
 
     /// route() without waiting: answers when the caches suffice and the
     /// stanza can be queued at once; `Err(env)` hands it back for
-    /// [`Router::route`]. Never blocks.
-    pub fn try_route(&self, env: Envelope) -> Result<RouteResult, Envelope> {
-        match self.pre_lookup(&env) {
+    /// [`Router::route`]. Never blocks. A pair bounce holds takes this
+    /// path too (the stanza is appended behind the held ones); what other
+    /// pairs hold costs nothing but one atomic load and a shard probe.
+    pub fn try_route(&self, mut env: Envelope) -> Result<RouteResult, Envelope> {
+        // The wire says up to 255; this DC allows no more than its own
+        // budget, so two stale caches cannot bounce a stanza 255 times.
+        env.meta.ttl = env.meta.ttl.min(self.message_ttl);
+        let r = match self.pre_lookup(&env) {
             Step::Done(r) => Ok(r),
             Step::Target(t) => self.try_forward(t, env),
             Step::Lookup => {
-                if self.bounce.busy() {
-                    return Err(env);
-                }
+                let env = match self.bounce.append_if_present(env) {
+                    Ok(_) => return Ok(self.inline(RouteResult::Stored)),
+                    Err(env) => env,
+                };
                 match self.mapping.lookup_cached(&env.to) {
                     Some(Location::Local) => Ok(self.local(&env)),
                     Some(Location::Remote(host)) => self.try_forward(host, env),
                     Some(Location::Unknown) | None => Err(env),
                 }
             }
-        }
+        };
+        r.map(|r| self.inline(r))
+    }
+
+    fn inline(&self, r: RouteResult) -> RouteResult {
+        self.routed_inline.inc();
+        r
     }
 
     /// route(): local / forwarded / stored / undeliverable.
@@ -289,11 +144,6 @@ impl Router {
         };
         if let Some(t) = env.meta.target.clone() {
             return self.forward(t, env).await;
-        }
-        if self.bounce.busy() {
-            // Held stanzas of this pair must leave before this one.
-            let _guard = self.bounce.flush_guard().await;
-            return self.route_looked_up(env).await;
         }
         self.route_looked_up(env).await
     }
@@ -306,22 +156,15 @@ impl Router {
                 return self.hold_or_local(env, Reason::StoreUnavailable);
             }
         };
+        // The pair may have been held while this lookup ran (an earlier
+        // stanza of it found nowhere): this one goes behind it.
+        let env = match self.bounce.append_if_present(env) {
+            Ok(_) => return RouteResult::Stored,
+            Err(env) => env,
+        };
         match location {
-            Location::Local => {
-                self.flush_bounced(&env, &Location::Local).await;
-                self.local(&env)
-            }
-            Location::Remote(host) => {
-                // Flushing towards a DC that cannot be reached would only put
-                // the held stanzas back with a fresh schedule, again and again
-                // while the sender keeps talking: their retries would never
-                // run out. They stay held; their own retries decide.
-                if self.outgoing.is_reachable(&host) {
-                    self.flush_bounced(&env, &Location::Remote(host.clone()))
-                        .await;
-                }
-                self.forward(host, env).await
-            }
+            Location::Local => self.local(&env),
+            Location::Remote(host) => self.forward(host, env).await,
             Location::Unknown => self.hold_or_local(env, Reason::NoRoute),
         }
     }
@@ -330,7 +173,7 @@ impl Router {
     /// holds the stanza for a later lookup; when it cannot (disabled, full)
     /// the host routes it locally at once, as MongooseIM does.
     fn hold_or_local(&self, env: Envelope, why: Reason) -> RouteResult {
-        match self.bounce.try_store(env, why) {
+        match self.bounce.hold(env, why) {
             Ok(()) => RouteResult::Stored,
             Err((env, reason)) => {
                 tracing::debug!(what = "gd_unrouted_local", to = %env.to, reason = reason.as_str());
@@ -339,53 +182,170 @@ impl Router {
         }
     }
 
+    /// Holds a stanza nobody waits on; a refusal is reported to the host.
+    fn hold_or_report(&self, env: Envelope, why: Reason) {
+        if let Err((env, reason)) = self.bounce.hold(env, why) {
+            self.delivery.undeliverable(env, reason);
+        }
+    }
+
     fn local(&self, env: &Envelope) -> RouteResult {
         self.delivered_with_ttl.record(u64::from(env.meta.ttl));
         RouteResult::Local
     }
 
-    /// Stanzas of the same (from, to) pair held by bounce go first, in order,
-    /// to the route just learned.
-    async fn flush_bounced(&self, env: &Envelope, location: &Location) {
-        if !self.bounce.has_pending(&env.from, &env.to) {
-            return;
-        }
-        for held in self.bounce.take_pair(&env.from, &env.to) {
-            self.resend_to(held, location).await;
+    /// The router's background work until `stop`: flushes of held pairs
+    /// (due retries and kicks) and the stanzas the transport gives back.
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let flushes = Arc::new(Semaphore::new(FLUSHES_AT_ONCE));
+        let mut given_back = self.given_back.lock().await;
+        loop {
+            let (work, next) = self.bounce.next_work(Instant::now());
+            for (pair, how) in work {
+                let Ok(permit) = flushes.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.flush(pair, how).await;
+                    drop(permit);
+                });
+            }
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.bounce.wake.notified() => {}
+                back = given_back.recv() => match back {
+                    Some(back) => self.take_back(back),
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
         }
     }
 
-    /// Re-sends a held stanza to a known location (bounce flush and retry).
-    pub(crate) async fn resend_to(&self, mut env: Envelope, location: &Location) {
-        let host = match location {
-            Location::Local => {
-                self.deliver_here(env);
-                return;
+    /// A stanza the transport could not deliver: its TTL back (it never
+    /// arrived), then held by bounce or, when no retry can help, reported.
+    fn take_back(&self, back: GivenBack) {
+        let env = self.refund_ttl(back.envelope);
+        match back.reason {
+            Reason::TooLarge => self.delivery.undeliverable(env, Reason::TooLarge),
+            why => self.hold_or_report(env, why),
+        }
+    }
+
+    /// For a stop: what the transport gave back and nobody took yet, TTL refunded.
+    pub(crate) async fn drain_given_back(&self) -> Vec<Envelope> {
+        let mut rx = self.given_back.lock().await;
+        let mut out = Vec::new();
+        while let Ok(back) = rx.try_recv() {
+            out.push(self.refund_ttl(back.envelope));
+        }
+        out
+    }
+
+    /// Flushes one pair: looks its recipient up and, when found, sends
+    /// everything it holds in order, and whatever arrives meanwhile,
+    /// until the pair is empty. A retry spends one unit of each stanza it
+    /// finds held, even when it finds a route, so a route that keeps
+    /// failing (DC unreachable) ends in time; a kick spends nothing.
+    async fn flush(&self, pair: PairRef, how: Flush) {
+        if how == Flush::Retry {
+            self.forget_cached(&pair);
+        }
+        let location = match self.mapping.lookup(&pair.to).await {
+            Ok(Location::Unknown) => None,
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(what = "gd_bounce_lookup_failed", to = %pair.to, error = %e);
+                None
             }
-            Location::Unknown => {
-                if let Err((env, reason)) = self.bounce.try_store(env, Reason::NoRoute) {
-                    self.deliver_unrouted(env, reason);
+        };
+        let location = match location {
+            // Flushing towards a DC that cannot be reached would only put
+            // the held stanzas back: a kick leaves them to their retries.
+            Some(Location::Remote(h)) if how == Flush::Kick && !self.outgoing.is_reachable(&h) => {
+                None
+            }
+            l => l,
+        };
+        let Some(location) = location else {
+            match how {
+                Flush::Kick => self.bounce.flush_ended(&pair),
+                // Found nowhere to the end: the host's local routing takes
+                // it (offline storage, or its own error), as in MongooseIM.
+                Flush::Retry => {
+                    for env in self.bounce.retry_failed(&pair) {
+                        self.deliver_unrouted(env, Reason::RetriesExhausted);
+                    }
                 }
-                return;
             }
-            Location::Remote(host) => host.clone(),
+            return;
+        };
+        let mut spend = how == Flush::Retry;
+        while let Some(batch) = self.bounce.take_batch(&pair) {
+            let mut batch = batch.into_iter();
+            while let Some(mut env) = batch.next() {
+                if spend {
+                    env.bounce_ttl = env.bounce_ttl.map(|t| t.saturating_sub(1));
+                }
+                match self.resend(env, &location).await {
+                    Ok(()) => {}
+                    Err((env, why, false)) => self.delivery.undeliverable(env, why),
+                    Err((env, why, true)) => {
+                        // The rest must not overtake it, and a queue that
+                        // refused one would refuse the next: all wait.
+                        let back: Vec<Envelope> = std::iter::once(env).chain(batch).collect();
+                        let (ended, reason) = self.bounce.flush_refused(&pair, back, why);
+                        for env in ended {
+                            self.delivery.undeliverable(env, reason);
+                        }
+                        return;
+                    }
+                }
+            }
+            // Stanzas that arrived during the flush were not retried.
+            spend = false;
+        }
+    }
+
+    fn forget_cached(&self, pair: &PairRef) {
+        let to = &pair.to;
+        if to.user().is_some() {
+            self.mapping.remove_jid(&to.to_full_string());
+            self.mapping.remove_jid(&to.to_bare_string());
+        } else {
+            self.mapping.remove_domain(to.domain());
+        }
+    }
+
+    /// Sends a held stanza to a known location (flushes and retries).
+    async fn resend(&self, mut env: Envelope, location: &Location) -> Result<(), Refused> {
+        let host = match location {
+            Location::Remote(host) if **host != *self.local_host => host.clone(),
+            _ => {
+                self.deliver_here(env);
+                return Ok(());
+            }
         };
         env.meta.target = Some(host.clone());
-        if *host == *self.local_host {
-            self.deliver_here(env);
-            return;
-        }
-        if let Err(refused) = self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
-            match self.refusal(refused) {
-                (env, why, true) => self.bounce.store_or_report(env, why),
-                (env, why, false) => self.delivery.undeliverable(env, why),
-            }
+        match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
+            Ok(()) => Ok(()),
+            Err(refused) => Err(self.refusal(refused)),
         }
     }
 
     /// A stanza the outgoing side refused, its TTL refunded, why, and
     /// whether bounce may retry it (a stanza too large never fits).
-    fn refusal(&self, refused: EnqueueError) -> (Envelope, Reason, bool) {
+    fn refusal(&self, refused: EnqueueError) -> Refused {
         match refused {
             EnqueueError::NotReady(env) | EnqueueError::Unreachable(env) => {
                 (self.refund_ttl(env), Reason::Unreachable, true)
@@ -398,7 +358,10 @@ impl Router {
     /// route()'s answer for a refused stanza: held by bounce, or given up.
     fn after_refusal(&self, refused: EnqueueError) -> RouteResult {
         match self.refusal(refused) {
-            (env, why, true) => self.bounce.store(env, why),
+            (env, why, true) => match self.bounce.hold(env, why) {
+                Ok(()) => RouteResult::Stored,
+                Err((_, reason)) => RouteResult::Undeliverable(reason),
+            },
             (_, why, false) => RouteResult::Undeliverable(why),
         }
     }
@@ -445,7 +408,7 @@ impl Router {
     }
 
     /// Undo [`Router::spend_ttl`] for a stanza that never left.
-    fn refund_ttl(&self, mut env: Envelope) -> Envelope {
+    pub(crate) fn refund_ttl(&self, mut env: Envelope) -> Envelope {
         env.meta.ttl = env.meta.ttl.saturating_add(1);
         env
     }

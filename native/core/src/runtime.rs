@@ -18,7 +18,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::bounce::Bounce;
 use crate::config::{BackendKind, Config, ConfigError, Endpoint};
 use crate::jid::Jid;
 use crate::mapping::{Location, Mapping};
@@ -107,7 +106,6 @@ struct Inner {
     refresher: Refresher,
     router: Arc<Router>,
     outgoing: Arc<Outgoing>,
-    bounce: Arc<Bounce>,
     listen_addrs: Vec<SocketAddr>,
     stop_tx: watch::Sender<bool>,
     refresher_task: Mutex<Option<RefresherHandle>>,
@@ -192,7 +190,7 @@ impl Runtime {
 
     /// Stanzas held by bounce.
     pub fn bounce_queue_size(&self) -> usize {
-        self.inner.bounce.len()
+        self.inner.router.bounce.len()
     }
 
     /// Starts `fut` on this runtime's threads now (so the work happens even
@@ -401,9 +399,11 @@ impl Runtime {
                 .drain(until)
                 .await
                 .into_iter()
-                .map(|env| (env, false))
+                .map(|env| (inner.router.refund_ttl(env), false))
                 .collect();
-            left.extend(inner.bounce.drain());
+            let given_back = inner.router.drain_given_back().await;
+            left.extend(given_back.into_iter().map(|env| (env, false)));
+            left.extend(inner.router.bounce.drain());
             let mut report = StopReport::default();
             for (env, nowhere) in left {
                 if nowhere {
@@ -485,18 +485,13 @@ async fn build(
         .with_owned(owned.clone()),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let bounce = Arc::new(Bounce::new(
-        &config.bounce,
-        mapping.clone(),
-        delivery.clone(),
-        &metrics,
-    ));
+    let (given_back_tx, given_back_rx) = tokio::sync::mpsc::unbounded_channel();
     let outgoing = Arc::new(Outgoing::new(
         &config,
         tls.clone(),
         store.clone(),
         metrics.clone(),
-        bounce.clone(),
+        given_back_tx,
         stop_rx.clone(),
         handle.clone(),
     ));
@@ -505,7 +500,8 @@ async fn build(
         u8::try_from(config.message_ttl).unwrap_or(u8::MAX),
         mapping.clone(),
         outgoing.clone(),
-        bounce.clone(),
+        &config.bounce,
+        given_back_rx,
         delivery,
         &metrics,
     ));
@@ -551,7 +547,7 @@ async fn build(
     let first = refresher.run_once(false).await;
     tracing::info!(what = "gd_started", local_host = %local_host, listen = ?listen_addrs, first_refresh = ?first);
     let refresher_task = refresher.spawn();
-    handle.spawn(bounce.clone().run(router.clone(), stop_rx.clone()));
+    handle.spawn(router.clone().run(stop_rx.clone()));
     handle.spawn(outgoing.clone().maintenance_loop());
     Ok(Inner {
         config,
@@ -562,7 +558,6 @@ async fn build(
         refresher,
         router,
         outgoing,
-        bounce,
         listen_addrs,
         stop_tx,
         refresher_task: Mutex::new(Some(refresher_task)),

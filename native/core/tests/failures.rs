@@ -182,7 +182,9 @@ fn a_full_outgoing_queue_bounces_and_everything_arrives_once_it_drains() {
         stored >= 30,
         "only {stored} of 40 went to bounce: {results:?}"
     );
-    assert!(dc1.counter(&names::outgoing_queue_full(&host(2))) >= 30);
+    // The first refusal holds the pair; the stanzas after it queue behind
+    // it in bounce (order kept) instead of each hitting the full queue.
+    assert!(dc1.counter(&names::outgoing_queue_full(&host(2))) >= 1);
     proxy.stall(false);
     assert!(
         wait_for(Duration::from_secs(30), || dc2.inbox.delivered_count()

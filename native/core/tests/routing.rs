@@ -9,10 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use gd_core::metrics::names;
 use gd_core::routing::{Reason, RouteResult};
 use gd_core::store::embedded::EmbeddedBackend;
 use gd_core::store::Backend;
+use gd_core::transport::frame::PayloadKind;
 use support::dc::{self, host, Dc};
 use support::wait_for;
 
@@ -347,4 +349,141 @@ fn zero_values_route_as_usual_without_caching() {
         // Every lookup asked the store: nothing was cached.
         assert_eq!(dc1.counter(names::MAPPING_CACHE_MISSES), n as u64);
     }
+}
+
+fn envelope(dc: &Dc, from: &str, to: &str, body: &str) -> gd_core::routing::Envelope {
+    dc.rt.envelope(
+        dc::jid(from),
+        dc::jid(to),
+        PayloadKind::Message,
+        Bytes::from(body.to_owned()),
+    )
+}
+
+/// Issue 11: a stanza bounce holds for one pair (a user logged in nowhere)
+/// must not send every other pair to the slow path.
+#[test]
+fn a_pair_held_in_bounce_leaves_other_pairs_on_the_inline_path() {
+    let (dc1, dc2) = two_dcs();
+    dc1.login("alice@example.com/a");
+    dc2.login("bob@example.com/b");
+    dc1.know(&dc2);
+    // Warm the cache: the first lookup of bob may need the store.
+    dc1.send("alice@example.com/a", "bob@example.com/b", "warm");
+    assert_eq!(
+        dc1.send("alice@example.com/a", "nobody@example.com/x", "held"),
+        RouteResult::Stored
+    );
+    assert_eq!(dc1.rt.bounce_queue_size(), 1);
+    let inline = names::PREFIX.to_owned() + "routed_inline";
+    let before = dc1.counter(&inline);
+    for i in 0..100 {
+        let r = dc1.rt.try_route(envelope(
+            &dc1,
+            "alice@example.com/a",
+            "bob@example.com/b",
+            &i.to_string(),
+        ));
+        assert_eq!(
+            r.ok(),
+            Some(RouteResult::Forwarded(Arc::from(host(2).as_str()))),
+            "stanza {i} left the inline path"
+        );
+    }
+    assert_eq!(dc1.counter(&inline) - before, 100);
+    assert_eq!(dc1.rt.bounce_queue_size(), 1, "the held pair is still held");
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 101));
+}
+
+/// A held pair takes new stanzas inline, behind the held ones, also while
+/// a flush is sending them: per-pair order is kept across the flush.
+#[test]
+fn a_pair_keeps_its_order_while_bounce_flushes_it() {
+    let (dc1, dc2) = two_dcs();
+    dc1.login("alice@example.com/a");
+    dc1.know(&dc2);
+    let mut want = Vec::new();
+    for i in 0..50 {
+        let body = format!("held {i}");
+        let r = dc1.send("alice@example.com/a", "bob@example.com/b", &body);
+        assert_eq!(r, RouteResult::Stored);
+        want.push(body);
+    }
+    dc2.login("bob@example.com/b");
+    // Every stanza from now on is answered inline: appended behind the
+    // held ones (the first kicks a flush), or forwarded once the pair is
+    // empty; none may overtake a held one.
+    for i in 0..500 {
+        let body = format!("new {i}");
+        let r = dc1.rt.try_route(envelope(
+            &dc1,
+            "alice@example.com/a",
+            "bob@example.com/b",
+            &body,
+        ));
+        assert!(
+            matches!(r, Ok(RouteResult::Stored) | Ok(RouteResult::Forwarded(_))),
+            "{r:?}"
+        );
+        want.push(body);
+    }
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == want.len()));
+    assert_eq!(dc2.inbox.bodies_to("bob@example.com/b"), want);
+    assert_eq!(dc1.rt.bounce_queue_size(), 0);
+}
+
+/// Issue 11: a receiver clamps the TTL it reads from the wire to its own
+/// `message_ttl` (4 here): a stanza arriving with TTL 255 between two
+/// stale caches is forwarded at most 4 more times, not 255.
+#[test]
+fn a_wire_ttl_above_message_ttl_is_clamped_by_the_receiver() {
+    use std::io::Write;
+
+    use bytes::BytesMut;
+    use gd_core::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
+
+    let (dc1, dc2) = two_dcs();
+    dc1.know(&dc2);
+    dc2.know(&dc1);
+    dc1.rt
+        .mapping()
+        .insert_session("bob@example.com/b", &host(2));
+    dc2.rt
+        .mapping()
+        .insert_session("bob@example.com/b", &host(1));
+    let mut s = std::net::TcpStream::connect(dc2.rt.listen_addrs()[0]).unwrap();
+    let mut out = BytesMut::new();
+    let hello = Frame::Handshake(Handshake {
+        version: PROTOCOL_VERSION,
+        local_host: host(9),
+        node: "dc9@node".into(),
+        conn_id: 42,
+    });
+    frame::encode(&hello, &mut out, 1 << 20).unwrap();
+    let stanza = Frame::Stanza(frame::Stanza {
+        seq: 1,
+        sent_at_us: 0,
+        ttl: 255,
+        message_id: 7,
+        origin: host(9),
+        target: None,
+        prior: None,
+        sender_key: "alice@example.com/a".into(),
+        from: "alice@example.com/a".into(),
+        to: "bob@example.com/b".into(),
+        kind: PayloadKind::Message,
+        payload: Bytes::from_static(b"poisoned"),
+    });
+    frame::encode(&stanza, &mut out, 1 << 20).unwrap();
+    s.write_all(&out).unwrap();
+    assert!(wait_for(WAIT, || dc1.inbox.delivered_count()
+        + dc2.inbox.delivered_count()
+        == 1));
+    let forwards = dc1.counter(&names::outgoing_messages(&host(2)))
+        + dc2.counter(&names::outgoing_messages(&host(1)));
+    assert!(forwards <= 4, "forwarded {forwards} times");
+    assert_eq!(
+        dc1.counter(names::STOP_TTL_ZERO) + dc2.counter(names::STOP_TTL_ZERO),
+        1
+    );
 }

@@ -1,10 +1,13 @@
 //! Inter-datacenter transport: the frame codec (`frame`), mutual TLS
-//! (`tls`), the receiving side (`listener`) and the sending side with its
-//! pools and rebalancing (`outgoing`).
+//! (`tls`), the receiving side (`listener`) and the sending side: the pools
+//! and rebalancing per remote DC (`outgoing`), one connection's task
+//! (`conn`) and its queue state machine (`queue`).
 
+pub(crate) mod conn;
 pub mod frame;
 pub mod listener;
 pub mod outgoing;
+pub(crate) mod queue;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -8,37 +8,31 @@
 //! (many frames per syscall under load). Frames carry a sequence number; the
 //! receiver acknowledges them, and unacknowledged frames are sent again after
 //! a reconnection, so a cut link loses nothing. When a connection cannot be
-//! (re)established, its queue goes to bounce: nothing is dropped silently.
+//! (re)established, its queue is given back to the router on a channel:
+//! nothing is dropped silently.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::bounce::Bounce;
 use crate::config::{Config, Endpoint};
-use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::routing::{sender_key, Envelope, Reason};
+use crate::envelope::{sender_key, Envelope};
+use crate::metrics::{names, Metrics};
 use crate::store::Store;
-use crate::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
+use crate::transport::conn::{
+    fmt_ep, frame_len_bound, give_up_after, run_conn, Conn, ConnCtx, HostLink, HostMetrics,
+};
 use crate::transport::tls::TlsSetup;
-use crate::transport::{BoxedIo, TransportError};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Bytes encoded before a write is issued; under load a write carries many frames.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+pub(crate) use crate::transport::conn::{frame_name, read_frame, GivenBack};
+
 /// How long `enqueue` waits for the first endpoint list of a new remote DC.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -53,159 +47,6 @@ pub enum EnqueueError {
     QueueFull(Envelope),
     /// Its frame would exceed `connections.max_frame_size`.
     TooLarge(Envelope),
-}
-
-struct Outbound {
-    env: Envelope,
-    enqueued: Instant,
-    /// 0 until the stanza is first written.
-    seq: u64,
-}
-
-#[derive(Default)]
-struct ConnQueue {
-    pending: VecDeque<Outbound>,
-    unacked: VecDeque<Outbound>,
-    next_seq: u64,
-    failed: bool,
-    /// When the connection started failing (None while it works).
-    failed_since: Option<Instant>,
-}
-
-/// One outgoing connection slot: a queue and the task that drains it.
-struct Conn {
-    endpoint: Endpoint,
-    /// Identifies the stream of sequence numbers towards the receiver;
-    /// replaced when queued stanzas are handed to bounce.
-    session: AtomicU64,
-    q: Mutex<ConnQueue>,
-    wake: Notify,
-    started: AtomicBool,
-    closing: AtomicBool,
-}
-
-impl Conn {
-    fn new(endpoint: Endpoint) -> Conn {
-        Conn {
-            endpoint,
-            session: AtomicU64::new(rand::random()),
-            q: Mutex::new(ConnQueue {
-                next_seq: 1,
-                ..ConnQueue::default()
-            }),
-            wake: Notify::new(),
-            started: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-        }
-    }
-
-    fn is_failed(&self) -> bool {
-        self.q.lock().failed
-    }
-
-    /// Nothing queued or waiting for an acknowledgement, or failing.
-    fn idle_or_dead(&self) -> bool {
-        let q = self.q.lock();
-        q.failed || (q.pending.is_empty() && q.unacked.is_empty())
-    }
-
-    fn push(&self, env: Envelope) -> Result<(), Envelope> {
-        let mut q = self.q.lock();
-        if q.failed || self.closing.load(Ordering::Relaxed) {
-            return Err(env);
-        }
-        // The writer only waits after finding `pending` empty, so only the
-        // push that makes it non-empty needs to wake it.
-        let was_empty = q.pending.is_empty();
-        q.pending.push_back(Outbound {
-            env,
-            enqueued: Instant::now(),
-            seq: 0,
-        });
-        drop(q);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// After a (re)connection: what the receiver already has is done; the
-    /// rest is sent again first, in order, with its sequence numbers.
-    fn resume(&self, received: Option<u64>) -> usize {
-        let mut q = self.q.lock();
-        q.failed = false;
-        q.failed_since = None;
-        let mut done = 0;
-        if let Some(last) = received {
-            while q.unacked.front().is_some_and(|o| o.seq <= last) {
-                q.unacked.pop_front();
-                done += 1;
-            }
-        }
-        while let Some(o) = q.unacked.pop_back() {
-            q.pending.push_front(o);
-        }
-        done
-    }
-
-    /// Removes what the receiver acknowledged; returns how many.
-    fn acked(&self, seq: u64) -> usize {
-        let mut q = self.q.lock();
-        let mut n = 0;
-        while q.unacked.front().is_some_and(|o| o.seq <= seq) {
-            q.unacked.pop_front();
-            n += 1;
-        }
-        n
-    }
-
-    /// The connection cannot be established. Stanzas never written go to
-    /// bounce (returned); written but unacknowledged ones stay, because the
-    /// receiver may have them: a resumed connection settles them exactly.
-    fn fail(&self) -> Vec<Envelope> {
-        let mut q = self.q.lock();
-        q.failed = true;
-        q.failed_since.get_or_insert_with(Instant::now);
-        let mut fresh = Vec::new();
-        let mut kept = VecDeque::new();
-        for o in std::mem::take(&mut q.pending) {
-            if o.seq == 0 {
-                fresh.push(o.env);
-            } else {
-                kept.push_back(o);
-            }
-        }
-        // Resent-but-unacknowledged stanzas precede the newer unacked ones.
-        kept.extend(std::mem::take(&mut q.unacked));
-        q.unacked = kept;
-        fresh
-    }
-
-    /// After failing for `after`, the unacknowledged stanzas are given up
-    /// to bounce too and a new sequence session starts.
-    fn give_up_unacked(&self, after: Duration) -> Vec<Envelope> {
-        let mut q = self.q.lock();
-        match q.failed_since {
-            Some(t) if t.elapsed() >= after && !q.unacked.is_empty() => {}
-            _ => return Vec::new(),
-        }
-        q.next_seq = 1;
-        let old = self.session.swap(rand::random(), Ordering::Relaxed);
-        std::mem::take(&mut q.unacked)
-            .into_iter()
-            .map(|mut o| {
-                o.env.prior = Some((old, o.seq));
-                o.env
-            })
-            .collect()
-    }
-
-    fn take_all(&self) -> Vec<Envelope> {
-        let mut q = self.q.lock();
-        let unacked = std::mem::take(&mut q.unacked);
-        let pending = std::mem::take(&mut q.pending);
-        unacked.into_iter().chain(pending).map(|o| o.env).collect()
-    }
 }
 
 struct Pool {
@@ -223,35 +64,76 @@ struct Pools {
     conns: Vec<Arc<Conn>>,
 }
 
-struct HostMetrics {
-    messages: Arc<Counter>,
-    /// Stanzas refused because the queue towards the host was full.
-    queue_full: Arc<Counter>,
-    queue_time: Arc<Histogram>,
-    established: Arc<Counter>,
-    closed: Arc<Counter>,
-    errored: Arc<Counter>,
+impl Pools {
+    /// The connection bound to a sender key's hash, or while it is failing
+    /// the next live one (stable while the pools are unchanged).
+    fn pick(&self, key_hash: u64) -> Option<Arc<Conn>> {
+        let n = self.conns.len();
+        if n == 0 {
+            return None;
+        }
+        let start = (key_hash % n as u64) as usize;
+        (0..n)
+            .map(|i| &self.conns[(start + i) % n])
+            .find(|c| !c.is_failed())
+            .cloned()
+    }
+
+    /// New endpoint → new pool; vanished endpoint → pool disabled (no new
+    /// traffic, drained, closed later by the disabled GC); an endpoint back
+    /// again gets its disabled pool back.
+    fn rebalance(&mut self, host: &str, mut eps: Vec<Endpoint>, per_endpoint: usize) {
+        eps.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        eps.dedup();
+        if self.endpoints == eps {
+            return;
+        }
+        let Pools {
+            enabled, disabled, ..
+        } = self;
+        let mut next = Vec::with_capacity(eps.len());
+        for ep in &eps {
+            if let Some(i) = enabled.iter().position(|p| p.endpoint == *ep) {
+                next.push(enabled.swap_remove(i));
+            } else if let Some(i) = disabled.iter().position(|p| p.endpoint == *ep) {
+                tracing::info!(what = "gd_endpoint_reenabled", host = %host, endpoint = %fmt_ep(ep));
+                next.push(disabled.swap_remove(i));
+            } else {
+                tracing::info!(what = "gd_endpoint_enabled", host = %host, endpoint = %fmt_ep(ep));
+                next.push(Arc::new(Pool {
+                    endpoint: ep.clone(),
+                    conns: (0..per_endpoint)
+                        .map(|_| Arc::new(Conn::new(ep.clone())))
+                        .collect(),
+                }));
+            }
+        }
+        for gone in enabled.drain(..) {
+            tracing::info!(what = "gd_endpoint_disabled", host = %host, endpoint = %fmt_ep(&gone.endpoint));
+            disabled.push(gone);
+        }
+        *enabled = next;
+        self.conns = self
+            .enabled
+            .iter()
+            .flat_map(|p| p.conns.iter().cloned())
+            .collect();
+        self.endpoints = eps;
+    }
 }
 
 /// Everything about one remote datacenter.
 pub(crate) struct RemoteHost {
     name: Arc<str>,
     pools: RwLock<Pools>,
-    /// Stanzas queued or unacknowledged over all its connections.
-    queued: AtomicUsize,
+    /// What its connection tasks share (queue count, metrics).
+    link: Arc<HostLink>,
     ready: watch::Sender<bool>,
-    m: HostMetrics,
 }
 
 impl RemoteHost {
     fn is_ready(&self) -> bool {
         *self.ready.borrow()
-    }
-
-    fn release(&self, n: usize) {
-        if n > 0 {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-        }
     }
 }
 
@@ -264,17 +146,10 @@ pub struct Outgoing {
     tls: Option<Arc<TlsSetup>>,
     store: Store,
     metrics: Arc<Metrics>,
-    bounce: Arc<Bounce>,
+    given_back: mpsc::UnboundedSender<GivenBack>,
     hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>>>,
     stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 fn key_hash(key: &str) -> u64 {
@@ -290,7 +165,7 @@ impl Outgoing {
         tls: Option<Arc<TlsSetup>>,
         store: Store,
         metrics: Arc<Metrics>,
-        bounce: Arc<Bounce>,
+        given_back: mpsc::UnboundedSender<GivenBack>,
         stop: watch::Receiver<bool>,
         rt: tokio::runtime::Handle,
     ) -> Outgoing {
@@ -302,7 +177,7 @@ impl Outgoing {
             tls,
             store,
             metrics,
-            bounce,
+            given_back,
             hosts: RwLock::new(HashMap::new()),
             stop,
             rt,
@@ -356,7 +231,7 @@ impl Outgoing {
         self.hosts
             .read()
             .values()
-            .map(|h| h.queued.load(Ordering::Relaxed))
+            .map(|h| h.link.queued.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -374,16 +249,19 @@ impl Outgoing {
         let host = Arc::new(RemoteHost {
             name: name.clone(),
             pools: RwLock::new(Pools::default()),
-            queued: AtomicUsize::new(0),
+            link: Arc::new(HostLink {
+                name: name.clone(),
+                queued: AtomicUsize::new(0),
+                m: HostMetrics {
+                    messages: m.counter(&names::outgoing_messages(&name)),
+                    queue_full: m.counter(&names::outgoing_queue_full(&name)),
+                    queue_time: m.histogram(&names::outgoing_queue_time(&name)),
+                    established: m.counter(&names::outgoing_established(&name)),
+                    closed: m.counter(&names::outgoing_closed(&name)),
+                    errored: m.counter(&names::outgoing_errored(&name)),
+                },
+            }),
             ready: watch::channel(false).0,
-            m: HostMetrics {
-                messages: m.counter(&names::outgoing_messages(&name)),
-                queue_full: m.counter(&names::outgoing_queue_full(&name)),
-                queue_time: m.histogram(&names::outgoing_queue_time(&name)),
-                established: m.counter(&names::outgoing_established(&name)),
-                closed: m.counter(&names::outgoing_closed(&name)),
-                errored: m.counter(&names::outgoing_errored(&name)),
-            },
         });
         hosts.insert(name, host.clone());
         drop(hosts);
@@ -423,34 +301,22 @@ impl Outgoing {
         if frame_len_bound(&env) > self.cfg.connections.max_frame_size {
             return Err(EnqueueError::TooLarge(env));
         }
-        if h.queued.load(Ordering::Relaxed) >= self.cfg.connections.outgoing_queue_size {
-            h.m.queue_full.inc();
+        let link = &h.link;
+        if link.queued.load(Ordering::Relaxed) >= self.cfg.connections.outgoing_queue_size {
+            link.m.queue_full.inc();
             return Err(EnqueueError::QueueFull(env));
         }
-        let conn = {
-            let pools = h.pools.read();
-            let n = pools.conns.len();
-            if n == 0 {
-                return Err(EnqueueError::Unreachable(env));
-            }
-            let key = sender_key(&env.from, &self.global_host);
-            let start = (key_hash(key) % n as u64) as usize;
-            // The bound connection, or while it is failing the next live one.
-            match (0..n)
-                .map(|i| &pools.conns[(start + i) % n])
-                .find(|c| !c.is_failed())
-            {
-                Some(c) => c.clone(),
-                None => return Err(EnqueueError::Unreachable(env)),
-            }
+        let key = key_hash(sender_key(&env.from, &self.global_host));
+        let Some(conn) = h.pools.read().pick(key) else {
+            return Err(EnqueueError::Unreachable(env));
         };
-        h.queued.fetch_add(1, Ordering::Relaxed);
+        link.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(env) = conn.push(env) {
-            h.release(1);
+            link.release(1);
             return Err(EnqueueError::Unreachable(env));
         }
         if !conn.started.swap(true, Ordering::AcqRel) {
-            self.rt.spawn(run_conn(self.ctx(), h.clone(), conn));
+            self.rt.spawn(run_conn(self.ctx(), link.clone(), conn));
         }
         Ok(())
     }
@@ -463,7 +329,7 @@ impl Outgoing {
             tls: self.tls.clone(),
             max_frame: self.cfg.connections.max_frame_size,
             give_up_after: give_up_after(&self.cfg),
-            bounce: self.bounce.clone(),
+            given_back: self.given_back.clone(),
             stop: self.stop.clone(),
         }
     }
@@ -533,43 +399,9 @@ impl Outgoing {
 
     /// New endpoint → new pool; vanished endpoint → pool disabled (no new
     /// traffic, drained, closed later by the disabled GC).
-    fn rebalance(&self, host: &RemoteHost, mut eps: Vec<Endpoint>) {
-        eps.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-        eps.dedup();
-        let mut pools = host.pools.write();
-        if pools.endpoints == eps {
-            return;
-        }
-        let Pools {
-            enabled, disabled, ..
-        } = &mut *pools;
-        let mut next = Vec::with_capacity(eps.len());
-        for ep in &eps {
-            if let Some(i) = enabled.iter().position(|p| p.endpoint == *ep) {
-                next.push(enabled.swap_remove(i));
-            } else if let Some(i) = disabled.iter().position(|p| p.endpoint == *ep) {
-                tracing::info!(what = "gd_endpoint_reenabled", host = %host.name, endpoint = %fmt_ep(ep));
-                next.push(disabled.swap_remove(i));
-            } else {
-                tracing::info!(what = "gd_endpoint_enabled", host = %host.name, endpoint = %fmt_ep(ep));
-                let n = self.cfg.connections_per_endpoint();
-                next.push(Arc::new(Pool {
-                    endpoint: ep.clone(),
-                    conns: (0..n).map(|_| Arc::new(Conn::new(ep.clone()))).collect(),
-                }));
-            }
-        }
-        for gone in enabled.drain(..) {
-            tracing::info!(what = "gd_endpoint_disabled", host = %host.name, endpoint = %fmt_ep(&gone.endpoint));
-            disabled.push(gone);
-        }
-        *enabled = next;
-        pools.conns = pools
-            .enabled
-            .iter()
-            .flat_map(|p| p.conns.iter().cloned())
-            .collect();
-        pools.endpoints = eps;
+    fn rebalance(&self, host: &RemoteHost, eps: Vec<Endpoint>) {
+        let per_endpoint = self.cfg.connections_per_endpoint();
+        host.pools.write().rebalance(&host.name, eps, per_endpoint);
     }
 
     /// Closes disabled pools whose connections are idle or dead.
@@ -644,7 +476,7 @@ impl Outgoing {
     }
 
     /// Waits until everything queued is acknowledged or `deadline`; then
-    /// closes every connection and returns what is left.
+    /// closes every connection and returns what is left (TTL as queued).
     pub(crate) async fn drain(&self, deadline: Instant) -> Vec<Envelope> {
         while self.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -661,8 +493,8 @@ impl Outgoing {
             {
                 c.closing.store(true, Ordering::Relaxed);
                 let taken = c.take_all();
-                h.release(taken.len());
-                left.extend(taken.into_iter().map(unsent));
+                h.link.release(taken.len());
+                left.extend(taken);
                 c.wake.notify_one();
             }
         }
@@ -670,315 +502,56 @@ impl Outgoing {
     }
 }
 
-/// An upper bound of the frame a stanza becomes: its strings (the sender
-/// key is at most `from`), the fixed fields and the payload.
-fn frame_len_bound(env: &Envelope) -> usize {
-    const FIXED: usize = 64;
-    let target = env.meta.target.as_ref().map_or(0, |t| t.len() + 2);
-    FIXED
-        + target
-        + env.meta.origin.len()
-        + 2 * env.from.as_full_str().len()
-        + env.to.as_full_str().len()
-        + 8
-        + env.payload.len()
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-/// A stanza leaving an outgoing queue without having been delivered gets
-/// back the TTL unit spent when it was queued.
-fn unsent(mut env: Envelope) -> Envelope {
-    env.meta.ttl = env.meta.ttl.saturating_add(1);
-    env
-}
+    use super::*;
 
-/// Written-but-unacknowledged stanzas of a failing connection wait as long
-/// as bounce would keep retrying a stanza, then go to bounce themselves.
-fn give_up_after(cfg: &Config) -> Duration {
-    let horizon = cfg
-        .bounce
-        .resend_after_ms
-        .saturating_mul(1u64 << cfg.bounce.max_retries.min(16));
-    Duration::from_millis(horizon.max(1000))
-}
-
-fn fmt_ep(ep: &Endpoint) -> String {
-    format!("{}#{}", ep.host, ep.port)
-}
-
-/// What a connection task needs from the runtime.
-struct ConnCtx {
-    local_host: Arc<str>,
-    global_host: Arc<str>,
-    node: Arc<str>,
-    tls: Option<Arc<TlsSetup>>,
-    max_frame: usize,
-    /// How long written-but-unacknowledged stanzas wait for a resume.
-    give_up_after: Duration,
-    bounce: Arc<Bounce>,
-    stop: watch::Receiver<bool>,
-}
-
-/// Connects, says who we are, and learns what the receiver already has of
-/// this connection's sequence session.
-async fn connect(
-    ctx: &ConnCtx,
-    remote: &str,
-    conn: &Conn,
-) -> Result<(BoxedIo, Option<u64>), TransportError> {
-    let ep = &conn.endpoint;
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((ep.host.as_str(), ep.port)),
-    )
-    .await
-    .map_err(|_| TransportError::Timeout("connect"))??;
-    tcp.set_nodelay(true)?;
-    let mut io: BoxedIo = match &ctx.tls {
-        Some(tls) => {
-            let name = tls.server_name_for(remote)?;
-            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector().connect(name, tcp))
-                .await
-                .map_err(|_| TransportError::Timeout("TLS handshake"))??;
-            Box::new(s)
-        }
-        None => Box::new(tcp),
-    };
-    let hello = Frame::Handshake(Handshake {
-        version: PROTOCOL_VERSION,
-        local_host: ctx.local_host.to_string(),
-        node: ctx.node.to_string(),
-        conn_id: conn.session.load(Ordering::Relaxed),
-    });
-    let mut buf = BytesMut::with_capacity(512);
-    frame::encode(&hello, &mut buf, ctx.max_frame)?;
-    io.write_all(&buf).await?;
-    io.flush().await?;
-    buf.clear();
-    let ack = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        read_frame(&mut io, &mut buf, ctx.max_frame),
-    )
-    .await
-    .map_err(|_| TransportError::Timeout("handshake answer"))??;
-    match ack {
-        Some(Frame::HandshakeAck(a)) => {
-            if *a.local_host != *remote {
-                return Err(TransportError::Protocol(format!(
-                    "connected to {remote} but the peer says it is {}",
-                    a.local_host
-                )));
-            }
-            Ok((io, a.resume_seq))
-        }
-        Some(other) => Err(TransportError::Protocol(format!(
-            "expected a handshake answer, got {}",
-            frame_name(&other)
-        ))),
-        None => Err(TransportError::Closed),
-    }
-}
-
-pub(crate) fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Handshake(_) => "handshake",
-        Frame::HandshakeAck(_) => "handshake answer",
-        Frame::Stanza(_) => "stanza",
-        Frame::Ack(_) => "ack",
-    }
-}
-
-/// Reads until one frame is decoded; `None` on a clean end of stream.
-pub(crate) async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    max_frame: usize,
-) -> Result<Option<Frame>, TransportError> {
-    loop {
-        if let Some(f) = frame::decode(buf, max_frame)? {
-            return Ok(Some(f));
-        }
-        if io.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(TransportError::Closed)
-            };
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            host: "127.0.0.1".into(),
+            port,
         }
     }
-}
 
-async fn run_conn(ctx: ConnCtx, host: Arc<RemoteHost>, conn: Arc<Conn>) {
-    let mut backoff = BACKOFF_MIN;
-    let mut stop = ctx.stop.clone();
-    loop {
-        if conn.closing.load(Ordering::Relaxed) || *stop.borrow() {
-            break;
-        }
-        match connect(&ctx, &host.name, &conn).await {
-            Ok((io, received)) => {
-                host.m.established.inc();
-                host.release(conn.resume(received));
-                backoff = BACKOFF_MIN;
-                match io_loop(&ctx, &host, &conn, io).await {
-                    Ok(()) => host.m.closed.inc(),
-                    Err(e) => {
-                        host.m.errored.inc();
-                        tracing::warn!(what = "gd_outgoing_conn_lost", host = %host.name, endpoint = %fmt_ep(&conn.endpoint), error = %e);
-                    }
-                }
-                // Reconnect at once: only a failure to connect sends the
-                // queue to bounce.
-                continue;
-            }
-            Err(e) => {
-                host.m.errored.inc();
-                tracing::warn!(what = "gd_outgoing_connect_failed", host = %host.name, endpoint = %fmt_ep(&conn.endpoint), error = %e);
-                let mut queued = conn.fail();
-                queued.extend(conn.give_up_unacked(ctx.give_up_after));
-                host.release(queued.len());
-                for env in queued {
-                    ctx.bounce.store_or_report(unsent(env), Reason::Unreachable);
-                }
-            }
-        }
-        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = conn.wake.notified() => {}
-            _ = stop.changed() => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    #[test]
+    fn rebalancing_adds_disables_and_reenables_pools() {
+        let mut p = Pools::default();
+        p.rebalance("dc2", vec![ep(2), ep(1), ep(1)], 2);
+        assert_eq!(p.endpoints, [ep(1), ep(2)]);
+        assert_eq!(p.conns.len(), 4);
+        let first = p
+            .enabled
+            .iter()
+            .find(|x| x.endpoint == ep(1))
+            .cloned()
+            .unwrap();
+        p.rebalance("dc2", vec![ep(2)], 2);
+        assert_eq!(
+            (p.enabled.len(), p.disabled.len(), p.conns.len()),
+            (1, 1, 2)
+        );
+        p.rebalance("dc2", vec![ep(1), ep(2)], 2);
+        assert!(p.disabled.is_empty());
+        let back = p.enabled.iter().find(|x| x.endpoint == ep(1)).unwrap();
+        assert!(Arc::ptr_eq(back, &first), "the same pool, its queues kept");
     }
-    let left = conn.take_all();
-    host.release(left.len());
-    for env in left {
-        ctx.bounce.store_or_report(unsent(env), Reason::Stopped);
-    }
-}
 
-/// Writes queued stanzas in batches and reads acknowledgements, until the
-/// connection breaks (Err) or the pool is closed (Ok).
-async fn io_loop(
-    ctx: &ConnCtx,
-    host: &RemoteHost,
-    conn: &Conn,
-    io: BoxedIo,
-) -> Result<(), TransportError> {
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let reader = async {
-        let mut buf = BytesMut::with_capacity(4096);
-        loop {
-            match read_frame(&mut rd, &mut buf, ctx.max_frame).await? {
-                Some(Frame::Ack(a)) => host.release(conn.acked(a.seq)),
-                Some(other) => {
-                    return Err(TransportError::Protocol(format!(
-                        "unexpected {} from the receiver",
-                        frame_name(&other)
-                    )))
-                }
-                None => return Err(TransportError::Closed),
-            }
+    #[tokio::test]
+    async fn a_sender_key_stays_bound_and_moves_on_only_while_its_connection_fails() {
+        let mut p = Pools::default();
+        assert!(p.pick(7).is_none(), "no endpoint");
+        p.rebalance("dc2", vec![ep(1)], 3);
+        let bound = p.pick(7).unwrap();
+        assert!(Arc::ptr_eq(&bound, &p.pick(7).unwrap()));
+        assert!(Arc::ptr_eq(&bound, &p.conns[7 % 3]));
+        bound.fail_for_test();
+        let other = p.pick(7).unwrap();
+        assert!(Arc::ptr_eq(&other, &p.conns[8 % 3]), "the next live one");
+        for c in &p.conns {
+            c.fail_for_test();
         }
-    };
-    let writer = async {
-        let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
-        loop {
-            let too_large = fill_batch(ctx, host, conn, &mut buf);
-            for env in too_large {
-                ctx.bounce.report(unsent(env), Reason::TooLarge);
-            }
-            if buf.is_empty() {
-                if conn.closing.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                conn.wake.notified().await;
-                continue;
-            }
-            wr.write_all(&buf).await?;
-            // With TLS, `write_all` may leave encrypted records inside
-            // rustls when the socket is full, and nothing would send them
-            // before the next batch: the last stanzas of a burst stayed
-            // unsent. A flush writes them out (a no-op on plain TCP).
-            wr.flush().await?;
-            buf.clear();
-        }
-    };
-    tokio::select! {
-        r = reader => r,
-        w = writer => w,
+        assert!(p.pick(7).is_none(), "every connection failing");
     }
-}
-
-/// Encodes queued stanzas into `buf` (up to a batch) and moves them to
-/// the unacknowledged list. Returns stanzas too large to ever be sent.
-///
-/// The queue lock is held only to take the batch and to file it as
-/// unacknowledged, not while encoding: senders push into the same queue
-/// and would otherwise wait (and sleep) for the whole encoding of a batch.
-/// Only this writer takes from `pending` and numbers stanzas, so nothing
-/// else moves `next_seq` in between.
-fn fill_batch(ctx: &ConnCtx, host: &RemoteHost, conn: &Conn, buf: &mut BytesMut) -> Vec<Envelope> {
-    let mut too_large = Vec::new();
-    let (taken, mut next_seq) = {
-        let mut q = conn.q.lock();
-        let mut budget = WRITE_BATCH_BYTES.saturating_sub(buf.len());
-        let mut taken = Vec::new();
-        while budget > 0 {
-            let Some(o) = q.pending.pop_front() else {
-                break;
-            };
-            budget = budget.saturating_sub(frame_len_bound(&o.env));
-            taken.push(o);
-        }
-        (taken, q.next_seq)
-    };
-    if taken.is_empty() {
-        return too_large;
-    }
-    let now = Instant::now();
-    let sent_at_us = now_us();
-    let mut written = Vec::with_capacity(taken.len());
-    for mut o in taken {
-        // A resent stanza keeps its number; a fresh one takes the next.
-        let seq = if o.seq == 0 { next_seq } else { o.seq };
-        let env = &o.env;
-        let stanza = frame::StanzaRef {
-            seq,
-            sent_at_us,
-            ttl: env.meta.ttl,
-            message_id: env.meta.message_id,
-            origin: &env.meta.origin,
-            target: env.meta.target.as_deref(),
-            prior: env.prior,
-            sender_key: sender_key(&env.from, &ctx.global_host),
-            from: env.from.as_full_str(),
-            to: env.to.as_full_str(),
-            kind: env.kind,
-            payload: &env.payload,
-        };
-        match frame::encode_stanza_ref(&stanza, buf, ctx.max_frame) {
-            Ok(()) => {
-                if o.seq == 0 {
-                    o.seq = seq;
-                    next_seq += 1;
-                }
-                host.m.messages.inc();
-                host.m
-                    .queue_time
-                    .record(now.saturating_duration_since(o.enqueued).as_micros() as u64);
-                written.push(o);
-            }
-            Err(e) => {
-                // No number is spent on it: the receiver treats a gap in
-                // the sequence as a protocol error.
-                tracing::warn!(what = "gd_stanza_too_large", host = %host.name, error = %e);
-                host.release(1);
-                too_large.push(o.env);
-            }
-        }
-    }
-    let mut q = conn.q.lock();
-    q.next_seq = next_seq;
-    q.unacked.extend(written);
-    too_large
 }
