@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gd_core::config::{
     default_node_name, BackendKind, BounceConfig, CacheConfig, Config, ConnectionsConfig, Endpoint,
-    RedisConfig, SniConfig, TlsConfig, VerifyMode,
+    IncomingLimits, RedisConfig, SniConfig, TlsConfig, VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -72,6 +72,7 @@ fn minimal_config_has_every_default_of_spec_2() {
             tls: None,
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            limits: IncomingLimits::default(),
         }
     );
     assert_eq!(c.advertised_endpoints(), &[endpoint(LOCAL, 5555)]);
@@ -1085,6 +1086,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             }),
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            limits: IncomingLimits::default(),
         },
         redis: RedisConfig {
             url: None,

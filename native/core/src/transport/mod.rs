@@ -1,8 +1,10 @@
 //! Inter-datacenter transport: the frame codec (`frame`), mutual TLS
 //! (`tls`), the receiving side (`listener`) and the sending side with its
-//! pools and rebalancing (`outgoing`).
+//! pools and rebalancing (`outgoing`); `known_hosts` is the set of
+//! datacenter names remote input may create state for.
 
 pub mod frame;
+pub mod known_hosts;
 pub mod listener;
 pub mod outgoing;
 pub mod tls;

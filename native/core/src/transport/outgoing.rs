@@ -30,6 +30,7 @@ use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{sender_key, Envelope, Reason};
 use crate::store::Store;
 use crate::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
+use crate::transport::known_hosts::KnownHosts;
 use crate::transport::tls::TlsSetup;
 use crate::transport::{BoxedIo, TransportError};
 
@@ -266,6 +267,8 @@ pub struct Outgoing {
     metrics: Arc<Metrics>,
     bounce: Arc<Bounce>,
     hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>>>,
+    /// The only names that get a `RemoteHost` (docs/PROTOCOL.md, *Limits*).
+    known: Arc<KnownHosts>,
     stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
 }
@@ -294,6 +297,7 @@ impl Outgoing {
         stop: watch::Receiver<bool>,
         rt: tokio::runtime::Handle,
     ) -> Outgoing {
+        let known = Arc::new(KnownHosts::new(cfg, store.clone()));
         Outgoing {
             local_host: Arc::from(cfg.local_host.as_str()),
             global_host: Arc::from(cfg.global_host.as_str()),
@@ -304,6 +308,7 @@ impl Outgoing {
             metrics,
             bounce,
             hosts: RwLock::new(HashMap::new()),
+            known,
             stop,
             rt,
         }
@@ -312,6 +317,10 @@ impl Outgoing {
     /// Remote DCs known so far.
     pub fn hosts(&self) -> Vec<Arc<str>> {
         self.hosts.read().keys().cloned().collect()
+    }
+
+    pub(crate) fn known_hosts(&self) -> &Arc<KnownHosts> {
+        &self.known
     }
 
     /// Whether `host` is a remote DC this runtime has pools for.
@@ -408,6 +417,9 @@ impl Outgoing {
         host: &str,
         env: Envelope,
     ) -> Result<(), EnqueueError> {
+        if !self.hosts.read().contains_key(host) && !self.known.admits(host).await {
+            return Err(EnqueueError::Unreachable(env));
+        }
         let h = self.host(host);
         if !h.is_ready() {
             let mut rx = h.ready.subscribe();
@@ -633,8 +645,9 @@ impl Outgoing {
     pub(crate) async fn refresh_hosts(self: &Arc<Self>) {
         match self.store.hosts().await {
             Ok(list) => {
+                self.known.replace(&list);
                 for h in list {
-                    if *h != *self.local_host {
+                    if *h != *self.local_host && self.known.contains(&h) {
                         self.host(&h);
                     }
                 }
