@@ -53,6 +53,9 @@ const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// How long a stopping connection waits for the dispatch shards to hand
 /// over what it took, before acknowledging it.
 const STOP_SETTLE: Duration = Duration::from_secs(5);
+/// How long a stopping connection waits for the peer to close after our
+/// last acknowledgement (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Sequence sessions remembered for resumption (one per sending connection).
 const MAX_SESSIONS: usize = 65_536;
@@ -316,6 +319,8 @@ impl Receiver {
                 dispatching.clone(),
             ));
         }
+        // Shown at zero: failures before a handshake are counted there.
+        metrics.counter(&names::incoming_errored("unknown"));
         let lm = LimitMetrics {
             unknown_host: metrics.counter(names::INCOMING_UNKNOWN_HOST),
             refused: metrics.counter(names::INCOMING_REFUSED),
@@ -716,7 +721,7 @@ impl Receiver {
                     if last != acked {
                         let _ = self.ack(&mut io, &mut out, last).await;
                     }
-                    let _ = io.shutdown().await;
+                    linger(&mut io, &mut buf).await;
                     return Ok(());
                 }
             }
@@ -915,6 +920,24 @@ impl Arriving {
             },
         })
     }
+}
+
+/// Closes our side and reads (and drops) what the peer still sends until
+/// it closes too, for at most [`LINGER`]: a socket closed with unread data
+/// sends a reset, and a reset makes the peer's kernel discard what it had
+/// not read yet — the last acknowledgement among it.
+async fn linger(io: &mut BoxedIo, buf: &mut BytesMut) {
+    let _ = io.shutdown().await;
+    let drain = async {
+        loop {
+            buf.clear();
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Returns once the runtime is stopping (at once if it is already).
