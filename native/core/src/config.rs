@@ -464,17 +464,16 @@ const CONNECTIONS_KEYS: &[&str] = &[
     "endpoint_refresh_interval",
     "endpoint_refresh_interval_when_empty",
     "endpoints",
-    "max_frame_size",
-    "outgoing_queue_size",
-    "resolved_endpoints",
-    "tls",
-    // IncomingLimits
     "handshake_timeout",
     "idle_timeout",
+    "max_frame_size",
     "max_incoming_buffer",
     "max_incoming_connections",
     "max_incoming_per_host",
     "max_metric_hosts",
+    "outgoing_queue_size",
+    "resolved_endpoints",
+    "tls",
 ];
 /// The seed's names for options MongooseIM later renamed.
 const CONNECTIONS_ALIASES: &[(&str, &str)] = &[
