@@ -250,7 +250,13 @@ fn idle_connections_are_closed_but_idle_links_that_carried_stanzas_stay() {
     assert!(wait_for(WAIT, || d1.inbox.delivered_count() == 1));
     assert!(closed_within(&mut silent, WAIT));
     assert!(closed_within(&mut idle, WAIT));
-    assert!(d1.counter(names::INCOMING_TIMED_OUT) >= 2);
+    assert!(
+        wait_for(WAIT, || d1.counter(names::INCOMING_TIMED_OUT) >= 2),
+        "timed out {}, unknown {}, refused {}",
+        d1.counter(names::INCOMING_TIMED_OUT),
+        d1.counter(names::INCOMING_UNKNOWN_HOST),
+        d1.counter(names::INCOMING_REFUSED)
+    );
     // Three idle timeouts later the real link is the same connection.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(d2.counter(&names::outgoing_established(&host(1))), 1);
