@@ -717,8 +717,10 @@ impl Receiver {
                     // What this connection took must reach the host before
                     // it is acknowledged; then the sender forgets it
                     // instead of sending it again to our successor.
-                    self.settle().await;
-                    if last != acked {
+                    // If routing could not hand everything on in time, no
+                    // Ack: a stanza sent twice beats one acknowledged and
+                    // then lost with the runtime.
+                    if self.settle().await && last != acked {
                         let _ = self.ack(&mut io, &mut out, last).await;
                     }
                     linger(&mut io, &mut buf).await;
@@ -729,10 +731,16 @@ impl Receiver {
     }
 
     /// Waits until the dispatch shards have handed on every batch given to
-    /// them (bounded by [`STOP_SETTLE`]).
-    async fn settle(&self) {
+    /// them; false when they have not within [`STOP_SETTLE`].
+    async fn settle(&self) -> bool {
         let until = Instant::now() + STOP_SETTLE;
-        while self.dispatching.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        loop {
+            if self.dispatching.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
