@@ -214,7 +214,14 @@ connections_spec() ->
                  <<"tls">> => mongoose_config_spec:tls([client, server]),
                  %% Ours: bounds of the queue towards one DC and of one frame.
                  <<"outgoing_queue_size">> => #option{type = integer, validate = positive},
-                 <<"max_frame_size">> => #option{type = integer, validate = positive}},
+                 <<"max_frame_size">> => #option{type = integer, validate = positive},
+                 %% Ours: what remote peers may hold (docs/CONFIG.md).
+                 <<"max_incoming_connections">> => #option{type = integer, validate = positive},
+                 <<"max_incoming_per_host">> => #option{type = integer, validate = positive},
+                 <<"handshake_timeout">> => #option{type = integer, validate = positive},
+                 <<"idle_timeout">> => #option{type = integer, validate = positive},
+                 <<"max_incoming_buffer">> => #option{type = integer, validate = positive},
+                 <<"max_metric_hosts">> => #option{type = integer, validate = positive}},
        defaults = #{<<"connections_per_endpoint">> => 1,
                     <<"endpoint_refresh_interval">> => 60,
                     <<"endpoint_refresh_interval_when_empty">> => 3,

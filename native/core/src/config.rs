@@ -152,6 +152,43 @@ pub struct ConnectionsConfig {
     pub outgoing_queue_size: usize,
     /// Largest frame accepted or sent, in bytes (beyond MongooseIM).
     pub max_frame_size: usize,
+    /// Bounds on what remote peers may hold on this node (beyond MongooseIM).
+    #[serde(flatten)]
+    pub limits: IncomingLimits,
+}
+
+/// Bounds on incoming connections and on state created by remote input
+/// (`connections.*` options beyond MongooseIM, docs/CONFIG.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingLimits {
+    /// Incoming connections open at once, handshaken or not.
+    pub max_incoming_connections: usize,
+    /// Incoming connections open at once from one remote DC.
+    pub max_incoming_per_host: usize,
+    /// Seconds for TLS and the handshake of an incoming connection.
+    pub handshake_timeout: u64,
+    /// Seconds without a byte after which an incoming connection that never
+    /// carried a stanza, or that holds a partial frame, is closed.
+    pub idle_timeout: u64,
+    /// Bytes all incoming connections together may buffer for partial
+    /// frames larger than a read (never less than `max_frame_size`).
+    pub max_incoming_buffer: usize,
+    /// Remote hosts that get per-host metric series; beyond, counted in
+    /// `metrics_host_overflow`.
+    pub max_metric_hosts: usize,
+}
+
+impl Default for IncomingLimits {
+    fn default() -> Self {
+        IncomingLimits {
+            max_incoming_connections: 2048,
+            max_incoming_per_host: 512,
+            handshake_timeout: 5,
+            idle_timeout: 60,
+            max_incoming_buffer: 64 * 1024 * 1024,
+            max_metric_hosts: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,7 +490,13 @@ const CONNECTIONS_KEYS: &[&str] = &[
     "endpoint_refresh_interval",
     "endpoint_refresh_interval_when_empty",
     "endpoints",
+    "handshake_timeout",
+    "idle_timeout",
     "max_frame_size",
+    "max_incoming_buffer",
+    "max_incoming_connections",
+    "max_incoming_per_host",
+    "max_metric_hosts",
     "outgoing_queue_size",
     "resolved_endpoints",
     "tls",
@@ -660,6 +703,7 @@ fn default_connections(local_host: &str) -> ConnectionsConfig {
         tls: None,
         outgoing_queue_size: defaults::OUTGOING_QUEUE_SIZE,
         max_frame_size: defaults::MAX_FRAME_SIZE,
+        limits: IncomingLimits::default(),
     }
 }
 
@@ -706,7 +750,36 @@ fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
             |f| f.int(MIN_FRAME_SIZE, MAX_FRAME_SIZE),
             || d.max_frame_size,
         )?,
+        limits: read_limits(&s, d.limits)?,
     })
+}
+
+fn read_limits(s: &Section, d: IncomingLimits) -> Result<IncomingLimits> {
+    let count = |f: &Field| f.int(1, u64::from(u32::MAX));
+    let limits = IncomingLimits {
+        max_incoming_connections: s.opt("max_incoming_connections", count, || {
+            d.max_incoming_connections
+        })?,
+        max_incoming_per_host: s.opt("max_incoming_per_host", count, || d.max_incoming_per_host)?,
+        handshake_timeout: s.opt("handshake_timeout", seconds, || d.handshake_timeout)?,
+        idle_timeout: s.opt("idle_timeout", seconds, || d.idle_timeout)?,
+        max_incoming_buffer: s.opt(
+            "max_incoming_buffer",
+            |f| f.int(MIN_FRAME_SIZE, u64::MAX),
+            || d.max_incoming_buffer,
+        )?,
+        max_metric_hosts: s.opt("max_metric_hosts", count, || d.max_metric_hosts)?,
+    };
+    if limits.max_incoming_per_host > limits.max_incoming_connections {
+        return Err(ConfigError::new(
+            join(&s.path, "max_incoming_per_host"),
+            format!(
+                "must be at most max_incoming_connections ({}), got {}",
+                limits.max_incoming_connections, limits.max_incoming_per_host
+            ),
+        ));
+    }
+    Ok(limits)
 }
 
 /// MongooseIM's `process_opts/1` adds `resolved_endpoints`, the IP

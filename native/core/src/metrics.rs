@@ -50,6 +50,23 @@ pub mod names {
     pub const STOP_TTL_ZERO: &str = "global.mod_global_distrib.stop_ttl_zero";
     /// Stanzas currently held by bounce, on this node (gauge).
     pub const BOUNCE_QUEUE_SIZE: &str = "global.mod_global_distrib.bounce_queue_size";
+    /// Beyond the seed: host names from remote input that are not a known
+    /// DC (or not a valid DNS name) and were ignored: a handshake's
+    /// `local_host` (the connection is refused), a frame's `target` or
+    /// `origin` (the stanza is routed without it) (counter).
+    pub const INCOMING_UNKNOWN_HOST: &str = "global.mod_global_distrib.incoming.unknown_host";
+    /// Beyond the seed: incoming connections refused or evicted because of
+    /// `max_incoming_connections` / `max_incoming_per_host` (counter).
+    pub const INCOMING_REFUSED: &str = "global.mod_global_distrib.incoming.refused";
+    /// Beyond the seed: incoming connections closed by `handshake_timeout`
+    /// or `idle_timeout` (counter).
+    pub const INCOMING_TIMED_OUT: &str = "global.mod_global_distrib.incoming.timed_out";
+    /// Beyond the seed: incoming connections closed because a partial frame
+    /// did not fit in `max_incoming_buffer` (counter).
+    pub const INCOMING_BUFFER_FULL: &str = "global.mod_global_distrib.incoming.buffer_full";
+    /// Beyond the seed: per-host metrics not created because
+    /// `max_metric_hosts` hosts have series already (counter).
+    pub const METRICS_HOST_OVERFLOW: &str = "global.mod_global_distrib.metrics_host_overflow";
 
     /// Bases (after [`PREFIX`]) of the metrics that carry a host suffix;
     /// the Prometheus output turns that suffix into a `host` label.
@@ -331,10 +348,25 @@ impl Metric {
     }
 }
 
+/// Hosts allowed per-host series by default (see [`Metrics::with_host_limit`]).
+pub const DEFAULT_MAX_HOSTS: usize = 1024;
+
 /// The registry. Names are free-form; use [`names`].
+///
+/// Per-host metrics (a name of [`names::PER_HOST_BASES`] with a host
+/// suffix) are created for at most `max_hosts` distinct hosts: host names
+/// come from the network, and each one would otherwise add a dozen series
+/// (and 15 KiB per histogram) forever. Beyond the limit the caller gets a
+/// shared detached metric and `metrics_host_overflow` counts the attempt.
 #[derive(Debug)]
 pub struct Metrics {
     metrics: RwLock<BTreeMap<String, Metric>>,
+    hosts: parking_lot::Mutex<std::collections::HashSet<String>>,
+    max_hosts: usize,
+    overflow: Arc<Counter>,
+    detached_counter: Arc<Counter>,
+    detached_gauge: Arc<Gauge>,
+    detached_histogram: Arc<Histogram>,
 }
 
 impl Default for Metrics {
@@ -347,9 +379,12 @@ impl Default for Metrics {
 /// is a programming error; rather than panic, the caller gets a detached
 /// metric (counted nowhere visible) and a warning is logged.
 macro_rules! get_or_create {
-    ($self:ident, $name:ident, $variant:ident, $ty:ty) => {{
+    ($self:ident, $name:ident, $variant:ident, $ty:ty, $detached:ident) => {{
         if let Some(Metric::$variant(m)) = $self.metrics.read().get($name) {
             return Arc::clone(m);
+        }
+        if !$self.admit_host_of($name) {
+            return Arc::clone(&$self.$detached);
         }
         let mut map = $self.metrics.write();
         let entry = map
@@ -374,10 +409,31 @@ impl Metrics {
     /// A registry with the host-less metrics already registered, so a
     /// snapshot shows them (at zero) before anything happened.
     pub fn new() -> Metrics {
+        Metrics::with_host_limit(DEFAULT_MAX_HOSTS)
+    }
+
+    /// A registry that gives per-host series to at most `max_hosts` hosts.
+    pub fn with_host_limit(max_hosts: usize) -> Metrics {
+        let overflow = Arc::new(Counter::default());
+        let mut map = BTreeMap::new();
+        map.insert(
+            names::METRICS_HOST_OVERFLOW.to_owned(),
+            Metric::Counter(overflow.clone()),
+        );
         let m = Metrics {
-            metrics: RwLock::new(BTreeMap::new()),
+            metrics: RwLock::new(map),
+            hosts: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            max_hosts,
+            overflow,
+            detached_counter: Arc::default(),
+            detached_gauge: Arc::default(),
+            detached_histogram: Arc::default(),
         };
         for name in [
+            names::INCOMING_UNKNOWN_HOST,
+            names::INCOMING_REFUSED,
+            names::INCOMING_TIMED_OUT,
+            names::INCOMING_BUFFER_FULL,
             names::INCOMING_ESTABLISHED,
             names::MAPPING_FETCHES,
             names::MAPPING_CACHE_MISSES,
@@ -397,15 +453,34 @@ impl Metrics {
     }
 
     pub fn counter(&self, name: &str) -> Arc<Counter> {
-        get_or_create!(self, name, Counter, Counter)
+        get_or_create!(self, name, Counter, Counter, detached_counter)
     }
 
     pub fn gauge(&self, name: &str) -> Arc<Gauge> {
-        get_or_create!(self, name, Gauge, Gauge)
+        get_or_create!(self, name, Gauge, Gauge, detached_gauge)
     }
 
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
-        get_or_create!(self, name, Histogram, Histogram)
+        get_or_create!(self, name, Histogram, Histogram, detached_histogram)
+    }
+
+    /// Whether a metric named `name` may be created: always for host-less
+    /// names, for a per-host name while its host has series already or
+    /// fewer than `max_hosts` hosts do. Only on the creation path.
+    fn admit_host_of(&self, name: &str) -> bool {
+        let (_, Some(host)) = split_host(name) else {
+            return true;
+        };
+        let mut hosts = self.hosts.lock();
+        if hosts.contains(host) {
+            return true;
+        }
+        if hosts.len() >= self.max_hosts {
+            self.overflow.inc();
+            return false;
+        }
+        hosts.insert(host.to_owned());
+        true
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -106,6 +106,7 @@ struct Inner {
     refresher: Refresher,
     router: Arc<Router>,
     outgoing: Arc<Outgoing>,
+    receiver: Arc<Receiver>,
     listen_addrs: Vec<SocketAddr>,
     stop_tx: watch::Sender<bool>,
     refresher_task: Mutex<Option<RefresherHandle>>,
@@ -394,6 +395,9 @@ impl Runtime {
                 task.stop().await;
             }
             let until = tokio::time::Instant::now() + deadline;
+            // Incoming connections acknowledge what they took, then close:
+            // otherwise senders would send it again to our successor.
+            inner.receiver.closed(until).await;
             let mut left: Vec<(Envelope, bool)> = inner
                 .outgoing
                 .drain(until)
@@ -469,7 +473,9 @@ async fn build(
             e => e.to_string(),
         }));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_host_limit(
+        config.connections.limits.max_metric_hosts,
+    ));
     let local_host: Arc<str> = Arc::from(config.local_host.as_str());
     // What this node holds: written through by the refresher, and asked
     // first by every lookup (own sessions are local whatever the store says).
@@ -514,6 +520,7 @@ async fn build(
         router.clone(),
         opts.dispatch_shards,
         stop_rx.clone(),
+        config.connections.limits.clone(),
         &handle,
     );
     let listeners = bind_all(&addrs).await?;
@@ -558,6 +565,7 @@ async fn build(
         refresher,
         router,
         outgoing,
+        receiver,
         listen_addrs,
         stop_tx,
         refresher_task: Mutex::new(Some(refresher_task)),

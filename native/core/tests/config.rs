@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gd_core::config::{
     default_node_name, BackendKind, BounceConfig, CacheConfig, Config, ConnectionsConfig, Endpoint,
-    RedisConfig, SniConfig, TlsConfig, VerifyMode,
+    IncomingLimits, RedisConfig, SniConfig, TlsConfig, VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -72,6 +72,7 @@ fn minimal_config_has_every_default_of_spec_2() {
             tls: None,
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            limits: IncomingLimits::default(),
         }
     );
     assert_eq!(c.advertised_endpoints(), &[endpoint(LOCAL, 5555)]);
@@ -893,7 +894,8 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
         error(json!({"connections": {"endpoint": []}})),
         "connections.endpoint: unknown option (expected one of: advertised_endpoints, connections_per_endpoint, \
          disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
-         max_frame_size, outgoing_queue_size, resolved_endpoints, tls)"
+         handshake_timeout, idle_timeout, max_frame_size, max_incoming_buffer, max_incoming_connections, \
+         max_incoming_per_host, max_metric_hosts, outgoing_queue_size, resolved_endpoints, tls)"
     );
     assert_eq!(
         error(json!({"bounce": {"retries": 1}})),
@@ -1087,6 +1089,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             }),
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            limits: IncomingLimits::default(),
         },
         redis: RedisConfig {
             url: None,
@@ -1516,5 +1519,43 @@ fn strings_sent_in_frames_fit_the_wire_limits() {
              connections.max_frame_size (2000): shorten it or raise the limit",
             HANDSHAKE_OVERHEAD + LOCAL.len() + 2000
         )
+    );
+}
+
+#[test]
+fn incoming_limits_are_read_checked_and_written_back() {
+    let c = Config::from_toml_str(
+        r#"
+        global_host = "example.com"
+        local_host = "dc1.example.com"
+        connections.max_incoming_connections = 100
+        connections.max_incoming_per_host = 10
+        connections.handshake_timeout = 2
+        connections.idle_timeout = 30
+        connections.max_incoming_buffer = 33554432
+        connections.max_metric_hosts = 16
+        "#,
+    )
+    .unwrap();
+    let l = &c.connections.limits;
+    assert_eq!(
+        *l,
+        IncomingLimits {
+            max_incoming_connections: 100,
+            max_incoming_per_host: 10,
+            handshake_timeout: 2,
+            idle_timeout: 30,
+            max_incoming_buffer: 32 * 1024 * 1024,
+            max_metric_hosts: 16,
+        }
+    );
+    assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
+    assert_eq!(
+        error(json!({"connections": {"max_incoming_connections": 4, "max_incoming_per_host": 5}})),
+        "connections.max_incoming_per_host: must be at most max_incoming_connections (4), got 5"
+    );
+    assert_eq!(
+        error(json!({"connections": {"idle_timeout": 0}})),
+        "connections.idle_timeout: must be at least 1, got 0"
     );
 }

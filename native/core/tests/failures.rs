@@ -18,7 +18,7 @@ use gd_core::metrics::names;
 use gd_core::routing::{Reason, RouteResult};
 use gd_core::runtime::{Runtime, StartError};
 use gd_core::store::embedded::EmbeddedBackend;
-use gd_core::store::Backend;
+use gd_core::store::{Backend, Cmd};
 use gd_core::transport::frame::{self, Frame, Handshake, PayloadKind, PROTOCOL_VERSION};
 use support::dc::{self, host, jid, Dc, Inbox};
 use support::wait_for;
@@ -60,8 +60,14 @@ fn a_foreign_protocol_is_refused_and_counted() {
 }
 
 /// A raw connection to `d` that has sent the handshake of a DC "dc9"
-/// (plain TCP: any name is accepted), ready for hand-made frames.
+/// (plain TCP: any DC of the store's `hosts` set is accepted), ready for
+/// hand-made frames.
 fn connect_as_dc9(d: &Dc) -> TcpStream {
+    let add = [Cmd::SAdd {
+        key: "hosts".into(),
+        members: vec![host(9)],
+    }];
+    d.rt.block_on(d.rt.store().backend().exec(&add)).unwrap();
     let mut s = TcpStream::connect(d.rt.listen_addrs()[0]).unwrap();
     let mut out = BytesMut::new();
     let hello = Frame::Handshake(Handshake {

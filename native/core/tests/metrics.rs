@@ -135,6 +135,11 @@ fn new_registers_the_host_less_metrics_at_zero() {
         names::MAPPING_FETCHES,
         names::MAPPING_CACHE_MISSES,
         names::STOP_TTL_ZERO,
+        names::INCOMING_UNKNOWN_HOST,
+        names::INCOMING_REFUSED,
+        names::INCOMING_TIMED_OUT,
+        names::INCOMING_BUFFER_FULL,
+        names::METRICS_HOST_OVERFLOW,
     ] {
         assert_eq!(snap.counter(c), Some(0), "{c}");
     }
@@ -146,7 +151,7 @@ fn new_registers_the_host_less_metrics_at_zero() {
         assert_eq!(snap.histogram(h).map(|s| s.count), Some(0), "{h}");
     }
     assert_eq!(snap.gauge(names::BOUNCE_QUEUE_SIZE), Some(0));
-    assert_eq!(snap.0.len(), 8);
+    assert_eq!(snap.0.len(), 13);
 }
 
 #[test]

@@ -8,11 +8,22 @@
 //! by its sender key: one shard handles a sender's stanzas one after the
 //! other, so they reach the host in connection order. A malformed frame
 //! closes that connection and is counted in `incoming.errored.<host>`.
+//!
+//! What remote peers may hold is bounded (`connections.*` limits,
+//! docs/CONFIG.md): a connection table caps connections in total and per
+//! DC, evicting the oldest connection that never carried a stanza when full;
+//! a handshake must name a known DC (`known_hosts`) within
+//! `handshake_timeout`; a connection that never carried a stanza, or that
+//! holds a partial frame, is closed after `idle_timeout` without a byte; a
+//! partial frame larger than a read must fit in the shared
+//! `max_incoming_buffer`. On a graceful stop every connection waits for the
+//! dispatch shards to hand over what it took, acknowledges it and closes.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,19 +31,31 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use crate::config::IncomingLimits;
 use crate::jid::Jid;
 use crate::mapping::coarse_now_ms;
 use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
 use crate::transport::frame::{self, Ack, Decoded, Frame, HandshakeAck, PayloadKind};
+use crate::transport::known_hosts::{valid_host_name, KnownHosts};
 use crate::transport::outgoing::{frame_name, read_frame};
 use crate::transport::tls::{peer_dns_names, TlsSetup};
 use crate::transport::{BoxedIo, TransportError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest first frame read before the handshake is known: a version-1
+/// handshake is at most two strings of 3071 bytes and a few fields; room is
+/// left for later versions' extensions. A header announcing more is not
+/// buffered for a peer nobody knows yet.
+const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+/// How long a stopping connection waits for the dispatch shards to hand
+/// over what it took, before acknowledging it.
+const STOP_SETTLE: Duration = Duration::from_secs(5);
+/// How long a stopping connection waits for the peer to close after our
+/// last acknowledgement (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Sequence sessions remembered for resumption (one per sending connection).
 const MAX_SESSIONS: usize = 65_536;
@@ -93,6 +116,127 @@ struct Incoming {
     from_host: Arc<str>,
     transfer_time_us: u64,
     received: Instant,
+    /// Whether the origin may feed the origin hint (a known DC).
+    hint: bool,
+}
+
+/// Every incoming connection open on this node, for the caps.
+#[derive(Default)]
+struct ConnTable {
+    next: u64,
+    live: HashMap<u64, Tracked>,
+}
+
+struct Tracked {
+    /// The DC named by the handshake, once admitted.
+    host: Option<Arc<str>>,
+    opened: Instant,
+    /// Carried a stanza (or resumed a session that did): never evicted.
+    proven: bool,
+    kill: Arc<Notify>,
+}
+
+impl ConnTable {
+    /// The oldest connection that never carried a stanza, among those of
+    /// `host` (any, with `None`), other than `except`.
+    fn victim(&self, host: Option<&str>, except: u64) -> Option<u64> {
+        self.live
+            .iter()
+            .filter(|(id, t)| {
+                **id != except && !t.proven && host.is_none_or(|h| t.host.as_deref() == Some(h))
+            })
+            .min_by_key(|(_, t)| t.opened)
+            .map(|(id, _)| *id)
+    }
+
+    fn evict(&mut self, id: u64) {
+        if let Some(t) = self.live.remove(&id) {
+            t.kill.notify_one();
+        }
+    }
+}
+
+/// A connection's place in the table, given back when it ends.
+struct Ticket {
+    receiver: Arc<Receiver>,
+    id: u64,
+    kill: Arc<Notify>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.receiver.table.lock().live.remove(&self.id);
+    }
+}
+
+/// Bytes of `max_incoming_buffer` one connection holds for its partial frame.
+struct Reservation<'a> {
+    pool: &'a AtomicUsize,
+    cap: usize,
+    held: usize,
+}
+
+impl Reservation<'_> {
+    /// Holds `want` bytes (none when 0); false when the pool cannot give them.
+    fn hold(&mut self, want: usize) -> bool {
+        if want <= self.held {
+            self.release_to(want);
+            return true;
+        }
+        let more = want - self.held;
+        let ok = self
+            .pool
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + more <= self.cap).then_some(used + more)
+            })
+            .is_ok();
+        if ok {
+            self.held = want;
+        }
+        ok
+    }
+
+    fn release_to(&mut self, keep: usize) {
+        if self.held > keep {
+            self.pool.fetch_sub(self.held - keep, Ordering::AcqRel);
+            self.held = keep;
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
+}
+
+/// A handshaken connection as the read loop sees it.
+struct ConnState<'a> {
+    id: u64,
+    kill: &'a Notify,
+    /// Carried a stanza, here or earlier in its session.
+    proven: bool,
+}
+
+/// The whole size of the incomplete frame at the start of `buf` (0 when
+/// its header has not arrived). Complete frames were taken before.
+fn partial_frame_len(buf: &[u8]) -> usize {
+    match buf.get(1..frame::HEADER_LEN) {
+        Some(len) => {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(len);
+            frame::HEADER_LEN + u32::from_be_bytes(b) as usize
+        }
+        None => 0,
+    }
+}
+
+/// Counters of what the limits refused.
+struct LimitMetrics {
+    unknown_host: Arc<Counter>,
+    refused: Arc<Counter>,
+    timed_out: Arc<Counter>,
+    buffer_full: Arc<Counter>,
 }
 
 /// State shared by every incoming connection of one runtime.
@@ -108,7 +252,15 @@ pub(crate) struct Receiver {
     /// be draining while the resumed one starts.
     sessions: Mutex<HashMap<SessionKey, Arc<SessionSlot>>>,
     shards: Vec<mpsc::Sender<Vec<Incoming>>>,
+    /// Batches handed to the shards and not yet dispatched (graceful stop).
+    dispatching: Arc<AtomicUsize>,
     stop: watch::Receiver<bool>,
+    limits: IncomingLimits,
+    known: Arc<KnownHosts>,
+    table: Mutex<ConnTable>,
+    /// Bytes reserved for partial frames, over every connection.
+    buffered: AtomicUsize,
+    lm: LimitMetrics,
 }
 
 /// (sending DC, session id chosen by its connection slot).
@@ -151,16 +303,37 @@ impl Receiver {
         router: Arc<Router>,
         shards: usize,
         stop: watch::Receiver<bool>,
+        limits: IncomingLimits,
         rt: &tokio::runtime::Handle,
     ) -> Arc<Receiver> {
         let mut txs = Vec::with_capacity(shards);
         let queue_time = metrics.histogram(names::INCOMING_QUEUE_TIME);
+        let dispatching = Arc::new(AtomicUsize::new(0));
         for _ in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             txs.push(tx);
-            rt.spawn(dispatch(rx, router.clone(), queue_time.clone()));
+            rt.spawn(dispatch(
+                rx,
+                router.clone(),
+                queue_time.clone(),
+                dispatching.clone(),
+            ));
         }
+        // Shown at zero: failures before a handshake are counted there.
+        metrics.counter(&names::incoming_errored("unknown"));
+        let lm = LimitMetrics {
+            unknown_host: metrics.counter(names::INCOMING_UNKNOWN_HOST),
+            refused: metrics.counter(names::INCOMING_REFUSED),
+            timed_out: metrics.counter(names::INCOMING_TIMED_OUT),
+            buffer_full: metrics.counter(names::INCOMING_BUFFER_FULL),
+        };
         Arc::new(Receiver {
+            dispatching,
+            limits,
+            known: router.outgoing.known_hosts().clone(),
+            table: Mutex::new(ConnTable::default()),
+            buffered: AtomicUsize::new(0),
+            lm,
             established: metrics.counter(names::INCOMING_ESTABLISHED),
             local_host,
             node,
@@ -179,9 +352,16 @@ impl Receiver {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((tcp, peer)) => {
-                        tokio::spawn(self.clone().serve(tcp, peer));
-                    }
+                    Ok((tcp, peer)) => match self.admit() {
+                        Some(ticket) => {
+                            tokio::spawn(self.clone().serve(tcp, peer, ticket));
+                        }
+                        None => {
+                            self.lm.refused.inc();
+                            tracing::warn!(what = "gd_incoming_refused", peer = %peer,
+                                max_incoming_connections = self.limits.max_incoming_connections);
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(what = "gd_accept_failed", error = %e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -204,12 +384,99 @@ impl Receiver {
         }
     }
 
-    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    /// A place in the connection table for a new connection, evicting the
+    /// oldest one that never carried a stanza when the table is full;
+    /// `None` when every open connection has carried stanzas.
+    fn admit(self: &Arc<Self>) -> Option<Ticket> {
+        let mut table = self.table.lock();
+        if table.live.len() >= self.limits.max_incoming_connections {
+            let victim = table.victim(None, u64::MAX)?;
+            table.evict(victim);
+            self.lm.refused.inc();
+        }
+        table.next += 1;
+        let id = table.next;
+        let kill = Arc::new(Notify::new());
+        table.live.insert(
+            id,
+            Tracked {
+                host: None,
+                opened: Instant::now(),
+                proven: false,
+                kill: kill.clone(),
+            },
+        );
+        Some(Ticket {
+            receiver: self.clone(),
+            id,
+            kill,
+        })
+    }
+
+    /// Files connection `id` under `host`, evicting the oldest connection of
+    /// that DC that never carried a stanza when it has
+    /// `max_incoming_per_host` already; false when none can go.
+    fn claim(&self, id: u64, host: &Arc<str>, proven: bool) -> bool {
+        let mut table = self.table.lock();
+        let count = table
+            .live
+            .values()
+            .filter(|t| t.host.as_deref() == Some(&**host))
+            .count();
+        if count >= self.limits.max_incoming_per_host {
+            match table.victim(Some(host), id) {
+                Some(victim) => {
+                    table.evict(victim);
+                    self.lm.refused.inc();
+                }
+                None => return false,
+            }
+        }
+        match table.live.get_mut(&id) {
+            Some(t) => {
+                t.host = Some(host.clone());
+                t.proven = proven;
+                true
+            }
+            // Evicted meanwhile.
+            None => false,
+        }
+    }
+
+    fn prove(&self, id: u64) {
+        if let Some(t) = self.table.lock().live.get_mut(&id) {
+            t.proven = true;
+        }
+    }
+
+    /// Incoming connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.table.lock().live.len()
+    }
+
+    /// Waits until every incoming connection has closed (after a stop:
+    /// each one acknowledges what it took first), or `deadline`.
+    pub(crate) async fn closed(&self, deadline: Instant) {
+        while self.open_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
         self.established.inc();
         let _ = tcp.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(tcp, &mut buf)).await;
-        let (io, hello) = match opened {
+        let deadline = Duration::from_secs(self.limits.handshake_timeout);
+        let mut stop = self.stop.clone();
+        let opened = tokio::select! {
+            r = tokio::time::timeout(deadline, self.open(tcp, &mut buf, ticket.id)) => r,
+            _ = ticket.kill.notified() => {
+                tracing::warn!(what = "gd_incoming_evicted", peer = %peer);
+                return;
+            }
+            _ = stopped(&mut stop) => return,
+        };
+        let (io, hello, proven) = match opened {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 // The peer's host is unknown before the handshake.
@@ -223,6 +490,7 @@ impl Receiver {
                 self.metrics
                     .counter(&names::incoming_errored("unknown"))
                     .inc();
+                self.lm.timed_out.inc();
                 tracing::warn!(what = "gd_incoming_handshake_timeout", peer = %peer);
                 return;
             }
@@ -232,7 +500,15 @@ impl Receiver {
         self.metrics
             .counter(&names::incoming_first_packet(&host))
             .inc();
-        match self.read_loop(io, buf, &host, hello.conn_id, &m).await {
+        let conn = ConnState {
+            id: ticket.id,
+            kill: &ticket.kill,
+            proven,
+        };
+        match self
+            .read_loop(io, buf, &host, hello.conn_id, &m, conn)
+            .await
+        {
             Ok(()) => m.closed.inc(),
             Err(e) => {
                 m.errored.inc();
@@ -241,12 +517,14 @@ impl Receiver {
         }
     }
 
-    /// TLS (when configured), then the handshake and its answer.
+    /// TLS (when configured), then the handshake and its answer. Also says
+    /// whether the session already carried stanzas here (a resumption).
     async fn open(
         &self,
         tcp: TcpStream,
         buf: &mut BytesMut,
-    ) -> Result<(BoxedIo, frame::Handshake), TransportError> {
+        id: u64,
+    ) -> Result<(BoxedIo, frame::Handshake, bool), TransportError> {
         // With TLS, the names the peer's verified certificate carries.
         let (mut io, certified): (BoxedIo, Option<Vec<String>>) = match &self.tls {
             Some(tls) => {
@@ -260,7 +538,8 @@ impl Receiver {
             }
             None => (Box::new(tcp), None),
         };
-        let hello = match read_frame(&mut io, buf, self.max_frame).await? {
+        let first_max = self.max_frame.min(HANDSHAKE_MAX_FRAME);
+        let hello = match read_frame(&mut io, buf, first_max).await? {
             Some(Frame::Handshake(h)) => h,
             Some(other) => {
                 return Err(TransportError::Protocol(format!(
@@ -278,17 +557,31 @@ impl Receiver {
                 .any(|n| n.eq_ignore_ascii_case(&hello.local_host))
             {
                 return Err(TransportError::Protocol(format!(
-                    "peer says it is {} but its certificate names {names:?}",
+                    "peer says it is {:?} but its certificate names {names:?}",
                     hello.local_host
                 )));
             }
         }
         let version = frame::negotiate(hello.version)?;
-        let resume_seq = *self
-            .session(&hello.local_host, hello.conn_id)
-            .last
-            .lock()
-            .await;
+        if !valid_host_name(&hello.local_host) || !self.known.admits(&hello.local_host).await {
+            // No state for names a peer invents: not a DC of `hosts` (read
+            // again on demand, for a DC that just joined) nor an override.
+            self.lm.unknown_host.inc();
+            return Err(TransportError::Protocol(format!(
+                "{:?} is not a datacenter of the store's `hosts` set nor of global_distrib_addr",
+                hello.local_host
+            )));
+        }
+        let host: Arc<str> = Arc::from(hello.local_host.as_str());
+        let resume_seq = *self.session(&host, hello.conn_id).last.lock().await;
+        let proven = resume_seq.is_some();
+        if !self.claim(id, &host, proven) {
+            self.lm.refused.inc();
+            return Err(TransportError::Protocol(format!(
+                "{host} has max_incoming_per_host ({}) connections that carry stanzas",
+                self.limits.max_incoming_per_host
+            )));
+        }
         let ack = Frame::HandshakeAck(HandshakeAck {
             version,
             local_host: self.local_host.to_string(),
@@ -299,7 +592,7 @@ impl Receiver {
         frame::encode(&ack, &mut out, self.max_frame)?;
         io.write_all(&out).await?;
         io.flush().await?;
-        Ok((io, hello))
+        Ok((io, hello, proven))
     }
 
     /// The shared state of a session, created on first sight. The map is
@@ -345,6 +638,7 @@ impl Receiver {
         host: &Arc<str>,
         session: u64,
         m: &PeerMetrics,
+        mut conn: ConnState<'_>,
     ) -> Result<(), TransportError> {
         let slot = self.session(host, session);
         let mut acked = *slot.last.lock().await;
@@ -353,9 +647,19 @@ impl Receiver {
         let mut ack_due: Option<Instant> = None;
         let mut out = BytesMut::with_capacity(64);
         let mut stop = self.stop.clone();
+        let idle = Duration::from_secs(self.limits.idle_timeout);
+        let mut partial = Reservation {
+            pool: &self.buffered,
+            cap: self.limits.max_incoming_buffer.max(self.max_frame),
+            held: 0,
+        };
         loop {
             let last = self.take_batch(&mut buf, &slot, host, m).await?;
             if last != acked {
+                if !conn.proven {
+                    conn.proven = true;
+                    self.prove(conn.id);
+                }
                 let behind = last.unwrap_or(0).saturating_sub(acked.unwrap_or(0));
                 if behind >= ACK_EVERY {
                     self.ack(&mut io, &mut out, last).await?;
@@ -365,12 +669,27 @@ impl Receiver {
                     ack_due = Some(Instant::now() + ACK_DELAY);
                 }
             }
+            let pending = partial_frame_len(&buf);
+            if pending > READ_ROOM && !partial.hold(pending) {
+                self.lm.buffer_full.inc();
+                return Err(TransportError::Protocol(format!(
+                    "a frame of {pending} bytes does not fit in max_incoming_buffer ({} bytes, shared by every connection) now",
+                    partial.cap
+                )));
+            }
+            if pending <= READ_ROOM {
+                partial.release_to(0);
+            }
             // Received payloads keep their part of the buffer alive, so
             // the spare room shrinks as frames are taken; without room a
             // read gets a few bytes.
             if buf.capacity() - buf.len() < READ_ROOM_MIN {
                 buf.reserve(READ_ROOM);
             }
+            // A link that carried stanzas may stay quiet between frames
+            // (the protocol has no keepalive); one that never did, or that
+            // stopped in the middle of a frame, may not.
+            let idle_due = (!conn.proven || !buf.is_empty()).then(|| Instant::now() + idle);
             let due = ack_due;
             tokio::select! {
                 r = io.read_buf(&mut buf) => {
@@ -387,8 +706,42 @@ impl Receiver {
                     acked = last;
                     ack_due = None;
                 }
-                _ = stop.changed() => return Ok(()),
+                _ = sleep_until_some(idle_due) => {
+                    self.lm.timed_out.inc();
+                    return Err(TransportError::Timeout("idle_timeout (no stanza, or a partial frame)"));
+                }
+                _ = conn.kill.notified() => {
+                    return Err(TransportError::Protocol("evicted by max_incoming_connections".into()));
+                }
+                _ = stopped(&mut stop) => {
+                    // What this connection took must reach the host before
+                    // it is acknowledged; then the sender forgets it
+                    // instead of sending it again to our successor.
+                    // If routing could not hand everything on in time, no
+                    // Ack: a stanza sent twice beats one acknowledged and
+                    // then lost with the runtime.
+                    if self.settle().await && last != acked {
+                        let _ = self.ack(&mut io, &mut out, last).await;
+                    }
+                    linger(&mut io, &mut buf).await;
+                    return Ok(());
+                }
             }
+        }
+    }
+
+    /// Waits until the dispatch shards have handed on every batch given to
+    /// them; false when they have not within [`STOP_SETTLE`].
+    async fn settle(&self) -> bool {
+        let until = Instant::now() + STOP_SETTLE;
+        loop {
+            if self.dispatching.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -450,7 +803,7 @@ impl Receiver {
                     }
                     _ => {}
                 }
-                Arriving::of(s, host, shards).map(Some)
+                Arriving::of(s, host, shards, &self.known, &self.lm.unknown_host).map(Some)
             });
             let (a, payload) = match decoded {
                 Err(e) => break Err(e),
@@ -480,12 +833,18 @@ impl Receiver {
                 from_host: host.clone(),
                 transfer_time_us: transfer,
                 received,
+                hint: a.hint,
             };
             out[a.shard].push(incoming);
             taken = Some(seq);
         };
         for (shard, batch) in out.into_iter().enumerate() {
-            if !batch.is_empty() && self.shards[shard].send(batch).await.is_err() {
+            if batch.is_empty() {
+                continue;
+            }
+            self.dispatching.fetch_add(1, Ordering::AcqRel);
+            if self.shards[shard].send(batch).await.is_err() {
+                self.dispatching.fetch_sub(1, Ordering::AcqRel);
                 // The runtime is stopping: nothing more is taken.
                 return Ok(*last);
             }
@@ -517,14 +876,33 @@ struct Arriving {
     to: Jid,
     kind: PayloadKind,
     meta: Meta,
+    hint: bool,
 }
 
 impl Arriving {
+    /// A `target` or an `origin` that is not a known DC is ignored (the
+    /// stanza is routed by its `to`; no origin hint) and counted: names
+    /// from the wire create no remote-host entry nor cache entry.
     fn of(
         s: &frame::StanzaRef<'_>,
         peer: &Arc<str>,
         shards: usize,
+        known: &KnownHosts,
+        unknown: &Counter,
     ) -> Result<Arriving, TransportError> {
+        let hint = s.origin == &**peer || known.contains(s.origin);
+        if !hint {
+            unknown.inc();
+        }
+        let target = match s.target {
+            Some(t) if known.contains(t) => Some(Arc::from(t)),
+            Some(t) => {
+                unknown.inc();
+                tracing::debug!(what = "gd_unknown_target_ignored", host = %peer, target = ?t);
+                None
+            }
+            None => None,
+        };
         let from = Jid::parse(s.from)
             .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
         let to = Jid::parse(s.to)
@@ -537,6 +915,7 @@ impl Arriving {
             from,
             to,
             kind: s.kind,
+            hint,
             meta: Meta {
                 message_id: s.message_id,
                 origin: if s.origin == &**peer {
@@ -545,10 +924,34 @@ impl Arriving {
                     Arc::from(s.origin)
                 },
                 ttl: s.ttl,
-                target: s.target.map(Arc::from),
+                target,
             },
         })
     }
+}
+
+/// Closes our side and reads (and drops) what the peer still sends until
+/// it closes too, for at most [`LINGER`]: a socket closed with unread data
+/// sends a reset, and a reset makes the peer's kernel discard what it had
+/// not read yet — the last acknowledgement among it.
+async fn linger(io: &mut BoxedIo, buf: &mut BytesMut) {
+    let _ = io.shutdown().await;
+    let drain = async {
+        loop {
+            buf.clear();
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Returns once the runtime is stopping (at once if it is already).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here.
+    let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
 /// Sleeps until `due`, or forever when there is nothing due.
@@ -590,11 +993,16 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Vec<Incoming>>,
     router: Arc<Router>,
     queue_time: Arc<Histogram>,
+    dispatching: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(DISPATCH_BATCHES);
     let mut ready = Vec::with_capacity(256);
     let mut hints = HintMemo::default();
-    while rx.recv_many(&mut batch, DISPATCH_BATCHES).await > 0 {
+    loop {
+        let taken = rx.recv_many(&mut batch, DISPATCH_BATCHES).await;
+        if taken == 0 {
+            break;
+        }
         // Queue time up to the moment the batch was taken: one clock
         // reading per batch rather than per stanza.
         let now = Instant::now();
@@ -603,7 +1011,10 @@ async fn dispatch(
             let queued = now.saturating_duration_since(inc.received);
             queue_time.record(queued.as_micros() as u64);
             let env = &inc.envelope;
-            if env.kind != PayloadKind::PresenceUnavailable && hints.due(&env.from, now_ms) {
+            if inc.hint
+                && env.kind != PayloadKind::PresenceUnavailable
+                && hints.due(&env.from, now_ms)
+            {
                 router
                     .mapping
                     .insert_origin_hint(&env.from, &env.meta.origin);
@@ -613,6 +1024,7 @@ async fn dispatch(
         if !ready.is_empty() {
             router.delivery.deliver_many(&mut ready);
         }
+        dispatching.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 

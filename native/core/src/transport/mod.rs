@@ -2,9 +2,12 @@
 //! (`tls`), the receiving side (`listener`) and the sending side: the pools
 //! and rebalancing per remote DC (`outgoing`), one connection's task
 //! (`conn`) and its queue state machine (`queue`).
+//! `known_hosts` is the set of datacenter names remote input may create
+//! state for.
 
 pub(crate) mod conn;
 pub mod frame;
+pub mod known_hosts;
 pub mod listener;
 pub mod outgoing;
 pub(crate) mod queue;

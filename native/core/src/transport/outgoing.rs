@@ -29,6 +29,7 @@ use crate::store::Store;
 use crate::transport::conn::{
     fmt_ep, frame_len_bound, give_up_after, run_conn, Conn, ConnCtx, HostLink, HostMetrics,
 };
+use crate::transport::known_hosts::KnownHosts;
 use crate::transport::tls::TlsSetup;
 
 pub(crate) use crate::transport::conn::{frame_name, read_frame, GivenBack};
@@ -148,6 +149,8 @@ pub struct Outgoing {
     metrics: Arc<Metrics>,
     given_back: mpsc::UnboundedSender<GivenBack>,
     hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>>>,
+    /// The only names that get a `RemoteHost` (docs/PROTOCOL.md, *Limits*).
+    known: Arc<KnownHosts>,
     stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
 }
@@ -169,6 +172,7 @@ impl Outgoing {
         stop: watch::Receiver<bool>,
         rt: tokio::runtime::Handle,
     ) -> Outgoing {
+        let known = Arc::new(KnownHosts::new(cfg, store.clone()));
         Outgoing {
             local_host: Arc::from(cfg.local_host.as_str()),
             global_host: Arc::from(cfg.global_host.as_str()),
@@ -179,6 +183,7 @@ impl Outgoing {
             metrics,
             given_back,
             hosts: RwLock::new(HashMap::new()),
+            known,
             stop,
             rt,
         }
@@ -187,6 +192,10 @@ impl Outgoing {
     /// Remote DCs known so far.
     pub fn hosts(&self) -> Vec<Arc<str>> {
         self.hosts.read().keys().cloned().collect()
+    }
+
+    pub(crate) fn known_hosts(&self) -> &Arc<KnownHosts> {
+        &self.known
     }
 
     /// Whether `host` is a remote DC this runtime has pools for.
@@ -286,6 +295,9 @@ impl Outgoing {
         host: &str,
         env: Envelope,
     ) -> Result<(), EnqueueError> {
+        if !self.hosts.read().contains_key(host) && !self.known.admits(host).await {
+            return Err(EnqueueError::Unreachable(env));
+        }
         let h = self.host(host);
         if !h.is_ready() {
             let mut rx = h.ready.subscribe();
@@ -465,8 +477,9 @@ impl Outgoing {
     pub(crate) async fn refresh_hosts(self: &Arc<Self>) {
         match self.store.hosts().await {
             Ok(list) => {
+                self.known.replace(&list);
                 for h in list {
-                    if *h != *self.local_host {
+                    if *h != *self.local_host && self.known.contains(&h) {
                         self.host(&h);
                     }
                 }
