@@ -1029,7 +1029,10 @@ async fn dispatch(
 }
 
 async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>) {
-    let env = inc.envelope;
+    let mut env = inc.envelope;
+    // The wire's TTL is the sender's word: never above our own message_ttl,
+    // in what we forward (route() clamps too) and in what the host is told.
+    env.meta.ttl = env.meta.ttl.min(router.message_ttl);
     let result = match router.try_route(env.clone()) {
         Ok(r) => r,
         Err(env) => {
