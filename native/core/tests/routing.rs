@@ -453,10 +453,11 @@ fn a_wire_ttl_above_message_ttl_is_clamped_by_the_receiver() {
         .insert_session("bob@example.com/b", &host(1));
     let mut s = std::net::TcpStream::connect(dc2.rt.listen_addrs()[0]).unwrap();
     let mut out = BytesMut::new();
+    // A peer speaking for dc1 (a known DC: unknown names are refused).
     let hello = Frame::Handshake(Handshake {
         version: PROTOCOL_VERSION,
-        local_host: host(9),
-        node: "dc9@node".into(),
+        local_host: host(1),
+        node: "poisoner@node".into(),
         conn_id: 42,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
@@ -465,7 +466,7 @@ fn a_wire_ttl_above_message_ttl_is_clamped_by_the_receiver() {
         sent_at_us: 0,
         ttl: 255,
         message_id: 7,
-        origin: host(9),
+        origin: host(1),
         target: None,
         prior: None,
         sender_key: "alice@example.com/a".into(),
