@@ -616,7 +616,11 @@ fn redis_pools(pools: &Field) -> Result<Map<String, Value>> {
 fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Config> {
     let s = Section::new(field, TOP_KEYS, &[])?;
     let global_host = s.required("global_host")?.host()?;
-    let local_host = s.required("local_host")?.host()?;
+    let local_host = {
+        let f = s.required("local_host")?;
+        let name = f.host()?;
+        check_dc_name(&f, name)?
+    };
     if local_host.eq_ignore_ascii_case(&global_host) {
         let message = format!(
             "must differ from global_host ({}): every datacenter needs a domain of its own",
@@ -1395,6 +1399,7 @@ fn read_addr_overrides(f: &Field) -> Result<BTreeMap<String, Vec<Endpoint>>> {
         if let Some(bad) = check_host(host) {
             return Err(entry.err(format!("the host name {bad}")));
         }
+        let host = &check_dc_name(&entry, host.clone())?;
         let endpoints = read_endpoints(&entry, 1)?;
         if endpoints.is_empty() {
             return Err(entry.err("must list at least one endpoint"));
@@ -1560,6 +1565,40 @@ impl<'a> Field<'a> {
         std::fs::File::open(&path).map_err(|e| self.err(format!("cannot read {shown}: {e}")))?;
         Ok(path)
     }
+}
+
+/// Longest DNS name, in bytes (RFC 1035, without the final dot).
+const MAX_DNS_NAME: usize = 253;
+/// Longest DNS label, in bytes.
+const MAX_DNS_LABEL: usize = 63;
+
+/// Whether `name` may name a datacenter on the wire: a DNS name of at
+/// most 253 bytes made of labels of 1 to 63 bytes, with no control
+/// character, whitespace, nor `{ } # @ /` (store key and JID delimiters).
+/// Non-ASCII labels (IDN in UTF-8) are allowed, as XMPP domains.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_DNS_NAME
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= MAX_DNS_LABEL)
+        && !name.chars().any(|c| {
+            c.is_control() || c.is_whitespace() || matches!(c, '{' | '}' | '#' | '@' | '/')
+        })
+}
+
+/// A datacenter's name (`local_host`, a `global_distrib_addr` key) is
+/// checked like the other DCs check it on the wire: a name they refuse
+/// could never connect.
+fn check_dc_name(f: &Field, name: String) -> Result<String> {
+    if valid_host_name(&name) {
+        return Ok(name);
+    }
+    Err(f.err(format!(
+        "{} is not a DNS name ({MAX_DNS_NAME} bytes at most, labels of 1 to {MAX_DNS_LABEL}): \
+         other datacenters refuse it on the wire",
+        quote(&name)
+    )))
 }
 
 /// Why `host` is not an acceptable host name, if it is not.

@@ -506,8 +506,8 @@ fn required_hosts_and_their_rules() {
         assert_eq!(error(extra), expected);
     }
     assert_eq!(
-        parse(json!({"local_host": "a".repeat(1023)}))
-            .local_host
+        parse(json!({"global_host": "a".repeat(1023)}))
+            .global_host
             .len(),
         1023
     );
@@ -1500,7 +1500,10 @@ fn strings_sent_in_frames_fit_the_wire_limits() {
     );
     // The largest name accepted fits the default frame size and connects.
     let longest = "n".repeat(MAX_STRING_LEN);
-    let c = parse(json!({"node_name": longest, "local_host": "a".repeat(1023)}));
+    // The longest DC name the wire accepts: 253 bytes of DNS labels.
+    let dns_max = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "a".repeat(61));
+    assert_eq!(dns_max.len(), 253);
+    let c = parse(json!({"node_name": longest, "local_host": dns_max}));
     let ack = Frame::HandshakeAck(HandshakeAck {
         version: frame::PROTOCOL_VERSION,
         local_host: c.local_host.clone(),
@@ -1508,7 +1511,7 @@ fn strings_sent_in_frames_fit_the_wire_limits() {
         resume_seq: Some(1),
     });
     let len = frame::encoded_len(&ack);
-    assert_eq!(len, HANDSHAKE_OVERHEAD + 1023 + MAX_STRING_LEN);
+    assert_eq!(len, HANDSHAKE_OVERHEAD + 253 + MAX_STRING_LEN);
     let mut buf = bytes::BytesMut::new();
     frame::encode(&ack, &mut buf, len).unwrap();
     // ... but not a frame size below its handshake.
@@ -1558,4 +1561,26 @@ fn incoming_limits_are_read_checked_and_written_back() {
         error(json!({"connections": {"idle_timeout": 0}})),
         "connections.idle_timeout: must be at least 1, got 0"
     );
+}
+
+/// A datacenter's own name goes into every handshake, where the other DCs
+/// accept DNS names only: a name they would refuse fails at start.
+#[test]
+fn datacenter_names_must_be_dns_names() {
+    let label = "a".repeat(64);
+    let long_label = format!("{label}.example.com");
+    assert_eq!(
+        error(json!({"local_host": long_label})),
+        format!(
+            "local_host: \"{long_label}\" is not a DNS name (253 bytes at most, labels of 1 to 63): \
+             other datacenters refuse it on the wire"
+        )
+    );
+    let too_long = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+    assert!(error(json!({"local_host": too_long})).starts_with("local_host: "));
+    assert!(error(json!({"local_host": "dc1..example.com"})).contains("is not a DNS name"));
+    let addr = json!({"global_distrib_addr": {long_label.clone(): [["127.0.0.1", 5555]]}});
+    assert!(error(addr).contains("is not a DNS name"));
+    // The longest label and name accepted.
+    parse(json!({"local_host": format!("{}.example.com", "a".repeat(63))}));
 }

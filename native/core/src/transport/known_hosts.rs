@@ -22,25 +22,7 @@ use crate::store::Store;
 
 /// Least time between two on-demand reads of `hosts`.
 pub(crate) const REREAD_AFTER: Duration = Duration::from_millis(500);
-/// Longest DNS name, in bytes (RFC 1035, without the final dot).
-const MAX_NAME: usize = 253;
-/// Longest DNS label, in bytes.
-const MAX_LABEL: usize = 63;
-
-/// Whether `name` may name a datacenter on the wire: a DNS name of at
-/// most 253 bytes made of labels of 1 to 63 bytes, with no control
-/// character, whitespace, nor `{ } # @ /` (store key and JID delimiters).
-/// Non-ASCII labels (IDN in UTF-8) are allowed, as XMPP domains.
-pub fn valid_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= MAX_LABEL)
-        && !name.chars().any(|c| {
-            c.is_control() || c.is_whitespace() || matches!(c, '{' | '}' | '#' | '@' | '/')
-        })
-}
+pub use crate::config::valid_host_name;
 
 pub(crate) struct KnownHosts {
     local_host: Arc<str>,
