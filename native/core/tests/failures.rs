@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,18 +29,9 @@ fn shared() -> Arc<dyn Backend> {
     Arc::new(EmbeddedBackend::new())
 }
 
-/// Reads until the peer closes; true if it did within the deadline.
+/// Whether the peer closed `s` within the deadline.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
+    support::closed_within(s, WAIT)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use gd_core::store::embedded::EmbeddedBackend;
 use gd_core::store::{Backend, Cmd};
 use gd_core::transport::frame::{self, Frame, Handshake, PayloadKind, PROTOCOL_VERSION};
 use support::dc::{self, host, Dc};
-use support::{free_port, wait_for};
+use support::{closed_within, free_port, wait_for};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -63,20 +63,6 @@ fn stanza(out: &mut BytesMut, seq: u64, origin: &str, target: Option<&str>, to: 
         payload: Bytes::from(format!("m{seq}")),
     });
     frame::encode(&s, out, 1 << 20).unwrap();
-}
-
-/// Reads until the peer closes; true if it did within `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 fn series(d: &Dc) -> usize {

@@ -6,38 +6,20 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use gd_core::config::{BackendKind, Config};
 use gd_core::routing::RouteResult;
-use gd_core::store::redis::RedisBackend;
-use gd_core::store::Backend;
-use support::dc::{self, host, Dc};
+use support::dc::{self, host};
 use support::redis::{Nutcracker, RedisServer};
 use support::wait_for;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn redis_config(n: u32, url: &str) -> Config {
-    let mut c = dc::config(n);
-    c.backend = BackendKind::Redis;
-    c.redis.url = Some(url.to_owned());
-    c.cache.jid_lifetime_seconds = 60;
-    c
-}
-
-fn start_on(n: u32, url: &str) -> Dc {
-    let cfg = redis_config(n, url);
-    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(&cfg.redis).unwrap());
-    dc::start(cfg, backend)
-}
-
 #[test]
 fn routing_goes_on_from_cache_while_redis_restarts_and_state_is_restored() {
     let mut redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
-    let dc2 = start_on(2, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
+    let dc2 = dc::start_on_redis(2, &redis.url());
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     dc1.send("alice@example.com/a", "bob@example.com/b", "before");
@@ -94,7 +76,7 @@ fn routing_goes_on_from_cache_while_redis_restarts_and_state_is_restored() {
     );
 
     // A DC that starts now learns everything from the restored store.
-    let dc3 = start_on(3, &redis.url());
+    let dc3 = dc::start_on_redis(3, &redis.url());
     dc3.login("carol@example.com/c");
     dc3.send("carol@example.com/c", "bob@example.com/b", "after");
     assert!(wait_for(WAIT, || dc2
@@ -108,8 +90,8 @@ fn dcs_talk_through_nutcracker_with_two_redis_servers() {
     let r1 = RedisServer::start();
     let r2 = RedisServer::start();
     let proxy = Nutcracker::start(&[&r1, &r2]);
-    let dc1 = start_on(1, &proxy.url());
-    let dc2 = start_on(2, &proxy.url());
+    let dc1 = dc::start_on_redis(1, &proxy.url());
+    let dc2 = dc::start_on_redis(2, &proxy.url());
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     dc2.rt
@@ -143,7 +125,7 @@ fn dcs_talk_through_nutcracker_with_two_redis_servers() {
 #[test]
 fn a_dead_node_is_pruned_from_the_nodes_hash_on_refresh() {
     let redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
     let key = format!("{}#{{nodes}}", host(1));
     let mut raw = redis.client();
     // A node that last refreshed long before expire_after (120 s).
@@ -157,7 +139,7 @@ fn a_dead_node_is_pruned_from_the_nodes_hash_on_refresh() {
 #[test]
 fn sessions_held_here_stay_local_after_a_redis_flushall() {
     let redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
     dc1.login("alice@example.com/a");
     dc1.login("bob@example.com/b");
     let mut raw = redis.client();

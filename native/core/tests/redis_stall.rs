@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gd_core::config::{BackendKind, Config};
 use gd_core::mapping::Location;
 use gd_core::routing::RouteResult;
 use gd_core::runtime::Runtime;
 use gd_core::store::redis::RedisBackend;
 use gd_core::store::{Backend, Cmd, StoreError};
 use gd_core::transport::frame::PayloadKind;
-use support::dc::{self, host, jid, Dc, Inbox};
+use support::dc::{self, host, jid, Inbox};
 use support::redis::{RawClient, RedisServer};
 use support::wait_for;
 
@@ -29,20 +28,6 @@ const DEADLINE: Duration = Duration::from_millis(1000);
 /// What a caller may wait at most on a failure path.
 const BOUND: Duration = Duration::from_millis(2000);
 const WAIT: Duration = Duration::from_secs(10);
-
-fn redis_config(n: u32, url: &str) -> Config {
-    let mut c = dc::config(n);
-    c.backend = BackendKind::Redis;
-    c.redis.url = Some(url.to_owned());
-    c.cache.jid_lifetime_seconds = 60;
-    c
-}
-
-fn start_on(n: u32, url: &str) -> Dc {
-    let cfg = redis_config(n, url);
-    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(&cfg.redis).unwrap());
-    dc::start(cfg, backend)
-}
 
 /// A TCP server that accepts every connection and never answers.
 fn blackhole() -> u16 {
@@ -70,7 +55,7 @@ fn get(raw: &mut RawClient, key: &str) -> Option<String> {
 #[test]
 fn start_against_a_server_that_never_answers_fails_within_the_bound() {
     let port = blackhole();
-    let cfg = redis_config(1, &format!("redis://127.0.0.1:{port}"));
+    let cfg = dc::redis_config(1, &format!("redis://127.0.0.1:{port}"));
     let (started, took) = timed(|| Runtime::start(cfg, Arc::new(Inbox::default())));
     let Err(e) = started else {
         panic!("start must fail against a server that never answers")
@@ -87,7 +72,7 @@ fn start_against_a_server_that_never_answers_fails_within_the_bound() {
 #[test]
 fn start_against_a_closed_port_fails_at_once() {
     let port = support::free_port();
-    let cfg = redis_config(1, &format!("redis://127.0.0.1:{port}"));
+    let cfg = dc::redis_config(1, &format!("redis://127.0.0.1:{port}"));
     let (started, took) = timed(|| Runtime::start(cfg, Arc::new(Inbox::default())));
     let Err(e) = started else {
         panic!("start must fail without a store")
@@ -106,7 +91,7 @@ fn start_against_a_closed_port_fails_at_once() {
 #[tokio::test]
 async fn a_stalled_server_costs_one_deadline_then_fails_fast() {
     let port = blackhole();
-    let mut cfg = redis_config(1, &format!("redis://127.0.0.1:{port}")).redis;
+    let mut cfg = dc::redis_config(1, &format!("redis://127.0.0.1:{port}")).redis;
     cfg.pool_size = 1;
     let backend = RedisBackend::with_timeout(&cfg, Duration::from_millis(300)).unwrap();
     let get = |k: &str| Cmd::Get { key: k.into() };
@@ -136,7 +121,7 @@ async fn a_stalled_server_costs_one_deadline_then_fails_fast() {
 #[test]
 fn stalled_redis_route_and_session_opened_answer_within_the_deadline() {
     let redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
     dc1.login("alice@example.com/a");
     redis.pause();
 
@@ -201,7 +186,7 @@ fn stalled_redis_route_and_session_opened_answer_within_the_deadline() {
 #[test]
 fn session_opened_as_the_first_call_on_a_stalled_redis_answers_within_the_deadline() {
     let redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
     redis.pause();
     let (_, took) = timed(|| dc1.login("carol@example.com/c"));
     eprintln!("session_opened, first call on a stalled Redis: {took:?}");
@@ -218,8 +203,8 @@ fn session_opened_as_the_first_call_on_a_stalled_redis_answers_within_the_deadli
 #[test]
 fn redis_killed_mid_traffic_fails_fast_and_recovers() {
     let mut redis = RedisServer::start();
-    let dc1 = start_on(1, &redis.url());
-    let dc2 = start_on(2, &redis.url());
+    let dc1 = dc::start_on_redis(1, &redis.url());
+    let dc2 = dc::start_on_redis(2, &redis.url());
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     dc1.send("alice@example.com/a", "bob@example.com/b", "before");

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gd_core::config::{Config, Endpoint};
+use gd_core::config::{BackendKind, Config, Endpoint};
 use gd_core::jid::Jid;
 use gd_core::routing::{Delivered, Delivery, Envelope, Reason, RouteResult};
 use gd_core::runtime::{Runtime, StartOptions};
+use gd_core::store::redis::RedisBackend;
 use gd_core::store::Backend;
 use gd_core::transport::frame::PayloadKind;
 use parking_lot::Mutex;
@@ -159,4 +160,21 @@ pub fn linked_through_proxy(
     dc1.login("alice@example.com/a");
     dc2.login("bob@example.com/b");
     (dc1, dc2, proxy)
+}
+
+/// `config(n)` on the Redis backend at `url`, with JID answers cached for a
+/// minute (routing must go on from the cache while Redis is away).
+pub fn redis_config(n: u32, url: &str) -> Config {
+    let mut c = config(n);
+    c.backend = BackendKind::Redis;
+    c.redis.url = Some(url.to_owned());
+    c.cache.jid_lifetime_seconds = 60;
+    c
+}
+
+/// DC `n` on the Redis at `url`.
+pub fn start_on_redis(n: u32, url: &str) -> Dc {
+    let cfg = redis_config(n, url);
+    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(&cfg.redis).unwrap());
+    start(cfg, backend)
 }

@@ -8,6 +8,8 @@ pub mod dc;
 pub mod faultproxy;
 pub mod redis;
 
+use std::io::Read;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Polls `cond` until it holds or `deadline` passes; returns whether it held.
@@ -43,5 +45,20 @@ pub fn wait_for<F: FnMut() -> bool>(deadline: Duration, mut cond: F) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads (and drops) until the peer closes `s`; true if it did within
+/// `within` (a reset counts as closed).
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
     }
 }
