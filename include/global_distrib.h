@@ -255,9 +255,18 @@ typedef void (*gd_log_fn)(void *user_data, enum gd_log_level level, const char *
  * The host's callbacks, copied by `gd_runtime_new`. Any of them may be
  * NULL (that event is then dropped).
  *
- * Threading: callbacks run on the runtime's own threads, possibly several
- * at once, and during `gd_runtime_stop`/`gd_runtime_free` also on the
- * thread calling those. They must return quickly and must not call any
+ * Threading: `deliver` and `undeliverable` run on the runtime's delivery
+ * threads (`connections.delivery_threads`, default 2), never on its network
+ * threads, possibly several at once; one sender's stanzas always run on the
+ * same thread, in order. A slow callback delays the stanzas behind it on
+ * its thread; once the callbacks have `connections.max_unconfirmed_deliveries`
+ * stanzas (or `_bytes`) to run, the runtime stops reading from the other
+ * DCs until they catch up (the senders then feel the back-pressure).
+ * `gd_runtime_stop` returns once every callback queued before it has run;
+ * `gd_runtime_free` returns once no callback runs any more (it waits for
+ * the running ones however long they take: `user_data` may be released
+ * right after). `log` runs on whichever thread logs.
+ * Callbacks must not call any
  * blocking function of this API (those return `GD_STATUS_IN_CALLBACK`);
  * allowed inside a callback: `gd_route_try`, `gd_metrics_json`,
  * `gd_metrics_prometheus`, `gd_runtime_listen_port`,
@@ -424,7 +433,8 @@ enum gd_status gd_runtime_new_with_store(const char *config_text,
 /**
  * Graceful stop: stop accepting and refreshing, flush queued stanzas
  * within `timeout_ms`, report the rest through `undeliverable` (reason
- * "stopped"; those callbacks may run on the calling thread). Afterwards
+ * "stopped"), and wait until every callback reported so far has run (on
+ * the delivery threads). Afterwards
  * only metrics, `gd_runtime_listen_port` and `gd_runtime_free` work; other
  * calls return `GD_STATUS_STOPPED`. Idempotent. `*undeliverable_out`, when
  * not NULL, receives how many stanzas were reported undeliverable.
@@ -443,8 +453,9 @@ enum gd_status gd_runtime_stop(struct gd_runtime *rt,
  * and releases it. Takes ownership of `rt`: it must not be used
  * afterwards. NULL is accepted and ignored. Blocks; not allowed inside a
  * callback (returns `GD_STATUS_IN_CALLBACK` and frees nothing). After it
- * returns no callback of this runtime runs any more (the runtime's threads
- * are given 1 s to finish the callbacks they are in).
+ * returns no callback of this runtime runs any more: it runs what the
+ * delivery threads still hold and waits for the callbacks in progress,
+ * however long they take.
  *
  * # Safety
  * Every pointer argument is NULL or valid as described above; a NULL

@@ -40,7 +40,8 @@
          node_name_over_wire_limit_is_refused/1,
          application_stop_stops_every_runtime/1,
          killed_worker_stanzas_go_to_successor/1,
-         random_worker_kills_lose_nothing/1]).
+         random_worker_kills_lose_nothing/1,
+         slow_worker_pushes_back_to_the_sender/1]).
 
 -define(GLOBAL, <<"example.com">>).
 -define(WAIT, 10000).
@@ -88,7 +89,9 @@ groups() ->
      {lifecycle, [],
       [application_stop_stops_every_runtime,
        killed_worker_stanzas_go_to_successor,
-       random_worker_kills_lose_nothing]}].
+       random_worker_kills_lose_nothing,
+       %% issue 11, item 2: credits.
+       slow_worker_pushes_back_to_the_sender]}].
 
 %%--------------------------------------------------------------------
 %% Setup: the long_schedule watcher lives for the whole suite.
@@ -1173,3 +1176,64 @@ first_occurrences(L) ->
                                       end
                               end, {[], sets:new()}, L),
     lists:reverse(Firsts).
+
+%% A delivery worker that blocks: the runtime hands it no more than
+%% max_unconfirmed_deliveries stanzas (its mailbox stays small), stops
+%% reading from dc1, whose queue towards dc2 fills (outgoing.queue_full);
+%% what dc1 could not queue waits in its bounce. Once the worker runs again,
+%% every stanza ends exactly once: delivered, or reported to dc1's host.
+slow_worker_pushes_back_to_the_sender(_Config) ->
+    Store = global_distrib:new_store(),
+    Cfg1 = dc_config(1),
+    Conn1 = maps:get(connections, Cfg1),
+    {R1, Tab1} = start_dc(Cfg1#{connections => Conn1#{outgoing_queue_size => 100}}, Store),
+    Tab = ets:new(inbox, [ordered_set, public]),
+    Gate = ets:new(gate, [public]),
+    Cb = fun(deliver, _Meta, P) ->
+                 wait_gate(Gate),
+                 ets:insert(Tab, {erlang:unique_integer([monotonic]), P})
+         end,
+    Cfg2 = dc_config(2),
+    Conn2 = maps:get(connections, Cfg2),
+    {ok, R2} = global_distrib:start(Cfg2#{connections => Conn2#{max_unconfirmed_deliveries => 20}},
+                                    #{store => Store, callback => Cb, workers => 1}),
+    put(gd_dcs, [R2 | get_dcs()]),
+    Alice = <<"alice@example.com/a">>,
+    Bob = <<"bob@example.com/b">>,
+    ok = global_distrib:session_opened(R1, Alice),
+    ok = global_distrib:session_opened(R2, Bob),
+    [Worker] = global_distrib:workers(R2),
+    Total = 3000,
+    Results = [global_distrib:route(R1, Alice, Bob, message, integer_to_binary(I))
+               || I <- lists:seq(1, Total)],
+    RefusedAtOnce = length([R || {undeliverable, _} = R <- Results]),
+    Counter = fun(Rt, Name) -> maps:get(Name, global_distrib:metrics(Rt), 0) end,
+    QueueFull = <<"global.mod_global_distrib.outgoing.queue_full.dc2.example.com">>,
+    wait_until(fun() -> Counter(R1, QueueFull) > 0 end),
+    #{unconfirmed := Held, host_waits := Waits} = global_distrib:info(R2),
+    ct:log("held by the worker: ~p, waits: ~p, mailbox: ~p",
+           [Held, Waits, erlang:process_info(Worker, message_queue_len)]),
+    ?assert(Held >= 1 andalso Held =< 20),
+    ?assert(Waits >= 1),
+    {message_queue_len, Mailbox} = erlang:process_info(Worker, message_queue_len),
+    ?assert(Mailbox =< 20),
+    ?assert(Counter(R2, <<"global.mod_global_distrib.incoming.host_waits">>) >= 1),
+    ets:insert(Gate, {open}),
+    Ended = fun() ->
+                    Delivered = ets:info(Tab, size),
+                    Reported = length([x || {_, undeliverable, _, _} <- ets:tab2list(Tab1)]),
+                    Delivered + Reported + RefusedAtOnce
+            end,
+    wait_until(fun() -> Ended() >= Total end),
+    timer:sleep(300),
+    ?assertEqual(Total, Ended()),
+    Bodies = [P || {_, P} <- ets:tab2list(Tab)],
+    ?assertEqual(length(Bodies), length(lists:usort(Bodies))),
+    ?assertMatch(#{unconfirmed := 0, delivered_lost := 0}, global_distrib:info(R2)),
+    vm_alive().
+
+wait_gate(Gate) ->
+    case ets:member(Gate, open) of
+        true -> ok;
+        false -> timer:sleep(2), wait_gate(Gate)
+    end.

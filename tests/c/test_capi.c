@@ -433,6 +433,119 @@ static void test_rebalance_now(void) {
     inbox_destroy(&in2b);
 }
 
+/* A metric's value in the JSON of gd_metrics_json (0 when absent). */
+static long long metric(gd_runtime *rt, const char *name) {
+    char *json = NULL;
+    CHECK_OK(gd_metrics_json(rt, &json));
+    char key[512];
+    snprintf(key, sizeof key, "\"%s\":", name);
+    const char *at = strstr(json, key);
+    long long v = at ? strtoll(at + strlen(key), NULL, 10) : 0;
+    CHECK_OK(gd_string_free(json));
+    return v;
+}
+
+typedef struct {
+    atomic_int entered;  /* callbacks that started */
+    atomic_int release;  /* set by the test: blocked callbacks return */
+    atomic_int finished; /* callbacks that returned */
+    long sleep_ms;       /* > 0: sleep this long instead of waiting for release */
+} gate_ctx;
+
+/* A slow host: the callback blocks until the test releases it. */
+static void gated(inbox *in, const gd_delivery *d) {
+    (void)d;
+    gate_ctx *g = in->ctx;
+    atomic_fetch_add(&g->entered, 1);
+    if (g->sleep_ms > 0) {
+        nap_ms(g->sleep_ms);
+    } else {
+        while (!atomic_load(&g->release)) nap_ms(1);
+    }
+    atomic_fetch_add(&g->finished, 1);
+}
+
+/* A host whose callback blocks: the runtime stops reading once the
+ * callbacks hold max_unconfirmed_deliveries stanzas, the sender's queue
+ * bound fills (outgoing.queue_full), the rest ends in bounce and then
+ * undeliverable; the blocked host's own network and routing keep working
+ * meanwhile (callbacks never run on I/O threads); every stanza ends once
+ * it is released; gd_runtime_free waits for a callback in progress. */
+static void test_slow_host(void) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in1, in2;
+    inbox_init(&in1);
+    inbox_init(&in2);
+    in1.quiet = in2.quiet = 1;
+    gd_runtime *dc1 = start_dc_with(1, store, &in1, "connections.outgoing_queue_size = 100\n");
+    gd_runtime *dc2 = start_dc_with(2, store, &in2,
+                                    "connections.max_unconfirmed_deliveries = 20\n"
+                                    "connections.delivery_threads = 1\n");
+    CHECK_OK(gd_store_free(store));
+    CHECK_OK(gd_session_opened(dc1, "alice@example.com/a"));
+    CHECK_OK(gd_session_opened(dc2, "bob@example.com/b"));
+
+    gate_ctx gate = {0};
+    in2.ctx = &gate;
+    in2.on_deliver = gated;
+    gd_route_result r;
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "first", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(wait_count(&in2.delivered, 1, WAIT_MS));
+
+    const size_t total = 3000;
+    size_t refused_at_once = 0;
+    for (size_t i = 1; i < total; i++) {
+        route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "more", &r);
+        if (r.kind == GD_ROUTE_KIND_UNDELIVERABLE) refused_at_once++;
+    }
+    /* Back-pressure reached the sender: its queue towards dc2 filled. */
+    double until = now_ms() + WAIT_MS;
+    while (metric(dc1, "global.mod_global_distrib.outgoing.queue_full.dc2.example.com") == 0 &&
+           now_ms() < until)
+        nap_ms(10);
+    CHECK(metric(dc1, "global.mod_global_distrib.outgoing.queue_full.dc2.example.com") > 0);
+    /* The host holds no more than its credits allow, and it was waited for. */
+    long long held = metric(dc2, "global.mod_global_distrib.incoming.host_unconfirmed");
+    CHECK(held >= 1 && held <= 20);
+    CHECK(metric(dc2, "global.mod_global_distrib.incoming.host_waits") >= 1);
+    CHECK(atomic_load(&gate.finished) == 0);
+
+    /* dc2's network and routing are not stalled by its blocked callback. */
+    size_t at1 = atomic_load(&in1.delivered);
+    route_ok(dc2, "bob@example.com/b", "alice@example.com/a", "while blocked", &r);
+    CHECK(r.kind == GD_ROUTE_KIND_FORWARDED);
+    CHECK(wait_count(&in1.delivered, at1 + 1, WAIT_MS));
+
+    /* Released: every stanza ends, delivered (bounce held what the full
+     * queue refused and resends it) or reported, none twice. */
+    atomic_store(&gate.release, 1);
+    until = now_ms() + WAIT_MS;
+    while (atomic_load(&in2.delivered) + atomic_load(&in1.undeliverable) + refused_at_once < total &&
+           now_ms() < until)
+        nap_ms(10);
+    CHECK(atomic_load(&in2.delivered) + atomic_load(&in1.undeliverable) + refused_at_once == total);
+    CHECK(atomic_load(&in2.delivered) >= 20);
+    nap_ms(300); /* nothing arrives twice */
+    CHECK(atomic_load(&in2.delivered) + atomic_load(&in1.undeliverable) + refused_at_once == total);
+
+    /* gd_runtime_free returns only after the callback in progress. */
+    gate.sleep_ms = 300;
+    int entered = atomic_load(&gate.entered);
+    int finished = atomic_load(&gate.finished);
+    route_ok(dc1, "alice@example.com/a", "bob@example.com/b", "last", &r);
+    until = now_ms() + WAIT_MS;
+    while (atomic_load(&gate.entered) == entered && now_ms() < until) nap_ms(1);
+    CHECK(atomic_load(&gate.entered) == entered + 1);
+    CHECK_OK(gd_runtime_free(dc2));
+    CHECK(atomic_load(&gate.finished) == finished + 1);
+
+    CHECK_OK(gd_runtime_free(dc1));
+    inbox_destroy(&in1);
+    inbox_destroy(&in2);
+}
+
 /* argv[1], argv[2]: certificate directories of two different CAs
  * (gen_certs.sh); without them the TLS test is skipped. */
 int main(int argc, char **argv) {
@@ -446,6 +559,8 @@ int main(int argc, char **argv) {
     printf("ok - two DCs exchange stanzas through the callbacks, both directions\n");
     test_rebalance_now();
     printf("ok - gd_rebalance_now uses a new endpoint of a DC at once\n");
+    test_slow_host();
+    printf("ok - a slow callback: bounded, back-pressure to the sender, free waits for it\n");
     if (argc > 2) {
         test_tls(argv[1], argv[2]);
         printf("ok - mutual TLS: same CA exchanges, another CA is refused\n");

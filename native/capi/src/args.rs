@@ -109,5 +109,5 @@ pub(crate) fn not_in_callback(function: &str) -> Result<()> {
 }
 
 fn tokio_context() -> bool {
-    tokio::runtime::Handle::try_current().is_ok()
+    tokio::runtime::Handle::try_current().is_ok() || crate::callbacks::on_delivery_thread()
 }

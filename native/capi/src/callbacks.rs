@@ -4,10 +4,16 @@
 //! stanza once a thread has warmed up, and nothing outlives the call.
 
 use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
+use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
-use gd_core::routing::{Delivered, Delivery, Envelope, Reason};
+use gd_core::credits::Credits;
+use gd_core::routing::{sender_key, Delivered, Delivery, Envelope, Reason};
 use gd_core::transport::frame::PayloadKind;
 
 /// What a payload is (travels with the stanza; the receiver skips the
@@ -106,9 +112,18 @@ pub type gd_log_fn = Option<
 /// The host's callbacks, copied by `gd_runtime_new`. Any of them may be
 /// NULL (that event is then dropped).
 ///
-/// Threading: callbacks run on the runtime's own threads, possibly several
-/// at once, and during `gd_runtime_stop`/`gd_runtime_free` also on the
-/// thread calling those. They must return quickly and must not call any
+/// Threading: `deliver` and `undeliverable` run on the runtime's delivery
+/// threads (`connections.delivery_threads`, default 2), never on its network
+/// threads, possibly several at once; one sender's stanzas always run on the
+/// same thread, in order. A slow callback delays the stanzas behind it on
+/// its thread; once the callbacks have `connections.max_unconfirmed_deliveries`
+/// stanzas (or `_bytes`) to run, the runtime stops reading from the other
+/// DCs until they catch up (the senders then feel the back-pressure).
+/// `gd_runtime_stop` returns once every callback queued before it has run;
+/// `gd_runtime_free` returns once no callback runs any more (it waits for
+/// the running ones however long they take: `user_data` may be released
+/// right after). `log` runs on whichever thread logs.
+/// Callbacks must not call any
 /// blocking function of this API (those return `GD_STATUS_IN_CALLBACK`);
 /// allowed inside a callback: `gd_route_try`, `gd_metrics_json`,
 /// `gd_metrics_prometheus`, `gd_runtime_listen_port`,
@@ -137,11 +152,225 @@ unsafe impl Send for UserData {}
 // SAFETY: as above.
 unsafe impl Sync for UserData {}
 
-/// `Delivery` over the C callbacks.
-pub(crate) struct CDelivery {
+/// The host's two stanza callbacks and their `user_data`.
+#[derive(Clone, Copy)]
+pub(crate) struct StanzaCallbacks {
     pub user_data: UserData,
     pub deliver: gd_deliver_fn,
     pub undeliverable: gd_undeliverable_fn,
+}
+
+/// One callback to make.
+enum Job {
+    Deliver(Delivered),
+    Undeliverable(Envelope, Reason),
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Deliver(d) => d.envelope.payload.len(),
+            Job::Undeliverable(e, _) => e.payload.len(),
+        }
+    }
+}
+
+/// The queue of one delivery thread.
+#[derive(Default)]
+struct LaneState {
+    jobs: VecDeque<Job>,
+    /// The thread is running callbacks taken off `jobs`.
+    busy: bool,
+    /// No more jobs come: the thread ends once `jobs` is empty.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+    /// Signalled when jobs arrive, when the lane closes, and when the
+    /// thread goes idle (for [`CDelivery::drain`]).
+    changed: Condvar,
+}
+
+/// Jobs a delivery thread takes off its queue at once.
+const JOBS_AT_ONCE: usize = 64;
+
+thread_local! {
+    /// Set on delivery threads: blocking API calls refuse to run there.
+    static ON_DELIVERY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the delivery threads (inside a
+/// callback).
+pub(crate) fn on_delivery_thread() -> bool {
+    ON_DELIVERY_THREAD.with(|c| c.get())
+}
+
+/// `Delivery` over the C callbacks. The callbacks run on delivery threads
+/// of their own, never on the runtime's I/O threads: a slow callback
+/// delays only the stanzas behind it on its thread, not the network, the
+/// acknowledgements or the other DCs' links. One sender's stanzas always go
+/// to the same thread, so they keep their order. What the threads hold is
+/// bounded by the host's credits (`connections.max_unconfirmed_deliveries`
+/// and `_bytes`): the runtime stops reading from the network while the
+/// callbacks have that much to run. Bounce's hand-backs and undeliverable
+/// reports are not held back (their sources are bounded themselves).
+pub(crate) struct CDelivery {
+    callbacks: StanzaCallbacks,
+    global_host: String,
+    lanes: Arc<[Lane]>,
+    credits: Arc<Credits>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl CDelivery {
+    /// Starts `threads` delivery threads (at least one).
+    pub(crate) fn start(
+        callbacks: StanzaCallbacks,
+        global_host: String,
+        threads: usize,
+        credits: Credits,
+    ) -> std::io::Result<CDelivery> {
+        let lanes: Arc<[Lane]> = (0..threads.max(1)).map(|_| Lane::default()).collect();
+        let credits = Arc::new(credits);
+        let mut handles = Vec::with_capacity(lanes.len());
+        for i in 0..lanes.len() {
+            let (mine, credits) = (lanes.clone(), credits.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("gd-deliver-{i}"))
+                .spawn(move || run_lane(&mine[i], &callbacks, &credits));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    close_and_join(&lanes, handles);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(CDelivery {
+            callbacks,
+            global_host,
+            lanes,
+            credits,
+            threads: Mutex::new(handles),
+        })
+    }
+
+    fn lane_of(&self, from: &gd_core::jid::Jid) -> usize {
+        let mut h = DefaultHasher::new();
+        sender_key(from, &self.global_host).hash(&mut h);
+        (h.finish() % self.lanes.len() as u64) as usize
+    }
+
+    fn push(&self, lane: usize, jobs: impl IntoIterator<Item = Job>) {
+        let lane = &self.lanes[lane];
+        let mut st = lane.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut late = Vec::new();
+        for job in jobs {
+            self.credits.taken(1, job.bytes());
+            if st.closed {
+                late.push(job);
+            } else {
+                st.jobs.push_back(job);
+            }
+        }
+        drop(st);
+        lane.changed.notify_all();
+        // After free began (the runtime's last reports while it stops):
+        // run here, before free returns.
+        for job in late {
+            run_job(&self.callbacks, job, &self.credits);
+        }
+    }
+
+    /// Waits until every callback queued so far has run.
+    pub(crate) fn drain(&self) {
+        for lane in self.lanes.iter() {
+            let mut st = lane.state.lock().unwrap_or_else(|e| e.into_inner());
+            while !st.jobs.is_empty() || st.busy {
+                st = lane.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Runs what is queued, ends the threads and waits for them: after it,
+    /// no callback runs on them. Idempotent.
+    pub(crate) fn close(&self) {
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        close_and_join(&self.lanes, handles);
+    }
+}
+
+fn close_and_join(lanes: &[Lane], handles: Vec<JoinHandle<()>>) {
+    for lane in lanes {
+        lane.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        lane.changed.notify_all();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+/// A delivery thread: runs its lane's callbacks in order until closed and empty.
+fn run_lane(lane: &Lane, callbacks: &StanzaCallbacks, credits: &Credits) {
+    ON_DELIVERY_THREAD.with(|c| c.set(true));
+    let mut jobs = Vec::with_capacity(JOBS_AT_ONCE);
+    loop {
+        {
+            let mut st = lane.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.busy = false;
+            lane.changed.notify_all();
+            while st.jobs.is_empty() {
+                if st.closed {
+                    return;
+                }
+                st = lane.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            let n = st.jobs.len().min(JOBS_AT_ONCE);
+            jobs.extend(st.jobs.drain(..n));
+            st.busy = true;
+        }
+        for job in jobs.drain(..) {
+            run_job(callbacks, job, credits);
+        }
+    }
+}
+
+/// One callback; its credit is returned once it has returned.
+fn run_job(cb: &StanzaCallbacks, job: Job, credits: &Credits) {
+    let bytes = job.bytes();
+    let ud = cb.user_data;
+    match job {
+        Job::Deliver(d) => {
+            if let Some(f) = cb.deliver {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    with_delivery(
+                        &d.envelope,
+                        d.from_host.as_deref(),
+                        d.transfer_time_us,
+                        d.unrouted,
+                        |cd| {
+                            // SAFETY: a host-supplied callback, called as documented.
+                            unsafe { f(ud.0, cd) }
+                        },
+                    )
+                }));
+            }
+        }
+        Job::Undeliverable(env, reason) => {
+            if let Some(f) = cb.undeliverable {
+                let reason = reason_cstr(reason);
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    with_delivery(&env, None, 0, None, |cd| {
+                        // SAFETY: a host-supplied callback, called as documented.
+                        unsafe { f(ud.0, cd, reason) }
+                    })
+                }));
+            }
+        }
+    }
+    credits.returned(1, bytes);
 }
 
 thread_local! {
@@ -202,32 +431,27 @@ fn with_delivery(
 
 impl Delivery for CDelivery {
     fn deliver(&self, d: Delivered) {
-        let Some(cb) = self.deliver else { return };
-        let ud = self.user_data;
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            with_delivery(
-                &d.envelope,
-                d.from_host.as_deref(),
-                d.transfer_time_us,
-                d.unrouted,
-                |cd| {
-                    // SAFETY: a host-supplied callback, called as documented.
-                    unsafe { cb(ud.0, cd) }
-                },
-            )
-        }));
+        let lane = self.lane_of(&d.envelope.from);
+        self.push(lane, [Job::Deliver(d)]);
+    }
+
+    fn deliver_many(&self, batch: &mut Vec<Delivered>) {
+        if self.lanes.len() == 1 {
+            self.push(0, batch.drain(..).map(Job::Deliver));
+            return;
+        }
+        for d in batch.drain(..) {
+            self.deliver(d);
+        }
     }
 
     fn undeliverable(&self, env: Envelope, reason: Reason) {
-        let Some(cb) = self.undeliverable else { return };
-        let ud = self.user_data;
-        let reason = reason_cstr(reason);
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            with_delivery(&env, None, 0, None, |cd| {
-                // SAFETY: a host-supplied callback, called as documented.
-                unsafe { cb(ud.0, cd, reason) }
-            })
-        }));
+        let lane = self.lane_of(&env.from);
+        self.push(lane, [Job::Undeliverable(env, reason)]);
+    }
+
+    fn credits(&self) -> Option<&Credits> {
+        Some(&self.credits)
     }
 }
 

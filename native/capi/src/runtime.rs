@@ -13,9 +13,10 @@ use gd_core::runtime::{OriginError, Runtime, StartOptions};
 use gd_core::store::{Backend, EmbeddedBackend};
 
 use crate::args::{jid_arg, non_null, not_in_callback, out_ptr, str_arg};
-use crate::callbacks::{gd_callbacks, gd_log_level, CDelivery, UserData};
+use crate::callbacks::{gd_callbacks, gd_log_level, CDelivery, StanzaCallbacks, UserData};
 use crate::error::{boundary, gd_status, Error, Result};
 use crate::log::Registration;
+use gd_core::credits::Credits;
 
 /// Format of the configuration text given to `gd_runtime_new`. Functions
 /// take it as `uint32_t`.
@@ -40,6 +41,7 @@ pub struct gd_runtime {
     /// until free (one per remote DC ever routed to).
     hosts: Mutex<HashMap<Arc<str>, CString>>,
     log: Option<Registration>,
+    delivery: Arc<CDelivery>,
 }
 
 /// An embedded (in-process) metadata store. Runtimes created with the same
@@ -84,6 +86,10 @@ impl Drop for gd_runtime {
         if !self.stopped.swap(true, Ordering::AcqRel) {
             self.rt.stop(Duration::from_millis(500));
         }
+        // No callback runs after free returns: the delivery threads run
+        // what they hold and end (what the runtime still reports while it
+        // drops runs on this thread).
+        self.delivery.close();
     }
 }
 
@@ -126,21 +132,38 @@ unsafe fn new_runtime(
     let log = cb
         .log
         .map(|f| Registration::new(&config.local_host, cb.log_level, f, cb.user_data));
-    let delivery = Arc::new(CDelivery {
-        user_data: UserData(cb.user_data),
-        deliver: cb.deliver,
-        undeliverable: cb.undeliverable,
-    });
+    let limits = &config.connections.limits;
+    let delivery = CDelivery::start(
+        StanzaCallbacks {
+            user_data: UserData(cb.user_data),
+            deliver: cb.deliver,
+            undeliverable: cb.undeliverable,
+        },
+        config.global_host.clone(),
+        limits.delivery_threads,
+        Credits::new(
+            limits.max_unconfirmed_deliveries,
+            limits.max_unconfirmed_delivery_bytes,
+        ),
+    )
+    .map_err(|e| {
+        Error::new(
+            gd_status::Start,
+            format!("cannot start a delivery thread: {e}"),
+        )
+    })?;
+    let delivery = Arc::new(delivery);
     let opts = StartOptions {
         backend,
         ..StartOptions::default()
     };
     let guard = log.as_ref().map(|l| l.enter());
-    let started = Runtime::start_with(config, delivery, opts);
+    let started = Runtime::start_with(config, delivery.clone(), opts);
     drop(guard);
     let rt = match started {
         Ok(rt) => rt,
         Err(e) => {
+            delivery.close();
             let message = format!("cannot start the runtime: {e}");
             if let Some(l) = &log {
                 l.emit(gd_log_level::Error, &message);
@@ -157,6 +180,7 @@ unsafe fn new_runtime(
         stopped: AtomicBool::new(false),
         hosts: Mutex::new(HashMap::new()),
         log,
+        delivery,
     }));
     Ok(())
 }
@@ -212,7 +236,8 @@ pub unsafe extern "C" fn gd_runtime_new_with_store(
 
 /// Graceful stop: stop accepting and refreshing, flush queued stanzas
 /// within `timeout_ms`, report the rest through `undeliverable` (reason
-/// "stopped"; those callbacks may run on the calling thread). Afterwards
+/// "stopped"), and wait until every callback reported so far has run (on
+/// the delivery threads). Afterwards
 /// only metrics, `gd_runtime_listen_port` and `gd_runtime_free` work; other
 /// calls return `GD_STATUS_STOPPED`. Idempotent. `*undeliverable_out`, when
 /// not NULL, receives how many stanzas were reported undeliverable.
@@ -236,6 +261,8 @@ pub unsafe extern "C" fn gd_runtime_stop(
         if !rt.stopped.swap(true, Ordering::AcqRel) {
             n = rt.rt.stop(Duration::from_millis(timeout_ms)).undeliverable;
         }
+        // Everything reported so far has reached its callback.
+        rt.delivery.drain();
         // SAFETY: NULL or writable, per the docs.
         if let Some(out) = unsafe { undeliverable_out.as_mut() } {
             *out = n;
@@ -248,8 +275,9 @@ pub unsafe extern "C" fn gd_runtime_stop(
 /// and releases it. Takes ownership of `rt`: it must not be used
 /// afterwards. NULL is accepted and ignored. Blocks; not allowed inside a
 /// callback (returns `GD_STATUS_IN_CALLBACK` and frees nothing). After it
-/// returns no callback of this runtime runs any more (the runtime's threads
-/// are given 1 s to finish the callbacks they are in).
+/// returns no callback of this runtime runs any more: it runs what the
+/// delivery threads still hold and waits for the callbacks in progress,
+/// however long they take.
 ///
 /// # Safety
 /// Every pointer argument is NULL or valid as described above; a NULL

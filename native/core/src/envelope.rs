@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::RngCore;
 
+use crate::credits::Credits;
 use crate::jid::Jid;
 use crate::transport::frame::PayloadKind;
 
@@ -180,6 +181,13 @@ pub trait Delivery: Send + Sync + 'static {
         for d in batch.drain(..) {
             self.deliver(d);
         }
+    }
+    /// What the host holds and has not finished with, when it counts it:
+    /// received stanzas then wait while the host is at its limit (see
+    /// [`Credits`]). `None`: the host takes everything at once (it must
+    /// not block).
+    fn credits(&self) -> Option<&Credits> {
+        None
     }
 }
 

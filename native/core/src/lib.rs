@@ -13,7 +13,7 @@
 //!
 //! Imports point down only (`tests/layers.rs` checks it): `runtime` →
 //! `transport::listener` → `routing` (owns `bounce`) → `transport::outgoing`
-//! → `transport::conn` → `transport::queue` → `envelope` → `jid`. The
+//! → `transport::conn` → `transport::queue` → `envelope` → `jid`, `credits`. The
 //! transport gives stanzas it cannot deliver back on a channel the router
 //! drains; it never calls routing or bounce.
 
@@ -24,6 +24,7 @@
 
 pub mod bounce;
 pub mod config;
+pub mod credits;
 pub mod envelope;
 pub mod jid;
 pub mod mapping;

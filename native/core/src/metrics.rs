@@ -50,6 +50,15 @@ pub mod names {
     pub const STOP_TTL_ZERO: &str = "global.mod_global_distrib.stop_ttl_zero";
     /// Stanzas currently held by bounce, on this node (gauge).
     pub const BOUNCE_QUEUE_SIZE: &str = "global.mod_global_distrib.bounce_queue_size";
+    /// Beyond the seed: received stanzas handed to the host and not yet
+    /// finished by it (Erlang workers' confirmations, C callbacks
+    /// returned); at `connections.max_unconfirmed_deliveries` the node
+    /// stops reading from other DCs (gauge).
+    pub const INCOMING_HOST_UNCONFIRMED: &str =
+        "global.mod_global_distrib.incoming.host_unconfirmed";
+    /// Beyond the seed: times a dispatch shard found the host at its limit
+    /// and waited for it (counter).
+    pub const INCOMING_HOST_WAITS: &str = "global.mod_global_distrib.incoming.host_waits";
     /// Beyond the seed: host names from remote input that are not a known
     /// DC (or not a valid DNS name) and were ignored: a handshake's
     /// `local_host` (the connection is refused), a frame's `target` or

@@ -476,6 +476,9 @@ async fn build(
     let metrics = Arc::new(Metrics::with_host_limit(
         config.connections.limits.max_metric_hosts,
     ));
+    if let Some(credits) = delivery.credits() {
+        credits.show_in(&metrics);
+    }
     let local_host: Arc<str> = Arc::from(config.local_host.as_str());
     // What this node holds: written through by the refresher, and asked
     // first by every lookup (own sessions are local whatever the store says).

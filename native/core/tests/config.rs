@@ -893,9 +893,9 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     assert_eq!(
         error(json!({"connections": {"endpoint": []}})),
         "connections.endpoint: unknown option (expected one of: advertised_endpoints, connections_per_endpoint, \
-         disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
+         delivery_threads, disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
          handshake_timeout, idle_timeout, max_frame_size, max_incoming_buffer, max_incoming_connections, \
-         max_incoming_per_host, max_metric_hosts, outgoing_queue_size, resolved_endpoints, tls)"
+         max_incoming_per_host, max_metric_hosts, max_unconfirmed_deliveries, max_unconfirmed_delivery_bytes, outgoing_queue_size, resolved_endpoints, tls)"
     );
     assert_eq!(
         error(json!({"bounce": {"retries": 1}})),
@@ -1537,6 +1537,9 @@ fn incoming_limits_are_read_checked_and_written_back() {
         connections.idle_timeout = 30
         connections.max_incoming_buffer = 33554432
         connections.max_metric_hosts = 16
+        connections.max_unconfirmed_deliveries = 50
+        connections.max_unconfirmed_delivery_bytes = 4096
+        connections.delivery_threads = 3
         "#,
     )
     .unwrap();
@@ -1550,6 +1553,9 @@ fn incoming_limits_are_read_checked_and_written_back() {
             idle_timeout: 30,
             max_incoming_buffer: 32 * 1024 * 1024,
             max_metric_hosts: 16,
+            max_unconfirmed_deliveries: 50,
+            max_unconfirmed_delivery_bytes: 4096,
+            delivery_threads: 3,
         }
     );
     assert_eq!(Config::from_json_str(&c.to_json()).unwrap(), c);
@@ -1560,6 +1566,14 @@ fn incoming_limits_are_read_checked_and_written_back() {
     assert_eq!(
         error(json!({"connections": {"idle_timeout": 0}})),
         "connections.idle_timeout: must be at least 1, got 0"
+    );
+    assert_eq!(
+        error(json!({"connections": {"max_unconfirmed_deliveries": 0}})),
+        "connections.max_unconfirmed_deliveries: must be at least 1, got 0"
+    );
+    assert_eq!(
+        error(json!({"connections": {"delivery_threads": 65}})),
+        "connections.delivery_threads: must be at most 64, got 65"
     );
 }
 

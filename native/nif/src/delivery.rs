@@ -20,12 +20,20 @@
 //! runtime (what the dead worker had been sent was in memory already and is
 //! never dropped for the bound); beyond that, or when the runtime stops
 //! with stanzas still waiting, they are counted `delivered_lost` and logged.
+//!
+//! The same confirmations are the host's credits ([`Credits`]): a stanza
+//! counts from the moment it is handed over until its worker confirms it
+//! (or it is lost), and the runtime stops reading from the network while
+//! the workers hold `max_unconfirmed` stanzas or `max_unconfirmed_bytes`
+//! payload bytes: slow workers slow the sending DCs down instead of
+//! growing their mailboxes.
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gd_core::credits::Credits;
 use gd_core::routing::{sender_key, Delivered, Delivery, Envelope, Reason};
 use gd_core::transport::frame::PayloadKind;
 use parking_lot::Mutex;
@@ -211,16 +219,22 @@ struct Held {
 }
 
 impl Slot {
-    /// One more stanza of the oldest unconfirmed message ran.
-    fn confirm(&mut self) {
-        let Some(first) = self.unconfirmed.front() else {
-            return;
+    /// One more stanza of the oldest unconfirmed message ran; its payload
+    /// bytes, or `None` when nothing was unconfirmed.
+    fn confirm(&mut self) -> Option<usize> {
+        let first = self.unconfirmed.front()?;
+        let bytes = match first {
+            Msg::Batch(b) => b
+                .get(self.confirmed_of_first)
+                .map_or(0, |d| d.envelope.payload.len()),
+            other => other.bytes(),
         };
         self.confirmed_of_first += 1;
         if self.confirmed_of_first >= first.stanzas() {
             self.unconfirmed.pop_front();
             self.confirmed_of_first = 0;
         }
+        Some(bytes)
     }
 
     /// The worker died: what it did not confirm goes back in front of the
@@ -251,6 +265,8 @@ struct Slots {
     lost: AtomicU64,
     held_stanzas: AtomicUsize,
     held_bytes: AtomicUsize,
+    /// Every stanza handed over and not confirmed nor lost.
+    credits: Credits,
 }
 
 impl Slots {
@@ -320,6 +336,7 @@ impl Slots {
 
     fn lose(&self, msg: &Msg) {
         let n = msg.stanzas();
+        self.credits.returned(n, msg.bytes());
         self.lost.fetch_add(n as u64, Ordering::Relaxed);
         tracing::warn!(
             stanzas = n,
@@ -347,8 +364,15 @@ pub struct ErlDelivery {
 }
 
 impl ErlDelivery {
-    /// `workers` must not be empty (checked by `start/2`).
-    pub fn new(global_host: String, workers: Vec<LocalPid>) -> ErlDelivery {
+    /// `workers` must not be empty (checked by `start/2`); the workers may
+    /// hold `max_unconfirmed` stanzas and `max_unconfirmed_bytes` payload
+    /// bytes before the runtime waits for them.
+    pub fn new(
+        global_host: String,
+        workers: Vec<LocalPid>,
+        max_unconfirmed: usize,
+        max_unconfirmed_bytes: usize,
+    ) -> ErlDelivery {
         let slots = workers
             .into_iter()
             .map(|pid| {
@@ -369,6 +393,7 @@ impl ErlDelivery {
                 lost: AtomicU64::new(0),
                 held_stanzas: AtomicUsize::new(0),
                 held_bytes: AtomicUsize::new(0),
+                credits: Credits::new(max_unconfirmed, max_unconfirmed_bytes),
             }),
         }
     }
@@ -416,7 +441,9 @@ impl ErlDelivery {
         if slot.pid != pid {
             return false;
         }
-        slot.confirm();
+        if let Some(bytes) = slot.confirm() {
+            self.slots.credits.returned(1, bytes);
+        }
         true
     }
 
@@ -431,6 +458,13 @@ impl ErlDelivery {
             self.slots.sent.load(Ordering::Relaxed),
             self.slots.lost.load(Ordering::Relaxed),
         )
+    }
+
+    /// (stanzas, payload bytes) handed to the workers and not confirmed,
+    /// and how many times the runtime waited for them.
+    pub fn unconfirmed(&self) -> (usize, usize, usize) {
+        let (s, b) = self.slots.credits.outstanding();
+        (s, b, self.slots.credits.waits())
     }
 
     /// Stanzas held for dead workers now.
@@ -451,6 +485,8 @@ impl ErlDelivery {
                 self.slots.lose(&h.msg);
             }
         }
+        // Nothing is waited for any more.
+        self.slots.credits.returned(usize::MAX, usize::MAX);
     }
 
     /// The worker slot of a sender.
@@ -461,16 +497,19 @@ impl ErlDelivery {
     }
 
     fn dispatch(&self, i: usize, msg: Msg) {
+        self.slots.credits.taken(msg.stanzas(), msg.bytes());
         // A scheduler thread (the rare inline path) cannot use a
         // process-independent env: a short-lived thread sends for it.
         if is_scheduler_thread() {
+            let (n, bytes) = (msg.stanzas(), msg.bytes());
             let slots = self.slots.clone();
             let spawned = std::thread::Builder::new()
                 .name("gd-send".into())
                 .spawn(move || slots.dispatch(i, msg));
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot spawn a sender thread: stanza dropped");
-                self.slots.lost.fetch_add(1, Ordering::Relaxed);
+                self.slots.lost.fetch_add(n as u64, Ordering::Relaxed);
+                self.slots.credits.returned(n, bytes);
             }
             return;
         }
@@ -515,5 +554,9 @@ impl Delivery for ErlDelivery {
     fn undeliverable(&self, envelope: Envelope, reason: Reason) {
         let i = self.slot(&envelope.from);
         self.dispatch(i, Msg::Undeliverable(envelope, reason));
+    }
+
+    fn credits(&self) -> Option<&Credits> {
+        Some(&self.slots.credits)
     }
 }

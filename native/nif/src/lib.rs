@@ -65,6 +65,7 @@ mod atoms {
         message, presence, presence_unavailable, iq, other,
         workers, worker_threads, dispatch_shards,
         local_host, global_host, listen, bounce_queue_size, in_flight, delivered_sent, delivered_lost, delivered_held,
+        unconfirmed, unconfirmed_bytes, host_waits,
         log_dropped, error_level = "error", warning, info, debug, trace, none,
         count, min, max, mean, sum, p50, p95, p99, nil,
     }
@@ -300,7 +301,12 @@ fn start<'a>(env: Env<'a>, config: Term<'a>, opts: Term<'a>) -> NifResult<Term<'
         }
         Err(m) => return Ok(err(env, (atoms::config(), m))),
     }
-    let delivery = Arc::new(ErlDelivery::new(cfg.global_host.clone(), workers));
+    let delivery = Arc::new(ErlDelivery::new(
+        cfg.global_host.clone(),
+        workers,
+        cfg.connections.limits.max_unconfirmed_deliveries,
+        cfg.connections.limits.max_unconfirmed_delivery_bytes,
+    ));
     // Built on a thread of its own: the runtime's construction and the
     // first store calls must not happen on a (dirty) scheduler thread that
     // tokio would treat as its own.
@@ -750,6 +756,7 @@ fn info<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> NifResult<Term<'a>> {
         .map(|a| (a.ip().to_string(), a.port()))
         .collect();
     let (sent, lost) = rt.delivery.counts();
+    let (unconfirmed, unconfirmed_bytes, host_waits) = rt.delivery.unconfirmed();
     let pairs: Vec<(Term<'a>, Term<'a>)> = vec![
         (
             atoms::local_host().encode(env),
@@ -774,6 +781,12 @@ fn info<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> NifResult<Term<'a>> {
         ),
         (atoms::delivered_sent().encode(env), sent.encode(env)),
         (atoms::delivered_lost().encode(env), lost.encode(env)),
+        (atoms::unconfirmed().encode(env), unconfirmed.encode(env)),
+        (
+            atoms::unconfirmed_bytes().encode(env),
+            unconfirmed_bytes.encode(env),
+        ),
+        (atoms::host_waits().encode(env), host_waits.encode(env)),
         (
             atoms::delivered_held().encode(env),
             rt.delivery.held().encode(env),

@@ -196,6 +196,14 @@ pub struct IncomingLimits {
     /// Remote hosts that get per-host metric series; beyond, counted in
     /// `metrics_host_overflow`.
     pub max_metric_hosts: usize,
+    /// Received stanzas the host (its Erlang workers, its C callbacks) may
+    /// have been handed and not finished with before the runtime stops
+    /// reading from the network (see `credits`).
+    pub max_unconfirmed_deliveries: usize,
+    /// The same bound in payload bytes.
+    pub max_unconfirmed_delivery_bytes: usize,
+    /// Threads that run a C host's callbacks (the C API only).
+    pub delivery_threads: usize,
 }
 
 impl Default for IncomingLimits {
@@ -207,6 +215,9 @@ impl Default for IncomingLimits {
             idle_timeout: 60,
             max_incoming_buffer: 64 * 1024 * 1024,
             max_metric_hosts: 1024,
+            max_unconfirmed_deliveries: 10_000,
+            max_unconfirmed_delivery_bytes: 64 * 1024 * 1024,
+            delivery_threads: 2,
         }
     }
 }
@@ -345,6 +356,8 @@ mod defaults {
 const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 const MAX_MILLISECONDS: u64 = MAX_SECONDS * 1000;
 const MIN_FRAME_SIZE: u64 = 1024;
+/// Most threads running a C host's callbacks.
+const MAX_DELIVERY_THREADS: u64 = 64;
 const MAX_FRAME_SIZE: u64 = 1024 * 1024 * 1024;
 /// Longest string a frame carries (docs/PROTOCOL.md), the value of
 /// `transport::frame::MAX_STRING_LEN`, repeated here so that config stays

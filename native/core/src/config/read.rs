@@ -14,7 +14,7 @@ use crate::config::tls::read_tls;
 use crate::config::{
     default_node_name, defaults, quote, BackendKind, BounceConfig, CacheConfig, Config,
     ConfigError, ConnectionsConfig, Endpoint, IncomingLimits, Result, DOCUMENT, HANDSHAKE_OVERHEAD,
-    MAX_FRAME_SIZE, MAX_MILLISECONDS, MIN_FRAME_SIZE,
+    MAX_DELIVERY_THREADS, MAX_FRAME_SIZE, MAX_MILLISECONDS, MIN_FRAME_SIZE,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -33,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
 const CONNECTIONS_KEYS: &[&str] = &[
     "advertised_endpoints",
     "connections_per_endpoint",
+    "delivery_threads",
     "disabled_gc_interval",
     "endpoint_refresh_interval",
     "endpoint_refresh_interval_when_empty",
@@ -44,6 +45,8 @@ const CONNECTIONS_KEYS: &[&str] = &[
     "max_incoming_connections",
     "max_incoming_per_host",
     "max_metric_hosts",
+    "max_unconfirmed_deliveries",
+    "max_unconfirmed_delivery_bytes",
     "outgoing_queue_size",
     "resolved_endpoints",
     "tls",
@@ -257,6 +260,19 @@ fn read_limits(s: &Section, d: IncomingLimits) -> Result<IncomingLimits> {
             || d.max_incoming_buffer,
         )?,
         max_metric_hosts: s.opt("max_metric_hosts", count, || d.max_metric_hosts)?,
+        max_unconfirmed_deliveries: s.opt("max_unconfirmed_deliveries", count, || {
+            d.max_unconfirmed_deliveries
+        })?,
+        max_unconfirmed_delivery_bytes: s.opt(
+            "max_unconfirmed_delivery_bytes",
+            |f| f.int(MIN_FRAME_SIZE, u64::MAX),
+            || d.max_unconfirmed_delivery_bytes,
+        )?,
+        delivery_threads: s.opt(
+            "delivery_threads",
+            |f| f.int(1, MAX_DELIVERY_THREADS),
+            || d.delivery_threads,
+        )?,
     };
     if limits.max_incoming_per_host > limits.max_incoming_connections {
         return Err(ConfigError::new(
@@ -445,6 +461,9 @@ mod tests {
             "idle_timeout": 2,
             "max_incoming_buffer": 1024,
             "max_metric_hosts": 3,
+            "max_unconfirmed_deliveries": 7,
+            "max_unconfirmed_delivery_bytes": 2048,
+            "delivery_threads": 4,
         }))
         .unwrap();
         assert_eq!(
@@ -456,6 +475,9 @@ mod tests {
                 idle_timeout: 2,
                 max_incoming_buffer: 1024,
                 max_metric_hosts: 3,
+                max_unconfirmed_deliveries: 7,
+                max_unconfirmed_delivery_bytes: 2048,
+                delivery_threads: 4,
             }
         );
     }

@@ -984,11 +984,38 @@ impl HintMemo {
     }
 }
 
+/// Stanzas for local users waiting to be handed to the host together,
+/// with their payload bytes (for the host's credits).
+#[derive(Default)]
+struct Ready {
+    items: Vec<Delivered>,
+    bytes: usize,
+}
+
+impl Ready {
+    fn push(&mut self, d: Delivered) {
+        self.bytes += d.envelope.payload.len();
+        self.items.push(d);
+    }
+
+    /// Hands what is ready to the host, in order.
+    fn flush(&mut self, router: &Router) {
+        if !self.items.is_empty() {
+            router.delivery.deliver_many(&mut self.items);
+        }
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
 /// One dispatch shard: origin hint, route() again, hand-off to the host.
 /// Stanzas for local users are handed over per batch (`deliver_many`),
 /// in order; the batch is handed over early before anything that waits
-/// (a store lookup) or that the host hears of by another way
-/// (undeliverable), so nothing overtakes and nothing waits on a lookup.
+/// (a store lookup, the host's credits) or that the host hears of by
+/// another way (undeliverable), so nothing overtakes and nothing waits on
+/// a lookup. While the host holds as much as its credits allow, the shard
+/// waits and takes nothing more from its queue: the connections feeding
+/// it stop reading and TCP pushes back to the sender.
 async fn dispatch(
     mut rx: mpsc::Receiver<Vec<Incoming>>,
     router: Arc<Router>,
@@ -996,7 +1023,7 @@ async fn dispatch(
     dispatching: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(DISPATCH_BATCHES);
-    let mut ready = Vec::with_capacity(256);
+    let mut ready = Ready::default();
     let mut hints = HintMemo::default();
     loop {
         let taken = rx.recv_many(&mut batch, DISPATCH_BATCHES).await;
@@ -1019,16 +1046,20 @@ async fn dispatch(
                     .mapping
                     .insert_origin_hint(&env.from, &env.meta.origin);
             }
+            if let Some(credits) = router.delivery.credits() {
+                if credits.is_full(ready.items.len() + 1, ready.bytes + env.payload.len()) {
+                    ready.flush(&router);
+                    credits.ready().await;
+                }
+            }
             dispatch_one(inc, &router, &mut ready).await;
         }
-        if !ready.is_empty() {
-            router.delivery.deliver_many(&mut ready);
-        }
+        ready.flush(&router);
         dispatching.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 
-async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>) {
+async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Ready) {
     let mut env = inc.envelope;
     // The wire's TTL is the sender's word: never above our own message_ttl,
     // in what we forward (route() clamps too) and in what the host is told.
@@ -1036,9 +1067,7 @@ async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>
     let result = match router.try_route(env.clone()) {
         Ok(r) => r,
         Err(env) => {
-            if !ready.is_empty() {
-                router.delivery.deliver_many(ready);
-            }
+            ready.flush(router);
             router.route(env).await
         }
     };
@@ -1050,9 +1079,7 @@ async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Vec<Delivered>
             unrouted: None,
         }),
         RouteResult::Undeliverable(reason) => {
-            if !ready.is_empty() {
-                router.delivery.deliver_many(ready);
-            }
+            ready.flush(router);
             router.delivery.undeliverable(env, reason)
         }
         RouteResult::Forwarded(_) | RouteResult::Stored => {}
