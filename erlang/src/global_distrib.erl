@@ -337,7 +337,9 @@ store_del(#gd_rt{nif = Nif}, Keys) ->
     await(global_distrib_nif:store_del(Nif, Keys), ?TIMEOUT).
 
 %% @doc local_host, global_host, listen addresses, bounce queue size,
-%% stanzas sent to other DCs and not acknowledged yet (`in_flight'), etc.
+%% stanzas sent to other DCs and not acknowledged yet (`in_flight'),
+%% received stanzas handed to the workers and not confirmed (`unconfirmed',
+%% `unconfirmed_bytes', and `host_waits': times the runtime waited for them), etc.
 -spec info(runtime()) -> map().
 info(#gd_rt{nif = Nif}) ->
     global_distrib_nif:info(Nif).
