@@ -177,7 +177,7 @@ pub struct Pair {
     pub to: Jid,
 }
 
-fn config(local: &str, node: &str, link: Link, tls: &TlsConfig) -> Result<Config, BenchError> {
+pub fn config(local: &str, node: &str, link: Link, tls: &TlsConfig) -> Result<Config, BenchError> {
     let mut c = Config::minimal(GLOBAL, local)?;
     c.node_name = node.to_owned();
     c.connections.endpoints = vec![Endpoint {

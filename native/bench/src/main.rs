@@ -4,7 +4,7 @@
 //! behind each row is in `docs/PERFORMANCE.md`.
 //!
 //! ```text
-//! gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8] [--stanzas N] [--sessions N]
+//! gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b10] [--stanzas N] [--sessions N]
 //!          [--runs N] [--out PATH]
 //! ```
 
@@ -14,6 +14,7 @@ mod lookup;
 mod memory;
 mod raw;
 mod refresh;
+mod slow;
 mod stats;
 mod table;
 mod transport;
@@ -71,7 +72,7 @@ struct Plan {
 
 fn usage() -> BenchError {
     BenchError::msg(
-        "usage: gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8] [--stanzas N] \
+        "usage: gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b10] [--stanzas N] \
          [--sessions N] [--runs N] [--out PATH]",
     )
 }
@@ -188,6 +189,9 @@ fn main() -> Result<(), BenchError> {
     if plan.wants("b7") {
         run("B7", b7(&plan, &mut table));
     }
+    if plan.wants("b10") {
+        run("B10", b10(&plan, &certs, &mut table));
+    }
     table.print(started.elapsed(), &failures);
     table.write_json(&plan.out, started.elapsed(), &failures)?;
     if failures.is_empty() {
@@ -256,6 +260,51 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table, ours: &mut Ours) -> Resu
             table.ratio("B3", &format!("ours ÷ raw, {proto} (1 conn)"), mine, rate);
         }
     }
+    Ok(())
+}
+
+/// B10: a host slower than the traffic sent to it (docs/PERFORMANCE.md).
+fn b10(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
+    let secs = if plan.smoke { 1.0 } else { 5.0 };
+    let f = repeat("B10 slow host", plan.runs, || {
+        let r = slow::slow_host(certs, secs)?;
+        Ok([
+            r.host_rate,
+            r.peak_unconfirmed,
+            r.queue_full,
+            r.peak_bounce,
+            r.rss_growth_mb,
+            r.undeliverable,
+            r.unaccounted,
+        ])
+    })?;
+    let what = format!(
+        "host {}k/s, sent {}k/s, TLS",
+        slow::HOST_RATE / 1000,
+        slow::SEND_RATE / 1000
+    );
+    table.row("B10", &format!("{what}: host ran"), f[0], "stanzas/s");
+    table.row(
+        "B10",
+        "peak held by the host (credits 10 000)",
+        f[1],
+        "stanzas",
+    );
+    table.row(
+        "B10",
+        "sender's queue refusals (back-pressure)",
+        f[2],
+        "count",
+    );
+    table.row("B10", "peak held by the sender's bounce", f[3], "stanzas");
+    table.row("B10", "peak RSS growth, whole process", f[4], "MB");
+    table.row("B10", "reported undeliverable", f[5], "stanzas");
+    table.row(
+        "B10",
+        "neither delivered nor reported (must be 0)",
+        f[6],
+        "stanzas",
+    );
     Ok(())
 }
 
