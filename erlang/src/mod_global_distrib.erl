@@ -190,6 +190,7 @@ config_spec() ->
                  <<"message_ttl">> => #option{type = integer, validate = non_negative},
                  <<"hosts_refresh_interval">> => #option{type = integer,
                                                          validate = non_negative},
+                 <<"route_timeout_ms">> => #option{type = integer, validate = positive},
                  <<"connections">> => connections_spec(),
                  <<"redis">> => redis_spec(),
                  <<"cache">> => cache_spec(),

@@ -56,6 +56,9 @@ pub mod names {
     /// stops reading from other DCs (gauge).
     pub const INCOMING_HOST_UNCONFIRMED: &str =
         "global.mod_global_distrib.incoming.host_unconfirmed";
+    /// Beyond the seed: route() calls that waited `route_timeout_ms` for a
+    /// store lookup or a new DC and were decided without it (counter).
+    pub const ROUTE_TIMED_OUT: &str = "global.mod_global_distrib.route_timed_out";
     /// Beyond the seed: times a dispatch shard found the host at its limit
     /// and waited for it (counter).
     pub const INCOMING_HOST_WAITS: &str = "global.mod_global_distrib.incoming.host_waits";
@@ -447,6 +450,7 @@ impl Metrics {
             names::MAPPING_FETCHES,
             names::MAPPING_CACHE_MISSES,
             names::STOP_TTL_ZERO,
+            names::ROUTE_TIMED_OUT,
         ] {
             m.counter(name);
         }

@@ -13,6 +13,7 @@
 //! the stanzas it gives back on a channel this module drains.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
@@ -45,6 +46,9 @@ pub struct Router {
     stop_ttl_zero: Arc<Counter>,
     routed_inline: Arc<Counter>,
     delivered_with_ttl: Arc<Histogram>,
+    /// How long route() may wait (`route_timeout_ms`).
+    route_timeout: Duration,
+    route_timed_out: Arc<Counter>,
 }
 
 /// Where route() must go next once the location is known.
@@ -68,6 +72,7 @@ impl Router {
         given_back: mpsc::UnboundedReceiver<GivenBack>,
         delivery: Arc<dyn Delivery>,
         metrics: &Metrics,
+        route_timeout: Duration,
     ) -> Router {
         Router {
             local_host,
@@ -80,6 +85,8 @@ impl Router {
             stop_ttl_zero: metrics.counter(names::STOP_TTL_ZERO),
             routed_inline: metrics.counter(&format!("{}routed_inline", names::PREFIX)),
             delivered_with_ttl: metrics.histogram(names::DELIVERED_WITH_TTL),
+            route_timeout,
+            route_timed_out: metrics.counter(names::ROUTE_TIMED_OUT),
         }
     }
 
@@ -137,15 +144,35 @@ impl Router {
     }
 
     /// route(): local / forwarded / stored / undeliverable.
+    ///
+    /// What has to wait (a store lookup, the endpoints or the name of a DC
+    /// not used before) waits at most `route_timeout_ms`; past it the
+    /// stanza is treated as when the store cannot answer (bounce holds it,
+    /// else the host's local routing takes it) and the wait is dropped:
+    /// nothing it would have done happens later. Every step that hands the
+    /// stanza on is synchronous and follows the last wait, so dropping the
+    /// wait cannot drop a stanza already handed on.
     pub async fn route(&self, env: Envelope) -> RouteResult {
         let env = match self.try_route(env) {
             Ok(r) => return r,
             Err(env) => env,
         };
-        if let Some(t) = env.meta.target.clone() {
-            return self.forward(t, env).await;
+        let kept = env.clone();
+        let waited = async {
+            match env.meta.target.clone() {
+                Some(t) => self.forward(t, env).await,
+                None => self.route_looked_up(env).await,
+            }
+        };
+        match tokio::time::timeout(self.route_timeout, waited).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.route_timed_out.inc();
+                tracing::warn!(what = "gd_route_timed_out", to = %kept.to,
+                    route_timeout_ms = self.route_timeout.as_millis() as u64);
+                self.hold_or_local(kept, Reason::StoreUnavailable)
+            }
         }
-        self.route_looked_up(env).await
     }
 
     async fn route_looked_up(&self, env: Envelope) -> RouteResult {

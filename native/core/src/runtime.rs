@@ -513,6 +513,7 @@ async fn build(
         given_back_rx,
         delivery,
         &metrics,
+        Duration::from_millis(config.route_timeout_ms),
     ));
     let receiver = Receiver::start(
         local_host.clone(),

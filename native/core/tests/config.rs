@@ -883,7 +883,8 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     assert_eq!(
         error(json!({"message_tl": 4})),
         "message_tl: unknown option (expected one of: backend, bounce, cache, connections, \
-         global_distrib_addr, global_host, hosts_refresh_interval, local_host, message_ttl, node_name, redis)"
+         global_distrib_addr, global_host, hosts_refresh_interval, local_host, message_ttl, node_name, redis, \
+         route_timeout_ms)"
     );
     assert_eq!(
         error(json!({"cache": {"max_jid": 1}})),
@@ -1073,6 +1074,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
         node_name: "mongooseim@dc1".to_owned(),
         message_ttl: 4,
         hosts_refresh_interval: 3000,
+        route_timeout_ms: 3000,
         backend: BackendKind::Redis,
         connections: ConnectionsConfig {
             endpoints: endpoints.clone(),

@@ -140,6 +140,7 @@ fn new_registers_the_host_less_metrics_at_zero() {
         names::INCOMING_TIMED_OUT,
         names::INCOMING_BUFFER_FULL,
         names::METRICS_HOST_OVERFLOW,
+        names::ROUTE_TIMED_OUT,
     ] {
         assert_eq!(snap.counter(c), Some(0), "{c}");
     }
@@ -151,7 +152,7 @@ fn new_registers_the_host_less_metrics_at_zero() {
         assert_eq!(snap.histogram(h).map(|s| s.count), Some(0), "{h}");
     }
     assert_eq!(snap.gauge(names::BOUNCE_QUEUE_SIZE), Some(0));
-    assert_eq!(snap.0.len(), 13);
+    assert_eq!(snap.0.len(), 14);
 }
 
 #[test]

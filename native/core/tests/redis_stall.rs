@@ -183,6 +183,39 @@ fn stalled_redis_route_and_session_opened_answer_within_the_deadline() {
         .is_ok_and(|l| l == Location::Local)));
 }
 
+/// `route_timeout_ms` bounds a route() below the store's own deadline: the
+/// stanza is decided without the lookup (bounce holds it), counted, and
+/// handled once; nothing the abandoned wait would have done happens later.
+#[test]
+fn route_timeout_decides_before_the_store_deadline() {
+    let redis = RedisServer::start();
+    let mut cfg = dc::redis_config(1, &redis.url());
+    cfg.route_timeout_ms = 150;
+    cfg.redis.timeout_ms = 5000;
+    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(&cfg.redis).unwrap());
+    let dc1 = dc::start(cfg, backend);
+    dc1.login("alice@example.com/a");
+    redis.pause();
+    let (r, took) = timed(|| dc1.send("alice@example.com/a", "bob@example.com/b", "late"));
+    eprintln!("route, uncached, Redis stalled, route_timeout_ms 150: {took:?}: {r:?}");
+    assert_eq!(r, RouteResult::Stored);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let timed_out = dc1
+        .rt
+        .metrics()
+        .snapshot()
+        .counter("global.mod_global_distrib.route_timed_out");
+    assert_eq!(timed_out, Some(1));
+    redis.resume();
+    // Bounce found bob nowhere and gave the stanza to local routing, once.
+    assert!(wait_for(WAIT, || dc1.rt.bounce_queue_size() == 0
+        && dc1.inbox.all_bodies().iter().any(|b| b == "late")));
+    std::thread::sleep(Duration::from_millis(300));
+    let bodies = dc1.inbox.all_bodies();
+    assert_eq!(bodies.iter().filter(|b| *b == "late").count(), 1);
+    assert_eq!(dc1.inbox.undeliverable_count(), 0);
+}
+
 #[test]
 fn session_opened_as_the_first_call_on_a_stalled_redis_answers_within_the_deadline() {
     let redis = RedisServer::start();

@@ -275,6 +275,9 @@ pub struct Config {
     pub message_ttl: u32,
     /// Milliseconds.
     pub hosts_refresh_interval: u64,
+    /// Milliseconds a route() that must wait (a store lookup, a new DC's
+    /// endpoints) may take before the core decides without it.
+    pub route_timeout_ms: u64,
     pub backend: BackendKind,
     pub connections: ConnectionsConfig,
     pub redis: RedisConfig,
@@ -316,6 +319,8 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 mod defaults {
     pub const MESSAGE_TTL: u32 = 4;
     pub const HOSTS_REFRESH_INTERVAL_MS: u64 = 3000;
+    /// Under the Erlang API's 5 s and MongooseIM's c2s patience.
+    pub const ROUTE_TIMEOUT_MS: u64 = 3000;
     pub const ENDPOINT_PORT: u16 = 5555;
     pub const CONNECTIONS_PER_ENDPOINT: u32 = 1;
     pub const ENDPOINT_REFRESH_INTERVAL: u64 = 60;

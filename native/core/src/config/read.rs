@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "message_ttl",
     "node_name",
     "redis",
+    "route_timeout_ms",
 ];
 const CONNECTIONS_KEYS: &[&str] = &[
     "advertised_endpoints",
@@ -127,6 +128,11 @@ fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Confi
         |f| f.int(0, MAX_MILLISECONDS),
         || defaults::HOSTS_REFRESH_INTERVAL_MS,
     )?;
+    let route_timeout_ms = s.opt(
+        "route_timeout_ms",
+        |f| f.int(1, MAX_MILLISECONDS),
+        || defaults::ROUTE_TIMEOUT_MS,
+    )?;
     let connections = match s.get("connections")? {
         Some(f) => read_connections(&f, &local_host)?,
         None => default_connections(&local_host),
@@ -148,6 +154,7 @@ fn read_section(field: &Field, redis_pools: &Map<String, Value>) -> Result<Confi
         node_name,
         message_ttl,
         hosts_refresh_interval,
+        route_timeout_ms,
         backend,
         connections,
         redis,
