@@ -152,6 +152,9 @@ pub struct ConnectionsConfig {
     pub outgoing_queue_size: usize,
     /// Largest frame accepted or sent, in bytes (beyond MongooseIM).
     pub max_frame_size: usize,
+    /// Seconds written stanzas may wait without acknowledgement progress
+    /// before their connection counts as failed (beyond MongooseIM).
+    pub ack_timeout: u64,
     /// Bounds on what remote peers may hold on this node (beyond MongooseIM).
     #[serde(flatten)]
     pub limits: IncomingLimits,
@@ -292,6 +295,7 @@ mod defaults {
     pub const DISABLED_GC_INTERVAL: u64 = 60;
     pub const OUTGOING_QUEUE_SIZE: usize = 100_000;
     pub const MAX_FRAME_SIZE: usize = 4 * 1024 * 1024;
+    pub const ACK_TIMEOUT: u64 = 10;
     pub const REDIS_SERVER: &str = "127.0.0.1";
     pub const REDIS_PORT: u16 = 8102;
     pub const REDIS_POOL_SIZE: u32 = 1;
@@ -335,9 +339,10 @@ pub const MAX_WIRE_STRING_LEN: usize = 3071;
 // Host names travel in frames (handshakes, origins, targets): they must fit.
 const _: () = assert!(MAX_HOST_LEN <= MAX_WIRE_STRING_LEN);
 /// Bytes of the largest handshake frame besides `local_host` and
-/// `node_name` (the HandshakeAck: 5 header, 3 magic, 2 version, 2 + 2
-/// string lengths, 1 + 8 resume_seq); docs/PROTOCOL.md.
-pub const HANDSHAKE_OVERHEAD: usize = 23;
+/// `node_name` (the version-2 HandshakeAck: 5 header, 3 magic, 2 version,
+/// 2 + 2 string lengths, 1 + 8 resume_seq, 16 resume_token, 1 + 64 × 9
+/// refusals); docs/PROTOCOL.md.
+pub const HANDSHAKE_OVERHEAD: usize = 23 + 16 + 1 + 64 * 9;
 
 /// Path used for errors about the text as a whole.
 const DOCUMENT: &str = "document";
@@ -484,6 +489,7 @@ const TOP_KEYS: &[&str] = &[
     "redis",
 ];
 const CONNECTIONS_KEYS: &[&str] = &[
+    "ack_timeout",
     "advertised_endpoints",
     "connections_per_endpoint",
     "disabled_gc_interval",
@@ -707,6 +713,7 @@ fn default_connections(local_host: &str) -> ConnectionsConfig {
         tls: None,
         outgoing_queue_size: defaults::OUTGOING_QUEUE_SIZE,
         max_frame_size: defaults::MAX_FRAME_SIZE,
+        ack_timeout: defaults::ACK_TIMEOUT,
         limits: IncomingLimits::default(),
     }
 }
@@ -754,6 +761,7 @@ fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
             |f| f.int(MIN_FRAME_SIZE, MAX_FRAME_SIZE),
             || d.max_frame_size,
         )?,
+        ack_timeout: s.opt("ack_timeout", seconds, || d.ack_timeout)?,
         limits: read_limits(&s, d.limits)?,
     })
 }

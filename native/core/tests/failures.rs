@@ -66,6 +66,7 @@ fn connect_as_dc9(d: &Dc) -> TcpStream {
         local_host: host(9),
         node: "dc9@node".into(),
         conn_id: 42,
+        resume_token: 0,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
     s.write_all(&out).unwrap();

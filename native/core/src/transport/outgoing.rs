@@ -268,6 +268,8 @@ impl Outgoing {
                     established: m.counter(&names::outgoing_established(&name)),
                     closed: m.counter(&names::outgoing_closed(&name)),
                     errored: m.counter(&names::outgoing_errored(&name)),
+                    rejected: m.counter(&names::outgoing_rejected(&name)),
+                    timed_out: m.counter(&names::outgoing_timed_out(&name)),
                 },
             }),
             ready: watch::channel(false).0,
@@ -341,6 +343,7 @@ impl Outgoing {
             tls: self.tls.clone(),
             max_frame: self.cfg.connections.max_frame_size,
             give_up_after: give_up_after(&self.cfg),
+            ack_timeout: Duration::from_secs(self.cfg.connections.ack_timeout),
             given_back: self.given_back.clone(),
             stop: self.stop.clone(),
         }
