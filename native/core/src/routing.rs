@@ -270,9 +270,14 @@ impl Router {
             }
         };
         let location = match location {
-            // Flushing towards a DC that cannot be reached would only put
-            // the held stanzas back: a kick leaves them to their retries.
-            Some(Location::Remote(h)) if how == Flush::Kick && !self.outgoing.is_reachable(&h) => {
+            // Flushing towards a DC that cannot be reached, or whose queue
+            // is full, would only put the held stanzas back (and count a
+            // refusal per arrival): a kick leaves them to their retries,
+            // which spend their budget on schedule.
+            Some(Location::Remote(h))
+                if how == Flush::Kick
+                    && !(self.outgoing.is_reachable(&h) && self.outgoing.has_room(&h)) =>
+            {
                 None
             }
             l => l,

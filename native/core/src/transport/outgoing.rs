@@ -226,6 +226,14 @@ impl Outgoing {
         pools.conns.iter().any(|c| !c.is_failed())
     }
 
+    /// Whether the queue towards `host` has room for one more stanza
+    /// (`connections.outgoing_queue_size`); true for a DC not used yet.
+    pub(crate) fn has_room(&self, host: &str) -> bool {
+        self.hosts.read().get(host).is_none_or(|h| {
+            h.link.queued.load(Ordering::Relaxed) < self.cfg.connections.outgoing_queue_size
+        })
+    }
+
     /// Number of disabled pools still open for `host`.
     pub fn disabled_pools(&self, host: &str) -> usize {
         self.hosts
