@@ -233,11 +233,12 @@ impl Router {
     }
 
     /// A stanza the transport could not deliver: its TTL back (it never
-    /// arrived), then held by bounce or, when no retry can help, reported.
+    /// arrived), then held by bounce or, when no retry can help (too large,
+    /// refused by the receiver), reported.
     fn take_back(&self, back: GivenBack) {
         let env = self.refund_ttl(back.envelope);
         match back.reason {
-            Reason::TooLarge => self.delivery.undeliverable(env, Reason::TooLarge),
+            why @ (Reason::TooLarge | Reason::Rejected) => self.delivery.undeliverable(env, why),
             why => self.hold_or_report(env, why),
         }
     }
