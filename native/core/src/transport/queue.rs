@@ -385,6 +385,60 @@ mod tests {
         assert_eq!(write(&mut q, 1), [(5, 1)], "a new session numbers from 1");
     }
 
+    #[tokio::test]
+    async fn a_nack_acknowledges_what_precedes_and_removes_the_refused_one() {
+        let mut q = ConnQueue::default();
+        for i in 0..4 {
+            q.push(env(i)).unwrap();
+        }
+        write(&mut q, 4);
+        let (done, refused) = q.nacked(3);
+        assert_eq!(done, 2);
+        assert_eq!(refused.map(|e| id(&e)), Some(2));
+        assert_eq!(q.nacked(3), (0, None), "a duplicate Nack changes nothing");
+        assert_eq!(q.acked(4), 1);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resumed_answer_hands_over_the_refused_before_the_acknowledged() {
+        let mut q = ConnQueue::default();
+        for i in 0..4 {
+            q.push(env(i)).unwrap();
+        }
+        write(&mut q, 4);
+        // The receiver took 1 to 3 and refused 2; the Nack was lost.
+        let (done, refused) = q.resume(Some(3), &[2, 9]);
+        assert_eq!(done, 2);
+        assert_eq!(refused.iter().map(id).collect::<Vec<_>>(), [1]);
+        assert_eq!(write(&mut q, 4), [(3, 4)]);
+    }
+
+    #[tokio::test]
+    async fn reconnections_do_not_reset_the_clocks_and_progress_does() {
+        let step = Duration::from_millis(60);
+        let mut q = ConnQueue::default();
+        q.push(env(0)).unwrap();
+        q.push(env(1)).unwrap();
+        write(&mut q, 2);
+        std::thread::sleep(step);
+        assert!(q.ack_overdue(step));
+        q.fail();
+        std::thread::sleep(step);
+        q.resume(None, &[]);
+        write(&mut q, 2);
+        q.fail();
+        assert!(q.ack_overdue(step * 2), "waiting since the first write");
+        assert!(q.should_give_up(step), "failing since the first failure");
+        let before = Instant::now();
+        assert_eq!(q.acked(1), 1);
+        assert!(q.waiting_since().is_some_and(|t| t >= before), "restarted");
+        assert!(
+            !q.should_give_up(Duration::ZERO),
+            "progress: the link works"
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Push,
