@@ -272,7 +272,7 @@ proptest! {
                 }));
                 let with = with.map(|d| d.map(|d| match d {
                     Decoded::Stanza(st, payload) => Frame::Stanza(Stanza { payload, ..st }),
-                    Decoded::Other(f) => f,
+                    Decoded::Other(f) => *f,
                 }));
                 prop_assert_eq!(&a, &b, "both consume the same bytes");
                 match (plain, with) {

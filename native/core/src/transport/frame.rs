@@ -588,7 +588,8 @@ pub fn peek_oversized_stanza(src: &[u8], max_frame_size: usize) -> Oversized {
 #[derive(Debug)]
 pub enum Decoded<T> {
     Stanza(T, Bytes),
-    Other(Frame),
+    /// Boxed: rare on the receive path, and a frame is large.
+    Other(Box<Frame>),
 }
 
 /// [`decode`] for the receive path: a stanza frame is handed to `f` as a
@@ -602,7 +603,7 @@ pub fn decode_with<T, E: From<FrameError>>(
     f: impl FnOnce(&StanzaRef<'_>) -> Result<T, E>,
 ) -> Result<Option<Decoded<T>>, E> {
     if src.first() != Some(&TYPE_STANZA) {
-        return Ok(decode(src, max_frame_size)?.map(Decoded::Other));
+        return Ok(decode(src, max_frame_size)?.map(|f| Decoded::Other(Box::new(f))));
     }
     let Some(len_bytes) = src.get(1..HEADER_LEN) else {
         return Ok(None);
