@@ -239,7 +239,8 @@ typedef void (*gd_deliver_fn)(void *user_data, const struct gd_delivery *deliver
 /**
  * `undeliverable`: a stanza was given up; answer its sender with an error
  * (e.g. service-unavailable). `reason` is a static string such as
- * "retries_exhausted", "unreachable", "queue_full", "too_large", "stopped".
+ * "retries_exhausted", "unreachable", "queue_full", "too_large", "rejected",
+ * "stopped".
  * A recipient found in no DC never ends here: it goes to `deliver`.
  */
 typedef void (*gd_undeliverable_fn)(void *user_data,

@@ -41,7 +41,7 @@
 -type jid() :: binary().
 -type kind() :: message | presence | presence_unavailable | iq | other.
 -type reason() :: retries_exhausted | no_route | unreachable | bounce_full | queue_full
-                | stopped | store_unavailable | too_large | timeout.
+                | stopped | store_unavailable | too_large | rejected | timeout.
 -type route_result() :: local | {forwarded, Host :: binary()} | stored
                       | {undeliverable, reason()}.
 -type location() :: local | {remote, Host :: binary()} | unknown.

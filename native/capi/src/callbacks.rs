@@ -94,7 +94,8 @@ pub type gd_deliver_fn =
 
 /// `undeliverable`: a stanza was given up; answer its sender with an error
 /// (e.g. service-unavailable). `reason` is a static string such as
-/// "retries_exhausted", "unreachable", "queue_full", "too_large", "stopped".
+/// "retries_exhausted", "unreachable", "queue_full", "too_large", "rejected",
+/// "stopped".
 /// A recipient found in no DC never ends here: it goes to `deliver`.
 pub type gd_undeliverable_fn = Option<
     unsafe extern "C" fn(
@@ -466,6 +467,7 @@ pub(crate) fn reason_cstr(r: Reason) -> *const c_char {
         Reason::Stopped => c"stopped",
         Reason::StoreUnavailable => c"store_unavailable",
         Reason::TooLarge => c"too_large",
+        Reason::Rejected => c"rejected",
     };
     s.as_ptr()
 }
@@ -486,6 +488,7 @@ mod tests {
             Reason::Stopped,
             Reason::StoreUnavailable,
             Reason::TooLarge,
+            Reason::Rejected,
         ] {
             // SAFETY: reason_cstr returns static NUL-terminated strings.
             let c = unsafe { CStr::from_ptr(reason_cstr(r)) };

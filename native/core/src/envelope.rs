@@ -12,7 +12,7 @@ use rand::RngCore;
 
 use crate::credits::Credits;
 use crate::jid::Jid;
-use crate::transport::frame::PayloadKind;
+use crate::transport::frame::{PayloadKind, Prior};
 
 /// Metadata travelling with a stanza between datacenters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +57,10 @@ pub struct Envelope {
     /// Bounce retries left at this DC (None: never bounced here). Local
     /// state, not sent on the wire: each DC gives a stanza its own budget.
     pub bounce_ttl: Option<u32>,
-    /// `(session, seq)` it was written under before its connection was
-    /// given up; travels so that the receiver can drop a second copy.
-    pub prior: Option<(u64, u64)>,
+    /// The session (and its token, for a version-2 one) and seq it was
+    /// written under before its connection was given up; travels so that
+    /// the receiver can drop a second copy.
+    pub prior: Option<Prior>,
 }
 
 impl Envelope {
@@ -115,6 +116,10 @@ pub enum Reason {
     StoreUnavailable,
     /// The stanza exceeds `connections.max_frame_size`.
     TooLarge,
+    /// The receiving datacenter refused this stanza (protocol version 2
+    /// `Nack`: an address its JID parser refuses, a frame above its
+    /// `max_frame_size`); sending it again would not help.
+    Rejected,
 }
 
 impl Reason {
@@ -128,6 +133,7 @@ impl Reason {
             Reason::Stopped => "stopped",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::TooLarge => "too_large",
+            Reason::Rejected => "rejected",
         }
     }
 }

@@ -94,6 +94,9 @@ pub mod names {
         "outgoing.closed",
         "outgoing.errored",
         "outgoing.queue_full",
+        "outgoing.rejected",
+        "outgoing.timed_out",
+        "incoming.rejected",
     ];
 
     fn per_host(base: &str, host: &str) -> String {
@@ -139,6 +142,23 @@ pub mod names {
     /// held `connections.outgoing_queue_size` already (they went to bounce).
     pub fn outgoing_queue_full(host: &str) -> String {
         per_host("outgoing.queue_full", host)
+    }
+    /// Beyond the seed: stanzas `host` refused (protocol version 2 `Nack`:
+    /// an address it cannot parse, a frame above its `max_frame_size`);
+    /// reported undeliverable with reason `rejected` (counter).
+    pub fn outgoing_rejected(host: &str) -> String {
+        per_host("outgoing.rejected", host)
+    }
+    /// Beyond the seed: connections to `host` declared failed because
+    /// written stanzas saw no acknowledgement progress for
+    /// `connections.ack_timeout` (counter).
+    pub fn outgoing_timed_out(host: &str) -> String {
+        per_host("outgoing.timed_out", host)
+    }
+    /// Beyond the seed: stanzas from `host` this node refused with a `Nack`
+    /// instead of routing them (counter).
+    pub fn incoming_rejected(host: &str) -> String {
+        per_host("incoming.rejected", host)
     }
 }
 

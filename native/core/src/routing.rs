@@ -260,11 +260,12 @@ impl Router {
     }
 
     /// A stanza the transport could not deliver: its TTL back (it never
-    /// arrived), then held by bounce or, when no retry can help, reported.
+    /// arrived), then held by bounce or, when no retry can help (too large,
+    /// refused by the receiver), reported.
     fn take_back(&self, back: GivenBack) {
         let env = self.refund_ttl(back.envelope);
         match back.reason {
-            Reason::TooLarge => self.delivery.undeliverable(env, Reason::TooLarge),
+            why @ (Reason::TooLarge | Reason::Rejected) => self.delivery.undeliverable(env, why),
             why => self.hold_or_report(env, why),
         }
     }
@@ -297,9 +298,14 @@ impl Router {
             }
         };
         let location = match location {
-            // Flushing towards a DC that cannot be reached would only put
-            // the held stanzas back: a kick leaves them to their retries.
-            Some(Location::Remote(h)) if how == Flush::Kick && !self.outgoing.is_reachable(&h) => {
+            // Flushing towards a DC that cannot be reached, or whose queue
+            // is full, would only put the held stanzas back (and count a
+            // refusal per arrival): a kick leaves them to their retries,
+            // which spend their budget on schedule.
+            Some(Location::Remote(h))
+                if how == Flush::Kick
+                    && !(self.outgoing.is_reachable(&h) && self.outgoing.has_room(&h)) =>
+            {
                 None
             }
             l => l,

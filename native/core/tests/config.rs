@@ -72,6 +72,7 @@ fn minimal_config_has_every_default_of_spec_2() {
             tls: None,
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            ack_timeout: 10,
             limits: IncomingLimits::default(),
         }
     );
@@ -893,7 +894,7 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     );
     assert_eq!(
         error(json!({"connections": {"endpoint": []}})),
-        "connections.endpoint: unknown option (expected one of: advertised_endpoints, connections_per_endpoint, \
+        "connections.endpoint: unknown option (expected one of: ack_timeout, advertised_endpoints, connections_per_endpoint, \
          delivery_threads, disabled_gc_interval, endpoint_refresh_interval, endpoint_refresh_interval_when_empty, endpoints, \
          handshake_timeout, idle_timeout, max_frame_size, max_incoming_buffer, max_incoming_connections, \
          max_incoming_per_host, max_metric_hosts, max_unconfirmed_deliveries, max_unconfirmed_delivery_bytes, outgoing_queue_size, resolved_endpoints, tls)"
@@ -1091,6 +1092,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             }),
             outgoing_queue_size: 100_000,
             max_frame_size: 4 * 1024 * 1024,
+            ack_timeout: 10,
             limits: IncomingLimits::default(),
         },
         redis: RedisConfig {
@@ -1493,7 +1495,9 @@ fn redis_deadlines_are_read_and_checked() {
 #[test]
 fn strings_sent_in_frames_fit_the_wire_limits() {
     use gd_core::config::{HANDSHAKE_OVERHEAD, MAX_WIRE_STRING_LEN};
-    use gd_core::transport::frame::{self, Frame, HandshakeAck, MAX_STRING_LEN};
+    use gd_core::transport::frame::{
+        self, Frame, HandshakeAck, NackReason, Rejected, MAX_REJECTED_IN_ACK, MAX_STRING_LEN,
+    };
     assert_eq!(MAX_WIRE_STRING_LEN, MAX_STRING_LEN);
     let big = "n".repeat(MAX_STRING_LEN + 1);
     assert_eq!(
@@ -1506,11 +1510,21 @@ fn strings_sent_in_frames_fit_the_wire_limits() {
     let dns_max = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "a".repeat(61));
     assert_eq!(dns_max.len(), 253);
     let c = parse(json!({"node_name": longest, "local_host": dns_max}));
+    // The largest answer: a resumption that repeats as many refusals as
+    // a version-2 answer may carry.
     let ack = Frame::HandshakeAck(HandshakeAck {
         version: frame::PROTOCOL_VERSION,
         local_host: c.local_host.clone(),
         node: c.node_name.clone(),
         resume_seq: Some(1),
+        resume_token: 1,
+        rejected: vec![
+            Rejected {
+                seq: 1,
+                reason: NackReason::TooLarge
+            };
+            MAX_REJECTED_IN_ACK
+        ],
     });
     let len = frame::encoded_len(&ack);
     assert_eq!(len, HANDSHAKE_OVERHEAD + 253 + MAX_STRING_LEN);

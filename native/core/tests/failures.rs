@@ -66,6 +66,7 @@ fn connect_as_dc9(d: &Dc) -> TcpStream {
         local_host: host(9),
         node: "dc9@node".into(),
         conn_id: 42,
+        resume_token: 0,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
     s.write_all(&out).unwrap();
@@ -334,4 +335,186 @@ fn route_never_panics_on_odd_but_valid_addresses() {
             "{from} -> {to}: {r:?}"
         );
     }
+}
+
+/// A stand-in for a DC "dc9" on `listener`: it reads each connection's
+/// handshake and answers it with a valid version-2 HandshakeAck (a new
+/// session), then closes the connection (`close`) or keeps it open and
+/// never reads from it again.
+async fn fake_dc9(listener: tokio::net::TcpListener, close: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = Vec::new();
+    while let Ok((mut s, _)) = listener.accept().await {
+        let mut buf = BytesMut::new();
+        let hello = loop {
+            match frame::decode(&mut buf, 1 << 20) {
+                Ok(Some(Frame::Handshake(h))) => break Some(h),
+                Ok(Some(_)) | Err(_) => break None,
+                Ok(None) => {}
+            }
+            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                break None;
+            }
+        };
+        let Some(hello) = hello else { continue };
+        let ack = Frame::HandshakeAck(frame::HandshakeAck {
+            version: hello.version.min(PROTOCOL_VERSION),
+            local_host: host(9),
+            node: "fake@dc9".into(),
+            resume_seq: None,
+            resume_token: 1,
+            rejected: Vec::new(),
+        });
+        let mut out = BytesMut::new();
+        frame::encode(&ack, &mut out, 1 << 20).unwrap();
+        let _ = s.write_all(&out).await;
+        if !close {
+            held.push(s);
+        }
+    }
+}
+
+/// dc1 (configured by `c1`) with "dc9" at the fake peer, and bob known in
+/// the store to be at dc9 (so bounce's lookups keep finding him there).
+fn dc1_towards_fake_dc9(prt: &tokio::runtime::Runtime, mut c1: Config, close: bool) -> Dc {
+    let listener = prt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    prt.spawn(fake_dc9(listener, close));
+    c1.global_distrib_addr.insert(
+        host(9),
+        vec![gd_core::config::Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+        }],
+    );
+    let dc1 = dc::start(c1, shared());
+    let keys = ["bob@example.com/b".to_owned(), "bob@example.com".to_owned()];
+    dc1.rt
+        .block_on(
+            dc1.rt
+                .store()
+                .open_sessions(&keys, &host(9), Duration::from_secs(600)),
+        )
+        .unwrap();
+    dc1
+}
+
+/// A peer that accepts the connection and the handshake, then closes it,
+/// is reconnected to with backoff: a handful of connections over 2 s, not
+/// one per round trip (before, backoff was reset by every handshake).
+#[test]
+fn a_peer_that_handshakes_and_closes_is_reconnected_to_with_backoff() {
+    let prt = tokio::runtime::Runtime::new().unwrap();
+    let dc1 = dc1_towards_fake_dc9(&prt, dc::config(1), true);
+    let r = dc1.send("alice@example.com/a", "bob@example.com/b", "hello");
+    assert_eq!(r, RouteResult::Forwarded(Arc::from(host(9).as_str())));
+    let established = || dc1.counter(&names::outgoing_established(&host(9)));
+    assert!(wait_for(WAIT, || established() >= 1));
+    std::thread::sleep(Duration::from_secs(2));
+    // Backoff from 50 ms doubling to 2 s: 6 or 7 connections in 2 s.
+    let n = established();
+    assert!((2..15).contains(&n), "{n} connections in 2 s");
+}
+
+/// A peer that accepts connections, answers the handshake and never reads:
+/// written stanzas see no acknowledgement, each connection fails after
+/// `ack_timeout` (and reconnections do not reset the give-up clock), the
+/// stanzas go to bounce, and bounce ends them on its schedule. Each is
+/// reported exactly once, within a bound computed from the configuration,
+/// and nothing stays queued (before, they stayed until the runtime stopped).
+#[test]
+fn stanzas_to_a_peer_that_never_reads_end_within_a_bound() {
+    let prt = tokio::runtime::Runtime::new().unwrap();
+    let mut c1 = dc::config(1);
+    c1.connections.ack_timeout = 1;
+    c1.bounce.resend_after_ms = 100;
+    c1.bounce.max_retries = 2;
+    let ack_timeout = Duration::from_secs(1);
+    // give_up_after: resend_after_ms × 2^max_retries, at least 1 s.
+    let give_up = Duration::from_secs(1);
+    // Per round through bounce: a retry (at most 100 ms × 2^2), a
+    // reconnection (backoff at most 2 s + 50 ms of jitter) and a
+    // connection that times out (ack_timeout, checked every quarter).
+    let round = Duration::from_millis(400 + 2050) + ack_timeout + ack_timeout / 4;
+    let bound =
+        ack_timeout + give_up + round * (c1.bounce.max_retries + 1) + Duration::from_secs(5);
+    let dc1 = dc1_towards_fake_dc9(&prt, c1, false);
+    // Large enough that the socket buffers fill and writes block too.
+    let body = "x".repeat(256 * 1024);
+    let n = 12;
+    for i in 0..n {
+        let r = dc1.send(
+            "alice@example.com/a",
+            "bob@example.com/b",
+            &format!("{i}{body}"),
+        );
+        assert!(
+            matches!(r, RouteResult::Forwarded(_) | RouteResult::Stored),
+            "{r:?}"
+        );
+    }
+    assert!(
+        wait_for(bound, || dc1.inbox.undeliverable_count() >= n),
+        "{} of {n} reported within {bound:?}",
+        dc1.inbox.undeliverable_count()
+    );
+    assert!(wait_for(WAIT, || dc1.rt.outgoing().in_flight() == 0
+        && dc1.rt.bounce_queue_size() == 0));
+    let reported = dc1.inbox.undeliverable.lock();
+    let mut ids: Vec<u128> = reported.iter().map(|(e, _)| e.meta.message_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "each reported once");
+    assert!(reported
+        .iter()
+        .all(|(_, r)| matches!(r, Reason::RetriesExhausted | Reason::Unreachable)));
+    assert_eq!(dc1.inbox.delivered_count(), 0);
+    assert!(dc1.counter(&names::outgoing_timed_out(&host(9))) >= 1);
+}
+
+/// While the queue towards a DC is full, bounce keeps the stanzas it holds
+/// for their retries: a stanza arriving for a held pair does not make it
+/// flush into the full queue again (before, each arrival did, and counted a
+/// refusal), and everything arrives, in order, once the queue drains.
+#[test]
+fn bounce_does_not_flush_into_a_full_queue() {
+    let prt = tokio::runtime::Runtime::new().unwrap();
+    let store = shared();
+    let mut c1 = dc::config(1);
+    c1.connections.outgoing_queue_size = 5;
+    // No retry during the test: only arrivals could flush the pair.
+    c1.bounce.resend_after_ms = 3000;
+    let (dc1, dc2, proxy) = dc::linked_through_proxy(store, &prt, c1);
+    dc1.send("alice@example.com/a", "bob@example.com/b", "warm-up");
+    assert!(wait_for(WAIT, || dc2.inbox.delivered_count() == 1));
+    proxy.stall(true);
+    let full = names::outgoing_queue_full(&host(2));
+    let mut sent = Vec::new();
+    for i in 0..25 {
+        let body = format!("m{i:02}");
+        let r = dc1.send("alice@example.com/a", "bob@example.com/b", &body);
+        sent.push(body);
+        if i < 5 {
+            assert!(matches!(r, RouteResult::Forwarded(_)), "{i}: {r:?}");
+        } else {
+            assert_eq!(r, RouteResult::Stored, "{i}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(dc1.rt.outgoing().in_flight() <= 5);
+    }
+    // The first refusal held the pair; the 19 stanzas behind it were
+    // appended without touching the queue.
+    assert_eq!(dc1.counter(&full), 1);
+    assert_eq!(dc1.rt.bounce_queue_size(), 20);
+    assert_eq!(dc1.inbox.undeliverable_count(), 0);
+    proxy.stall(false);
+    assert!(wait_for(Duration::from_secs(30), || dc2
+        .inbox
+        .delivered_count()
+        == 26));
+    let got = dc2.inbox.bodies_to("bob@example.com/b");
+    assert_eq!(got[1..], sent[..]);
+    assert_eq!(dc1.inbox.undeliverable_count(), 0);
 }

@@ -6,8 +6,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gd_core::transport::frame::{
-    decode, decode_with, encode, encode_stanza, encoded_len, negotiate, Decoded, Frame, FrameError,
-    Handshake, HandshakeAck, PayloadKind, Stanza, HEADER_LEN, MAX_STRING_LEN, MIN_PROTOCOL_VERSION,
+    decode, decode_with, encode, encode_stanza, encoded_len, negotiate, peek_oversized_stanza,
+    Decoded, Frame, FrameError, Handshake, HandshakeAck, Nack, NackReason, Oversized, PayloadKind,
+    Prior, Rejected, Stanza, HEADER_LEN, MAX_REJECTED_IN_ACK, MAX_STRING_LEN, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
@@ -51,7 +52,12 @@ fn any_stanza() -> impl Strategy<Value = Stanza> {
                     message_id,
                     origin,
                     target,
-                    prior: (message_id % 3 == 0).then_some((sent_at_us, u64::from(ttl))),
+                    prior: (message_id % 3 == 0).then_some(Prior {
+                        session: sent_at_us,
+                        seq: u64::from(ttl),
+                        // Both forms: version 1's and version 2's.
+                        token: if message_id % 2 == 0 { 0 } else { message_id },
+                    }),
                     sender_key,
                     from,
                     to,
@@ -62,36 +68,54 @@ fn any_stanza() -> impl Strategy<Value = Stanza> {
         )
 }
 
+fn any_nack_reason() -> impl Strategy<Value = NackReason> {
+    prop_oneof![Just(NackReason::BadAddress), Just(NackReason::TooLarge)]
+}
+
 fn any_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         1 => (
             MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
             any_string(),
             any_string(),
-            any::<u64>()
+            any::<u64>(),
+            any::<u128>(),
         )
-            .prop_map(|(version, local_host, node, conn_id)| {
+            .prop_map(|(version, local_host, node, conn_id, token)| {
                 Frame::Handshake(Handshake {
                     version,
                     local_host,
                     node,
                     conn_id,
+                    // Version 1 has no token on the wire.
+                    resume_token: if version >= 2 { token } else { 0 },
                 })
             }),
         1 => (
             MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
             any_string(),
-            any_string()
+            any_string(),
+            any::<u128>(),
+            proptest::collection::vec((any::<u64>(), any_nack_reason()), 0..=MAX_REJECTED_IN_ACK),
         )
-            .prop_map(|(version, local_host, node)| {
+            .prop_map(|(version, local_host, node, token, rejected)| {
+                let v2 = version >= 2;
                 Frame::HandshakeAck(HandshakeAck {
                     version,
                     resume_seq: (local_host.len() % 2 == 0).then_some(local_host.len() as u64 * 977),
                     local_host,
                     node,
+                    resume_token: if v2 { token } else { 0 },
+                    rejected: if v2 {
+                        rejected.into_iter().map(|(seq, reason)| Rejected { seq, reason }).collect()
+                    } else {
+                        Vec::new()
+                    },
                 })
             }),
         3 => any_stanza().prop_map(Frame::Stanza),
+        1 => (any::<u64>(), any_nack_reason(), any_string())
+            .prop_map(|(seq, reason, detail)| Frame::Nack(Nack { seq, reason, detail })),
     ]
 }
 
@@ -118,12 +142,25 @@ fn stanza() -> Stanza {
     }
 }
 
+/// The version-1 handshake of PROTOCOL.md's example.
 fn handshake() -> Handshake {
     Handshake {
-        version: PROTOCOL_VERSION,
+        version: 1,
         local_host: "dc1".into(),
         node: "n1".into(),
         conn_id: 7,
+        resume_token: 0,
+    }
+}
+
+fn ack_v1() -> HandshakeAck {
+    HandshakeAck {
+        version: 1,
+        local_host: "dc2".into(),
+        node: "n".into(),
+        resume_seq: None,
+        resume_token: 0,
+        rejected: Vec::new(),
     }
 }
 
@@ -235,7 +272,7 @@ proptest! {
                 }));
                 let with = with.map(|d| d.map(|d| match d {
                     Decoded::Stanza(st, payload) => Frame::Stanza(Stanza { payload, ..st }),
-                    Decoded::Other(f) => f,
+                    Decoded::Other(f) => *f,
                 }));
                 prop_assert_eq!(&a, &b, "both consume the same bytes");
                 match (plain, with) {
@@ -251,7 +288,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(
         mut bytes in proptest::collection::vec(any::<u8>(), 0..2048),
-        known_type in proptest::option::of(1u8..=3),
+        known_type in proptest::option::of(1u8..=5),
         chunk in 1usize..64,
         max in 0usize..4096,
     ) {
@@ -506,7 +543,7 @@ fn unsupported_versions() {
     body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let err = decode_err(&raw_frame(0x01, &body));
     assert_eq!(err, FrameError::UnsupportedVersion(0));
-    assert!(err.to_string().contains("speaks versions 1 to 1"));
+    assert!(err.to_string().contains("speaks versions 1 to 2"));
 
     // An ack must not claim more than we could have offered.
     let mut body = b"GDv".to_vec();
@@ -520,9 +557,7 @@ fn unsupported_versions() {
     let mut dst = BytesMut::new();
     let bad_ack = Frame::HandshakeAck(HandshakeAck {
         version: PROTOCOL_VERSION + 1,
-        local_host: "dc2".into(),
-        node: "n".into(),
-        resume_seq: None,
+        ..ack_v1()
     });
     assert_eq!(
         encode(&bad_ack, &mut dst, MAX),
@@ -567,13 +602,7 @@ fn trailing_bytes_after_a_current_handshake() {
     );
     assert!(err.to_string().contains("2 unexpected bytes"));
 
-    let mut bytes = encoded(&Frame::HandshakeAck(HandshakeAck {
-        version: PROTOCOL_VERSION,
-        local_host: "dc2".into(),
-        node: "n".into(),
-        resume_seq: None,
-    }))
-    .to_vec();
+    let mut bytes = encoded(&Frame::HandshakeAck(ack_v1())).to_vec();
     bytes.push(0);
     bytes[4] += 1;
     assert_eq!(
@@ -655,7 +684,14 @@ fn bad_target_tag() {
     body.push(2);
     let err = decode_err(&raw_frame(0x03, &body));
     assert_eq!(err, FrameError::BadTargetTag(2));
-    assert!(err.to_string().contains("must be 0 or 1, got 2"));
+    // `prior` has one more form than `target`: 2 is version 2's.
+    let mut body = vec![0; 8 + 8 + 1 + 16];
+    body.extend_from_slice(&[0, 1, b'a', 0, 3]);
+    assert_eq!(
+        decode_err(&raw_frame(0x03, &body)),
+        FrameError::BadTargetTag(3)
+    );
+    assert!(err.to_string().contains("got 2"));
 }
 
 #[test]
@@ -681,4 +717,196 @@ fn partial_header_waits() {
         assert_eq!(decode(&mut buf, MAX).unwrap(), None);
         assert_eq!(buf.len(), n);
     }
+}
+
+#[test]
+fn version_2_handshake_bytes_match_protocol_md() {
+    let hello = Handshake {
+        version: 2,
+        resume_token: 9,
+        ..handshake()
+    };
+    let bytes = encoded(&Frame::Handshake(hello.clone()));
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x01,                   // type: handshake
+        0, 0, 0, 38,            // body length
+        b'G', b'D', b'v',       // magic
+        0, 2,                   // version
+        0, 3, b'd', b'c', b'1', // local_host
+        0, 2, b'n', b'1',       // node
+        0, 0, 0, 0, 0, 0, 0, 7, // conn_id
+        0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 9, // resume_token
+    ];
+    assert_eq!(&bytes[..], expected);
+    assert_eq!(
+        decode(&mut BytesMut::from(expected), MAX).unwrap(),
+        Some(Frame::Handshake(hello))
+    );
+}
+
+#[test]
+fn version_2_handshake_ack_bytes_match_protocol_md() {
+    let ack = HandshakeAck {
+        version: 2,
+        local_host: "dc2".into(),
+        node: "n2".into(),
+        resume_seq: Some(5),
+        resume_token: 9,
+        rejected: vec![Rejected {
+            seq: 4,
+            reason: NackReason::TooLarge,
+        }],
+    };
+    let bytes = encoded(&Frame::HandshakeAck(ack.clone()));
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x02,                   // type: handshake answer
+        0, 0, 0, 49,            // body length
+        b'G', b'D', b'v',       // magic
+        0, 2,                   // version
+        0, 3, b'd', b'c', b'2', // local_host
+        0, 2, b'n', b'2',       // node
+        1,                      // resume_tag: resume_seq follows
+        0, 0, 0, 0, 0, 0, 0, 5, // resume_seq
+        0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 9, // resume_token
+        1,                      // rejected_count
+        0, 0, 0, 0, 0, 0, 0, 4, // rejected[0].seq
+        2,                      // rejected[0].reason: too large
+    ];
+    assert_eq!(&bytes[..], expected);
+    assert_eq!(
+        decode(&mut BytesMut::from(expected), MAX).unwrap(),
+        Some(Frame::HandshakeAck(ack))
+    );
+    // Version 1 has none of the three fields: a version-1 answer of the
+    // same session is 16 + 1 + 9 bytes shorter.
+    let v1 = encoded(&Frame::HandshakeAck(HandshakeAck {
+        version: 1,
+        resume_seq: Some(5),
+        ..ack_v1()
+    }));
+    assert_eq!(v1.len(), HEADER_LEN + 3 + 2 + 5 + 3 + 1 + 8);
+}
+
+#[test]
+fn nack_bytes_match_protocol_md() {
+    let nack = Nack {
+        seq: 7,
+        reason: NackReason::BadAddress,
+        detail: "bad to".into(),
+    };
+    let bytes = encoded(&Frame::Nack(nack.clone()));
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x05,                   // type: nack
+        0, 0, 0, 17,            // body length
+        0, 0, 0, 0, 0, 0, 0, 7, // seq
+        1,                      // reason: bad address
+        0, 6, b'b', b'a', b'd', b' ', b't', b'o', // detail
+    ];
+    assert_eq!(&bytes[..], expected);
+    assert_eq!(
+        decode(&mut BytesMut::from(expected), MAX).unwrap(),
+        Some(Frame::Nack(nack))
+    );
+    let mut unknown = expected.to_vec();
+    unknown[HEADER_LEN + 8] = 9;
+    assert_eq!(decode_err(&unknown), FrameError::UnknownNackReason(9));
+}
+
+#[test]
+fn prior_in_both_forms_matches_protocol_md() {
+    let with = |token| {
+        let mut s = stanza();
+        s.prior = Some(Prior {
+            session: 3,
+            seq: 4,
+            token,
+        });
+        let plain = encoded(&Frame::Stanza(stanza()));
+        let bytes = encoded(&Frame::Stanza(s.clone()));
+        assert_eq!(
+            decode(&mut bytes.clone(), MAX).unwrap(),
+            Some(Frame::Stanza(s))
+        );
+        (plain, bytes)
+    };
+    // After `origin` and the target tag of `stanza()` (no target) comes `prior`.
+    let at = HEADER_LEN + 8 + 8 + 1 + 16 + 2 + "dc1.example.com".len() + 1;
+    let (plain, v1) = with(0);
+    #[rustfmt::skip]
+    let v1_prior: &[u8] = &[
+        1,                      // prior_tag: session and seq
+        0, 0, 0, 0, 0, 0, 0, 3, // prior_session
+        0, 0, 0, 0, 0, 0, 0, 4, // prior_seq
+    ];
+    assert_eq!(&v1[at..at + 17], v1_prior);
+    assert_eq!(v1.len(), plain.len() + 16);
+    let (_, v2) = with(9);
+    #[rustfmt::skip]
+    let v2_prior: &[u8] = &[
+        2,                      // prior_tag: session, seq and token (version 2)
+        0, 0, 0, 0, 0, 0, 0, 3, // prior_session
+        0, 0, 0, 0, 0, 0, 0, 4, // prior_seq
+        0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 9, // prior_token
+    ];
+    assert_eq!(&v2[at..at + 33], v2_prior);
+}
+
+#[test]
+fn an_oversized_stanza_is_seen_with_its_seq_from_13_bytes() {
+    let full = encoded(&Frame::Stanza(stanza()));
+    let max = full.len() - 1;
+    for n in 0..HEADER_LEN {
+        assert_eq!(peek_oversized_stanza(&full[..n], max), Oversized::No);
+    }
+    for n in HEADER_LEN..HEADER_LEN + 8 {
+        assert_eq!(peek_oversized_stanza(&full[..n], max), Oversized::Partial);
+    }
+    assert_eq!(
+        peek_oversized_stanza(&full[..HEADER_LEN + 8], max),
+        Oversized::Stanza {
+            seq: 7,
+            total: full.len() as u64
+        }
+    );
+    assert_eq!(peek_oversized_stanza(&full, full.len()), Oversized::No);
+    // Only stanzas: any other frame above the maximum is still an error.
+    let hello = encoded(&Frame::Handshake(handshake()));
+    assert_eq!(peek_oversized_stanza(&hello, 10), Oversized::No);
+}
+
+#[test]
+fn a_handshake_answer_lists_at_most_64_refusals() {
+    let mut ack = HandshakeAck {
+        version: 2,
+        resume_token: 1,
+        ..ack_v1()
+    };
+    ack.rejected = vec![
+        Rejected {
+            seq: 1,
+            reason: NackReason::BadAddress,
+        };
+        MAX_REJECTED_IN_ACK + 1
+    ];
+    let mut dst = BytesMut::new();
+    assert_eq!(
+        encode(&Frame::HandshakeAck(ack.clone()), &mut dst, MAX),
+        Err(FrameError::TooManyRejected(MAX_REJECTED_IN_ACK + 1))
+    );
+    ack.rejected.pop();
+    let mut bytes = encoded(&Frame::HandshakeAck(ack)).to_vec();
+    // Claim one more than allowed (the body is then too short, but the
+    // count is refused first).
+    let count_at = bytes.len() - 9 * MAX_REJECTED_IN_ACK - 1;
+    bytes[count_at] = (MAX_REJECTED_IN_ACK + 1) as u8;
+    assert_eq!(
+        decode_err(&bytes),
+        FrameError::TooManyRejected(MAX_REJECTED_IN_ACK + 1)
+    );
 }

@@ -42,6 +42,7 @@ fn handshake(name: &str, conn_id: u64) -> BytesMut {
         local_host: name.to_owned(),
         node: "node@evil".into(),
         conn_id,
+        resume_token: 0,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
     out

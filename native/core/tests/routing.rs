@@ -459,6 +459,7 @@ fn a_wire_ttl_above_message_ttl_is_clamped_by_the_receiver() {
         local_host: host(1),
         node: "poisoner@node".into(),
         conn_id: 42,
+        resume_token: 0,
     });
     frame::encode(&hello, &mut out, 1 << 20).unwrap();
     let stanza = Frame::Stanza(frame::Stanza {

@@ -172,6 +172,9 @@ pub struct ConnectionsConfig {
     pub outgoing_queue_size: usize,
     /// Largest frame accepted or sent, in bytes (beyond MongooseIM).
     pub max_frame_size: usize,
+    /// Seconds written stanzas may wait without acknowledgement progress
+    /// before their connection counts as failed (beyond MongooseIM).
+    pub ack_timeout: u64,
     /// Bounds on what remote peers may hold on this node (beyond MongooseIM).
     #[serde(flatten)]
     pub limits: IncomingLimits,
@@ -328,6 +331,7 @@ mod defaults {
     pub const DISABLED_GC_INTERVAL: u64 = 60;
     pub const OUTGOING_QUEUE_SIZE: usize = 100_000;
     pub const MAX_FRAME_SIZE: usize = 4 * 1024 * 1024;
+    pub const ACK_TIMEOUT: u64 = 10;
     pub const REDIS_SERVER: &str = "127.0.0.1";
     pub const REDIS_PORT: u16 = 8102;
     pub const REDIS_POOL_SIZE: u32 = 1;
@@ -369,9 +373,10 @@ const MAX_FRAME_SIZE: u64 = 1024 * 1024 * 1024;
 /// below transport in the module graph (tests/config.rs checks they agree).
 pub const MAX_WIRE_STRING_LEN: usize = 3071;
 /// Bytes of the largest handshake frame besides `local_host` and
-/// `node_name` (the HandshakeAck: 5 header, 3 magic, 2 version, 2 + 2
-/// string lengths, 1 + 8 resume_seq); docs/PROTOCOL.md.
-pub const HANDSHAKE_OVERHEAD: usize = 23;
+/// `node_name` (the version-2 HandshakeAck: 5 header, 3 magic, 2 version,
+/// 2 + 2 string lengths, 1 + 8 resume_seq, 16 resume_token, 1 + 64 × 9
+/// refusals); docs/PROTOCOL.md.
+pub const HANDSHAKE_OVERHEAD: usize = 23 + 16 + 1 + 64 * 9;
 
 /// Path used for errors about the text as a whole.
 const DOCUMENT: &str = "document";

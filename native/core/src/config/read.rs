@@ -32,6 +32,7 @@ const TOP_KEYS: &[&str] = &[
     "route_timeout_ms",
 ];
 const CONNECTIONS_KEYS: &[&str] = &[
+    "ack_timeout",
     "advertised_endpoints",
     "connections_per_endpoint",
     "delivery_threads",
@@ -201,6 +202,7 @@ fn default_connections(local_host: &str) -> ConnectionsConfig {
         tls: None,
         outgoing_queue_size: defaults::OUTGOING_QUEUE_SIZE,
         max_frame_size: defaults::MAX_FRAME_SIZE,
+        ack_timeout: defaults::ACK_TIMEOUT,
         limits: IncomingLimits::default(),
     }
 }
@@ -248,6 +250,7 @@ fn read_connections(f: &Field, local_host: &str) -> Result<ConnectionsConfig> {
             |f| f.int(MIN_FRAME_SIZE, MAX_FRAME_SIZE),
             || d.max_frame_size,
         )?,
+        ack_timeout: s.opt("ack_timeout", seconds, || d.ack_timeout)?,
         limits: read_limits(&s, d.limits)?,
     })
 }

@@ -2,8 +2,14 @@
 //! stanzas in batches and read acknowledgements until the link breaks;
 //! reconnect with backoff. Its queue is the state machine of `queue.rs`;
 //! what it cannot deliver it gives back on the router's channel.
+//!
+//! A connection ends in failure, not only when it cannot be made, but also
+//! when written stanzas see no acknowledgement progress for
+//! `connections.ack_timeout` (a peer that accepts and never reads). Backoff
+//! is reset only by a connection that made progress, so a peer that
+//! handshakes and closes is not reconnected to in a hot loop.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +23,7 @@ use tokio::time::Instant;
 use crate::config::{Config, Endpoint};
 use crate::envelope::{sender_key, Envelope, Reason};
 use crate::metrics::{Counter, Histogram};
-use crate::transport::frame::{self, Frame, Handshake, PROTOCOL_VERSION};
+use crate::transport::frame::{self, Frame, Handshake, HandshakeAck, Prior, PROTOCOL_VERSION};
 use crate::transport::queue::ConnQueue;
 use crate::transport::tls::TlsSetup;
 use crate::transport::{BoxedIo, TransportError};
@@ -28,6 +34,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bytes encoded before a write is issued; under load a write carries many frames.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A connection that lived this long with nothing left to acknowledge
+/// counts as having worked (its backoff is reset), like one whose
+/// acknowledgements made progress: e.g. an idle link the receiver closed.
+const WORKED_IF_IDLE_FOR: Duration = BACKOFF_MAX;
 
 /// A stanza the transport gives back, with why: reported on a channel the
 /// router drains (the transport never calls routing or bounce). Its TTL is
@@ -38,12 +48,30 @@ pub(crate) struct GivenBack {
     pub(crate) reason: Reason,
 }
 
+/// The sequence session of a connection slot as the receiver knows it.
+#[derive(Debug, Clone, Copy)]
+struct SessionIdent {
+    /// Identifies the stream of sequence numbers towards the receiver;
+    /// replaced when unacknowledged stanzas are given up.
+    id: u64,
+    /// The receiver's resume token for it (protocol version 2), 0 until
+    /// the receiver gave one or when the link speaks version 1.
+    token: u128,
+}
+
+impl SessionIdent {
+    fn new() -> SessionIdent {
+        SessionIdent {
+            id: rand::random(),
+            token: 0,
+        }
+    }
+}
+
 /// One outgoing connection slot: a queue and the task that drains it.
 pub(crate) struct Conn {
     pub(crate) endpoint: Endpoint,
-    /// Identifies the stream of sequence numbers towards the receiver;
-    /// replaced when unacknowledged stanzas are given up.
-    session: AtomicU64,
+    session: Mutex<SessionIdent>,
     q: Mutex<ConnQueue>,
     pub(crate) wake: Notify,
     pub(crate) started: AtomicBool,
@@ -54,7 +82,7 @@ impl Conn {
     pub(crate) fn new(endpoint: Endpoint) -> Conn {
         Conn {
             endpoint,
-            session: AtomicU64::new(rand::random()),
+            session: Mutex::new(SessionIdent::new()),
             q: Mutex::new(ConnQueue::default()),
             wake: Notify::new(),
             started: AtomicBool::new(false),
@@ -92,8 +120,8 @@ impl Conn {
         if !q.should_give_up(after) {
             return Vec::new();
         }
-        let old = self.session.swap(rand::random(), Ordering::Relaxed);
-        q.give_up(old)
+        let old = std::mem::replace(&mut *self.session.lock(), SessionIdent::new());
+        q.give_up(old.id, old.token)
     }
 
     pub(crate) fn take_all(&self) -> Vec<Envelope> {
@@ -131,6 +159,10 @@ pub(crate) struct HostMetrics {
     pub(crate) established: Arc<Counter>,
     pub(crate) closed: Arc<Counter>,
     pub(crate) errored: Arc<Counter>,
+    /// Stanzas the receiver refused (a `Nack`), reported undeliverable.
+    pub(crate) rejected: Arc<Counter>,
+    /// Connections failed for lack of acknowledgement progress.
+    pub(crate) timed_out: Arc<Counter>,
 }
 
 fn now_us() -> u64 {
@@ -143,7 +175,7 @@ fn now_us() -> u64 {
 /// An upper bound of the frame a stanza becomes: its strings (the sender
 /// key is at most `from`), the fixed fields and the payload.
 pub(crate) fn frame_len_bound(env: &Envelope) -> usize {
-    const FIXED: usize = 64;
+    const FIXED: usize = 80;
     let target = env.meta.target.as_ref().map_or(0, |t| t.len() + 2);
     FIXED
         + target
@@ -177,6 +209,9 @@ pub(crate) struct ConnCtx {
     pub(crate) max_frame: usize,
     /// How long written-but-unacknowledged stanzas wait for a resume.
     pub(crate) give_up_after: Duration,
+    /// How long written stanzas may wait on one connection without any
+    /// acknowledgement progress before it counts as failed.
+    pub(crate) ack_timeout: Duration,
     pub(crate) given_back: mpsc::UnboundedSender<GivenBack>,
     pub(crate) stop: watch::Receiver<bool>,
 }
@@ -192,12 +227,13 @@ impl ConnCtx {
 }
 
 /// Connects, says who we are, and learns what the receiver already has of
-/// this connection's sequence session.
+/// this connection's sequence session (and, in version 2, its token and the
+/// stanzas it refused).
 async fn connect(
     ctx: &ConnCtx,
     remote: &str,
     conn: &Conn,
-) -> Result<(BoxedIo, Option<u64>), TransportError> {
+) -> Result<(BoxedIo, HandshakeAck), TransportError> {
     let ep = &conn.endpoint;
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -216,11 +252,13 @@ async fn connect(
         }
         None => Box::new(tcp),
     };
+    let ident = *conn.session.lock();
     let hello = Frame::Handshake(Handshake {
         version: PROTOCOL_VERSION,
         local_host: ctx.local_host.to_string(),
         node: ctx.node.to_string(),
-        conn_id: conn.session.load(Ordering::Relaxed),
+        conn_id: ident.id,
+        resume_token: ident.token,
     });
     let mut buf = BytesMut::with_capacity(512);
     frame::encode(&hello, &mut buf, ctx.max_frame)?;
@@ -241,7 +279,16 @@ async fn connect(
                     a.local_host
                 )));
             }
-            Ok((io, a.resume_seq))
+            if a.version >= 2 && a.resume_token == 0 {
+                return Err(TransportError::Protocol(
+                    "the handshake answer carries no resume token".into(),
+                ));
+            }
+            // Only this task replaces the session, so it is still the one
+            // presented. A version-1 receiver keys the session by its id
+            // alone: no token (and none in `prior`s that name it).
+            conn.session.lock().token = if a.version >= 2 { a.resume_token } else { 0 };
+            Ok((io, a))
         }
         Some(other) => Err(TransportError::Protocol(format!(
             "expected a handshake answer, got {}",
@@ -257,6 +304,7 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::HandshakeAck(_) => "handshake answer",
         Frame::Stanza(_) => "stanza",
         Frame::Ack(_) => "ack",
+        Frame::Nack(_) => "nack",
     }
 }
 
@@ -288,41 +336,91 @@ pub(crate) async fn run_conn(ctx: ConnCtx, host: Arc<HostLink>, conn: Arc<Conn>)
             break;
         }
         match connect(&ctx, &host.name, &conn).await {
-            Ok((io, received)) => {
+            Ok((io, answer)) => {
                 host.m.established.inc();
-                host.release(conn.q.lock().resume(received));
-                backoff = BACKOFF_MIN;
-                match io_loop(&ctx, &host, &conn, io).await {
+                let refused: Vec<u64> = answer.rejected.iter().map(|r| r.seq).collect();
+                let (done, rejected) = conn.q.lock().resume(answer.resume_seq, &refused);
+                host.release(done);
+                reject(&ctx, &host, rejected);
+                let opened = Instant::now();
+                let before = conn.q.lock().progress();
+                let ended = io_loop(&ctx, &host, &conn, io, answer.version, opened).await;
+                let timed_out = matches!(ended, Err(TransportError::AckTimeout(_)));
+                match ended {
                     Ok(()) => host.m.closed.inc(),
                     Err(e) => {
                         host.m.errored.inc();
                         tracing::warn!(what = "gd_outgoing_conn_lost", host = %host.name, endpoint = %fmt_ep(&conn.endpoint), error = %e);
                     }
                 }
-                // Reconnect at once: only a failure to connect sends the
-                // queue to bounce.
-                continue;
+                let (worked, overdue) = {
+                    let q = conn.q.lock();
+                    let idle_long = !q.has_unacked() && opened.elapsed() >= WORKED_IF_IDLE_FOR;
+                    (
+                        q.progress() != before || idle_long,
+                        q.ack_overdue(ctx.ack_timeout),
+                    )
+                };
+                if timed_out || (!worked && overdue) {
+                    // Written stanzas went unacknowledged for ack_timeout,
+                    // on this connection or over several short ones (a
+                    // peer that accepts and closes): the link counts as
+                    // one that cannot be re-established.
+                    host.m.timed_out.inc();
+                    fail(&ctx, &host, &conn);
+                } else if worked {
+                    // Reconnect at once: a link that worked was cut.
+                    backoff = BACKOFF_MIN;
+                    continue;
+                }
             }
             Err(e) => {
                 host.m.errored.inc();
                 tracing::warn!(what = "gd_outgoing_connect_failed", host = %host.name, endpoint = %fmt_ep(&conn.endpoint), error = %e);
-                let mut queued = conn.q.lock().fail();
-                queued.extend(conn.give_up_unacked(ctx.give_up_after));
-                host.release(queued.len());
-                ctx.give_back(queued, Reason::Unreachable);
+                fail(&ctx, &host, &conn);
             }
         }
         let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = conn.wake.notified() => {}
-            _ = stop.changed() => {}
+        let until = Instant::now() + backoff + jitter;
+        // A push does not cut the backoff short (it would make a peer that
+        // closes every connection a hot loop again); closing the pool does.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = conn.wake.notified() => {
+                    if conn.closing.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                _ = stop.changed() => break,
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     let left = conn.take_all();
     host.release(left.len());
     ctx.give_back(left, Reason::Stopped);
+}
+
+/// The connection cannot be (re-)established: stanzas never written go to
+/// bounce at once; written ones once the connection has failed for
+/// `give_up_after` (PROTOCOL.md, *Delivery guarantees*).
+fn fail(ctx: &ConnCtx, host: &HostLink, conn: &Conn) {
+    let mut queued = conn.q.lock().fail();
+    queued.extend(conn.give_up_unacked(ctx.give_up_after));
+    host.release(queued.len());
+    ctx.give_back(queued, Reason::Unreachable);
+}
+
+/// Stanzas the receiver refused: reported undeliverable by the router,
+/// since sending them again cannot help.
+fn reject(ctx: &ConnCtx, host: &HostLink, refused: Vec<Envelope>) {
+    if refused.is_empty() {
+        return;
+    }
+    host.release(refused.len());
+    host.m.rejected.add(refused.len() as u64);
+    ctx.give_back(refused, Reason::Rejected);
 }
 
 /// Writes queued stanzas in batches and reads acknowledgements, until the
@@ -332,6 +430,8 @@ async fn io_loop(
     host: &HostLink,
     conn: &Conn,
     io: BoxedIo,
+    version: u16,
+    opened: Instant,
 ) -> Result<(), TransportError> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let reader = async {
@@ -339,6 +439,15 @@ async fn io_loop(
         loop {
             match read_frame(&mut rd, &mut buf, ctx.max_frame).await? {
                 Some(Frame::Ack(a)) => host.release(conn.q.lock().acked(a.seq)),
+                Some(Frame::Nack(n)) if version >= 2 => {
+                    let (done, refused) = conn.q.lock().nacked(n.seq);
+                    host.release(done);
+                    if let Some(env) = refused {
+                        tracing::warn!(what = "gd_stanza_rejected", host = %host.name,
+                            reason = n.reason.as_str(), detail = %n.detail, to = %env.to);
+                        reject(ctx, host, vec![env]);
+                    }
+                }
                 Some(other) => {
                     return Err(TransportError::Protocol(format!(
                         "unexpected {} from the receiver",
@@ -352,7 +461,7 @@ async fn io_loop(
     let writer = async {
         let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
         loop {
-            let too_large = fill_batch(ctx, host, conn, &mut buf);
+            let too_large = fill_batch(ctx, host, conn, &mut buf, version);
             ctx.give_back(too_large, Reason::TooLarge);
             if buf.is_empty() {
                 if conn.closing.load(Ordering::Relaxed) {
@@ -370,9 +479,27 @@ async fn io_loop(
             buf.clear();
         }
     };
+    // Also ends a write that cannot complete: a peer that never reads.
+    let watchdog = async {
+        let every = (ctx.ack_timeout / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            // Each connection gets the whole timeout: stanzas that waited
+            // through earlier connections are rewritten on this one.
+            let overdue = conn
+                .q
+                .lock()
+                .waiting_since()
+                .is_some_and(|t| t.max(opened).elapsed() >= ctx.ack_timeout);
+            if overdue {
+                return Err(TransportError::AckTimeout(ctx.ack_timeout));
+            }
+        }
+    };
     tokio::select! {
         r = reader => r,
         w = writer => w,
+        t = watchdog => t,
     }
 }
 
@@ -382,7 +509,13 @@ async fn io_loop(
 /// The queue lock is held only to take the batch and to file it, not while
 /// encoding: senders push into the same queue and would otherwise wait
 /// (and sleep) for the whole encoding of a batch.
-fn fill_batch(ctx: &ConnCtx, host: &HostLink, conn: &Conn, buf: &mut BytesMut) -> Vec<Envelope> {
+fn fill_batch(
+    ctx: &ConnCtx,
+    host: &HostLink,
+    conn: &Conn,
+    buf: &mut BytesMut,
+    version: u16,
+) -> Vec<Envelope> {
     let mut too_large = Vec::new();
     let budget = WRITE_BATCH_BYTES.saturating_sub(buf.len());
     let mut batch = conn.q.lock().take_batch(budget, frame_len_bound);
@@ -400,7 +533,15 @@ fn fill_batch(ctx: &ConnCtx, host: &HostLink, conn: &Conn, buf: &mut BytesMut) -
             message_id: env.meta.message_id,
             origin: &env.meta.origin,
             target: env.meta.target.as_deref(),
-            prior: env.prior,
+            // A version-1 receiver knows sessions by id alone (and would
+            // refuse the token form of `prior`).
+            prior: env.prior.map(|p| {
+                if version >= 2 {
+                    p
+                } else {
+                    Prior { token: 0, ..p }
+                }
+            }),
             sender_key: sender_key(&env.from, &ctx.global_host),
             from: env.from.as_full_str(),
             to: env.to.as_full_str(),
@@ -457,6 +598,8 @@ mod tests {
                 established: m.counter("established"),
                 closed: m.counter("closed"),
                 errored: m.counter("errored"),
+                rejected: m.counter("rejected"),
+                timed_out: m.counter("timed_out"),
             },
         }
     }
@@ -471,6 +614,7 @@ mod tests {
             tls: None,
             max_frame: 1024,
             give_up_after: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(10),
             given_back: tx,
             stop: watch::channel(false).1,
         };
@@ -485,7 +629,7 @@ mod tests {
         }
         host.queued.store(3, Ordering::Relaxed);
         let mut buf = BytesMut::new();
-        let too_large = fill_batch(&ctx, &host, &conn, &mut buf);
+        let too_large = fill_batch(&ctx, &host, &conn, &mut buf, PROTOCOL_VERSION);
         assert_eq!(too_large.len(), 1);
         assert_eq!(too_large[0].payload.len(), 2000);
         assert_eq!(host.queued.load(Ordering::Relaxed), 2, "released");
@@ -520,7 +664,11 @@ mod tests {
             message_id: u128::MAX,
             origin: e.meta.origin.to_string(),
             target: None,
-            prior: Some((u64::MAX, u64::MAX)),
+            prior: Some(Prior {
+                session: u64::MAX,
+                seq: u64::MAX,
+                token: u128::MAX,
+            }),
             sender_key: e.from.to_full_string(),
             from: e.from.to_full_string(),
             to: e.to.to_full_string(),

@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// Protocol version this node speaks (and the highest it offers).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this node still accepts from a peer.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// First bytes of every handshake body: they tell a global_distrib peer from
@@ -33,9 +33,21 @@ const TYPE_HANDSHAKE: u8 = 0x01;
 const TYPE_HANDSHAKE_ACK: u8 = 0x02;
 const TYPE_STANZA: u8 = 0x03;
 const TYPE_ACK: u8 = 0x04;
+/// Version 2 only: the receiver refuses one stanza (see [`Nack`]).
+const TYPE_NACK: u8 = 0x05;
 
 const TARGET_ABSENT: u8 = 0;
 const TARGET_PRESENT: u8 = 1;
+
+const PRIOR_ABSENT: u8 = 0;
+/// `prior` as version 1 knows it: session and seq.
+const PRIOR_SESSION: u8 = 1;
+/// Version 2 only: session, seq and the session's resume token.
+const PRIOR_TOKEN: u8 = 2;
+
+/// Rejections a version-2 [`HandshakeAck`] may carry: the receiver
+/// remembers this many per session (see [`HandshakeAck::rejected`]).
+pub const MAX_REJECTED_IN_ACK: usize = 64;
 
 /// What the payload is, so the receiver can apply rules (the origin hint of
 /// SPEC 6.4 is skipped for unavailable presence) without parsing XML.
@@ -72,6 +84,11 @@ pub struct Handshake {
     pub local_host: String,
     pub node: String,
     pub conn_id: u64,
+    /// Version 2 (written only when `version` ≥ 2): the token the server
+    /// gave this session in an earlier [`HandshakeAck`], proving that the
+    /// client owns the session it asks to resume; 0 for none (the first
+    /// connection of a session). Read as 0 from a version-1 handshake.
+    pub resume_token: u128,
 }
 
 /// The server's answer to a [`Handshake`]: the version both sides now use,
@@ -85,6 +102,72 @@ pub struct HandshakeAck {
     /// `None` when the session is new to this server (resend everything
     /// unacknowledged).
     pub resume_seq: Option<u64>,
+    /// Version 2 (written only when `version` ≥ 2): the session's token,
+    /// never 0; the client presents it to resume. 0 in version 1.
+    pub resume_token: u128,
+    /// Version 2: stanzas of the resumed session the server refused (its
+    /// most recent [`MAX_REJECTED_IN_ACK`] [`Nack`]s), so that a `Nack` lost
+    /// with the previous connection still reaches the sender. Empty in
+    /// version 1 and for a new session.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One refused stanza: its sequence number and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub seq: u64,
+    pub reason: NackReason,
+}
+
+/// Why a receiver refused a stanza ([`Nack`]).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NackReason {
+    /// `from` or `to` is not a JID the receiver's parser accepts.
+    BadAddress = 1,
+    /// The frame is larger than the receiver's `max_frame_size`.
+    TooLarge = 2,
+}
+
+impl NackReason {
+    /// The reason with wire value `value`, or `None` for a value this
+    /// version does not know.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::BadAddress),
+            2 => Some(Self::TooLarge),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadAddress => "bad_address",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Server → client, version 2 only: stanza `seq` was refused and will never
+/// be routed; the receiver counts it as taken (a resumption does not send
+/// it again) and every stanza before it as taken too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub seq: u64,
+    pub reason: NackReason,
+    /// Free text for the sender's log (may be empty).
+    pub detail: String,
+}
+
+/// Where a stanza was written before its connection was given up: the
+/// receiver drops it if it already took `seq` of that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prior {
+    pub session: u64,
+    pub seq: u64,
+    /// The session's resume token when it was a version-2 session, else 0.
+    /// Only sent on version-2 connections.
+    pub token: u128,
 }
 
 /// Server → client: every stanza up to `seq` of this connection's session
@@ -107,10 +190,10 @@ pub struct Stanza {
     pub origin: String,
     /// Target-host override (set by bounce).
     pub target: Option<String>,
-    /// `(session, seq)` under which this stanza was written before, when
-    /// it comes back after its connection was given up: the receiver drops
-    /// it if it already took that one.
-    pub prior: Option<(u64, u64)>,
+    /// Where this stanza was written before, when it comes back after its
+    /// connection was given up: the receiver drops it if it already took
+    /// that one.
+    pub prior: Option<Prior>,
     /// Ordering key: the sender's full JID, or its domain.
     pub sender_key: String,
     pub from: String,
@@ -129,7 +212,7 @@ pub struct StanzaRef<'a> {
     pub message_id: u128,
     pub origin: &'a str,
     pub target: Option<&'a str>,
-    pub prior: Option<(u64, u64)>,
+    pub prior: Option<Prior>,
     pub sender_key: &'a str,
     pub from: &'a str,
     pub to: &'a str,
@@ -163,6 +246,7 @@ pub enum Frame {
     HandshakeAck(HandshakeAck),
     Stanza(Stanza),
     Ack(Ack),
+    Nack(Nack),
 }
 
 /// Why bytes could not be turned into a frame, or a frame into bytes. Any
@@ -206,8 +290,15 @@ pub enum FrameError {
     UnsupportedVersion(u16),
     #[error("unknown payload kind {0} in a stanza frame (corrupt stream or incompatible peer)")]
     UnknownPayloadKind(u8),
-    #[error("presence tag of an optional field must be 0 or 1, got {0} (corrupt stream or incompatible peer)")]
+    #[error("presence tag of an optional field must be 0 or 1 (0 to 2 for `prior`), got {0} (corrupt stream or incompatible peer)")]
     BadTargetTag(u8),
+    #[error("unknown reason {0} in a nack frame (corrupt stream or incompatible peer)")]
+    UnknownNackReason(u8),
+    #[error(
+        "a handshake answer lists {0} refused stanzas, more than the {MAX_REJECTED_IN_ACK} \
+         allowed (corrupt stream or incompatible peer)"
+    )]
+    TooManyRejected(usize),
     #[error(
         "{extra} unexpected bytes after the last field of a {frame} frame: its declared \
          length does not match its contents"
@@ -245,6 +336,9 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut, max_frame_size: usize) -> Resul
                 put_str(dst, &h.local_host);
                 put_str(dst, &h.node);
                 dst.put_u64(h.conn_id);
+                if h.version >= 2 {
+                    dst.put_u128(h.resume_token);
+                }
             },
         ),
         Frame::HandshakeAck(a) => put_frame(
@@ -264,10 +358,24 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut, max_frame_size: usize) -> Resul
                         dst.put_u64(seq);
                     }
                 }
+                if a.version >= 2 {
+                    dst.put_u128(a.resume_token);
+                    // `validate` bounded the list to MAX_REJECTED_IN_ACK.
+                    dst.put_u8(a.rejected.len() as u8);
+                    for r in &a.rejected {
+                        dst.put_u64(r.seq);
+                        dst.put_u8(r.reason as u8);
+                    }
+                }
             },
         ),
         Frame::Stanza(s) => encode_stanza(s, dst, max_frame_size),
         Frame::Ack(a) => put_frame(dst, TYPE_ACK, 8, max_frame_size, |dst| dst.put_u64(a.seq)),
+        Frame::Nack(n) => put_frame(dst, TYPE_NACK, body_len(frame), max_frame_size, |dst| {
+            dst.put_u64(n.seq);
+            dst.put_u8(n.reason as u8);
+            put_str(dst, &n.detail);
+        }),
     }
 }
 
@@ -307,11 +415,18 @@ pub fn encode_stanza_ref(
                 }
             }
             match s.prior {
-                None => dst.put_u8(0),
-                Some((session, seq)) => {
-                    dst.put_u8(1);
-                    dst.put_u64(session);
-                    dst.put_u64(seq);
+                None => dst.put_u8(PRIOR_ABSENT),
+                Some(p) => {
+                    dst.put_u8(if p.token == 0 {
+                        PRIOR_SESSION
+                    } else {
+                        PRIOR_TOKEN
+                    });
+                    dst.put_u64(p.session);
+                    dst.put_u64(p.seq);
+                    if p.token != 0 {
+                        dst.put_u128(p.token);
+                    }
                 }
             }
             put_str(dst, s.sender_key);
@@ -364,7 +479,7 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
     };
     if !matches!(
         ty,
-        TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK | TYPE_STANZA | TYPE_ACK
+        TYPE_HANDSHAKE | TYPE_HANDSHAKE_ACK | TYPE_STANZA | TYPE_ACK | TYPE_NACK
     ) {
         return Err(FrameError::UnknownType(ty));
     }
@@ -399,6 +514,18 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
             r.finish("ack")?;
             Frame::Ack(Ack { seq })
         }
+        TYPE_NACK => {
+            let seq = r.u64("nack.seq")?;
+            let code = r.u8("nack.reason")?;
+            let reason = NackReason::from_u8(code).ok_or(FrameError::UnknownNackReason(code))?;
+            let detail = r.string("nack.detail")?;
+            r.finish("nack")?;
+            Frame::Nack(Nack {
+                seq,
+                reason,
+                detail,
+            })
+        }
         _ => {
             let (stanza, payload_len) = read_stanza_head(&mut r)?;
             let mut frame = src.split_to(total);
@@ -413,12 +540,56 @@ pub fn decode(src: &mut BytesMut, max_frame_size: usize) -> Result<Option<Frame>
     Ok(Some(frame))
 }
 
+/// What [`peek_oversized_stanza`] sees at the start of a read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversized {
+    /// Not a stanza frame above the maximum: decode it as usual.
+    No,
+    /// A stanza frame above the maximum whose `seq` has not fully arrived.
+    Partial,
+    /// A stanza frame above the maximum: its `seq` and its whole length on
+    /// the wire (header included), which the caller skips.
+    Stanza { seq: u64, total: u64 },
+}
+
+/// For a version-2 receiver, which refuses a stanza too large with a
+/// [`Nack`] instead of closing the connection: whether `src` starts with a
+/// stanza frame above `max_frame_size`, and then its `seq`, the first 8
+/// bytes of its body. Needs only 13 bytes; the caller discards the rest of
+/// the frame as it streams in, without buffering it, and stays in sync.
+pub fn peek_oversized_stanza(src: &[u8], max_frame_size: usize) -> Oversized {
+    let Some(header) = src.get(..HEADER_LEN) else {
+        return Oversized::No;
+    };
+    if header[0] != TYPE_STANZA {
+        return Oversized::No;
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&header[1..]);
+    let total = HEADER_LEN as u64 + u64::from(u32::from_be_bytes(len));
+    if total <= max_frame_size as u64 {
+        return Oversized::No;
+    }
+    match src.get(HEADER_LEN..HEADER_LEN + 8) {
+        Some(seq) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(seq);
+            Oversized::Stanza {
+                seq: u64::from_be_bytes(b),
+                total,
+            }
+        }
+        None => Oversized::Partial,
+    }
+}
+
 /// What [`decode_with`] found: a stanza, as the caller's `T` built from
 /// the borrowed frame plus its payload (no copy), or any other frame.
 #[derive(Debug)]
 pub enum Decoded<T> {
     Stanza(T, Bytes),
-    Other(Frame),
+    /// Boxed: rare on the receive path, and a frame is large.
+    Other(Box<Frame>),
 }
 
 /// [`decode`] for the receive path: a stanza frame is handed to `f` as a
@@ -432,7 +603,7 @@ pub fn decode_with<T, E: From<FrameError>>(
     f: impl FnOnce(&StanzaRef<'_>) -> Result<T, E>,
 ) -> Result<Option<Decoded<T>>, E> {
     if src.first() != Some(&TYPE_STANZA) {
-        return Ok(decode(src, max_frame_size)?.map(Decoded::Other));
+        return Ok(decode(src, max_frame_size)?.map(|f| Decoded::Other(Box::new(f))));
     }
     let Some(len_bytes) = src.get(1..HEADER_LEN) else {
         return Ok(None);
@@ -480,6 +651,13 @@ fn read_handshake(r: &mut Reader<'_>) -> Result<Handshake, FrameError> {
     let local_host = r.string("handshake.local_host")?;
     let node = r.string("handshake.node")?;
     let conn_id = r.u64("handshake.conn_id")?;
+    // Version 2 appended the token; a later version keeps it and appends
+    // after it.
+    let resume_token = if version >= 2 {
+        r.u128("handshake.resume_token")?
+    } else {
+        0
+    };
     // A newer client may append fields we do not know yet; the server then
     // answers with our version and the client falls back to it.
     if version <= PROTOCOL_VERSION {
@@ -490,6 +668,7 @@ fn read_handshake(r: &mut Reader<'_>) -> Result<Handshake, FrameError> {
         local_host,
         node,
         conn_id,
+        resume_token,
     })
 }
 
@@ -507,12 +686,29 @@ fn read_ack(r: &mut Reader<'_>) -> Result<HandshakeAck, FrameError> {
         1 => Some(r.u64("handshake_ack.resume_seq")?),
         other => return Err(FrameError::BadTargetTag(other)),
     };
+    let mut resume_token = 0;
+    let mut rejected = Vec::new();
+    if version >= 2 {
+        resume_token = r.u128("handshake_ack.resume_token")?;
+        let n = r.u8("handshake_ack.rejected_count")? as usize;
+        if n > MAX_REJECTED_IN_ACK {
+            return Err(FrameError::TooManyRejected(n));
+        }
+        for _ in 0..n {
+            let seq = r.u64("handshake_ack.rejected.seq")?;
+            let code = r.u8("handshake_ack.rejected.reason")?;
+            let reason = NackReason::from_u8(code).ok_or(FrameError::UnknownNackReason(code))?;
+            rejected.push(Rejected { seq, reason });
+        }
+    }
     r.finish("handshake_ack")?;
     Ok(HandshakeAck {
         version,
         local_host,
         node,
         resume_seq,
+        resume_token,
+        rejected,
     })
 }
 
@@ -551,8 +747,21 @@ fn read_stanza_view<'a>(r: &mut Reader<'a>) -> Result<StanzaRef<'a>, FrameError>
         other => return Err(FrameError::BadTargetTag(other)),
     };
     let prior = match r.u8("stanza.prior_tag")? {
-        0 => None,
-        1 => Some((r.u64("stanza.prior_session")?, r.u64("stanza.prior_seq")?)),
+        PRIOR_ABSENT => None,
+        tag @ (PRIOR_SESSION | PRIOR_TOKEN) => {
+            let session = r.u64("stanza.prior_session")?;
+            let seq = r.u64("stanza.prior_seq")?;
+            let token = if tag == PRIOR_TOKEN {
+                r.u128("stanza.prior_token")?
+            } else {
+                0
+            };
+            Some(Prior {
+                session,
+                seq,
+                token,
+            })
+        }
         other => return Err(FrameError::BadTargetTag(other)),
     };
     let sender_key = r.str("stanza.sender_key")?;
@@ -660,7 +869,14 @@ fn str_len(s: &str) -> usize {
 
 fn body_len(frame: &Frame) -> usize {
     match frame {
-        Frame::Handshake(h) => MAGIC.len() + 2 + str_len(&h.local_host) + str_len(&h.node) + 8,
+        Frame::Handshake(h) => {
+            MAGIC.len()
+                + 2
+                + str_len(&h.local_host)
+                + str_len(&h.node)
+                + 8
+                + if h.version >= 2 { 16 } else { 0 }
+        }
         Frame::HandshakeAck(a) => {
             MAGIC.len()
                 + 2
@@ -668,9 +884,15 @@ fn body_len(frame: &Frame) -> usize {
                 + str_len(&a.node)
                 + 1
                 + if a.resume_seq.is_some() { 8 } else { 0 }
+                + if a.version >= 2 {
+                    16 + 1 + 9 * a.rejected.len()
+                } else {
+                    0
+                }
         }
         Frame::Stanza(s) => stanza_body_len(&s.view()),
         Frame::Ack(_) => 8,
+        Frame::Nack(n) => 8 + 1 + str_len(&n.detail),
     }
 }
 
@@ -681,7 +903,11 @@ fn stanza_body_len(s: &StanzaRef<'_>) -> usize {
         + 1
         + target
         + 1
-        + if s.prior.is_some() { 16 } else { 0 }
+        + match s.prior {
+            None => 0,
+            Some(p) if p.token == 0 => 16,
+            Some(_) => 32,
+        }
         + str_len(s.sender_key)
         + str_len(s.from)
         + str_len(s.to)
@@ -704,11 +930,15 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&a.version) {
                 return Err(FrameError::UnsupportedVersion(a.version));
             }
+            if a.rejected.len() > MAX_REJECTED_IN_ACK {
+                return Err(FrameError::TooManyRejected(a.rejected.len()));
+            }
             check_str("handshake_ack.local_host", &a.local_host)?;
             check_str("handshake_ack.node", &a.node)
         }
         Frame::Stanza(s) => validate_stanza(&s.view()),
         Frame::Ack(_) => Ok(()),
+        Frame::Nack(n) => check_str("nack.detail", &n.detail),
     }
 }
 

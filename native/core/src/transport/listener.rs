@@ -7,7 +7,16 @@
 //! acknowledges what it has taken, and hands each stanza to the shard chosen
 //! by its sender key: one shard handles a sender's stanzas one after the
 //! other, so they reach the host in connection order. A malformed frame
-//! closes that connection and is counted in `incoming.errored.<host>`.
+//! closes that connection and is counted in `incoming.errored.<host>`. On a
+//! version-2 connection a stanza that is well framed but cannot be taken (an
+//! address the JID parser refuses, a frame above `max_frame_size`, skipped
+//! as it streams in) is refused with a `Nack` instead, and the connection
+//! goes on.
+//!
+//! Sequence sessions are resumed by their id alone in version 1; in
+//! version 2 only by a connection that presents the session's resume token,
+//! which this node draws at random and gives to the session's first
+//! connection: another peer naming the same id gets a session of its own.
 //!
 //! What remote peers may hold is bounded (`connections.*` limits,
 //! docs/CONFIG.md): a connection table caps connections in total and per
@@ -27,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,7 +48,10 @@ use crate::jid::Jid;
 use crate::mapping::coarse_now_ms;
 use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
-use crate::transport::frame::{self, Ack, Decoded, Frame, HandshakeAck, PayloadKind};
+use crate::transport::frame::{
+    self, Ack, Decoded, Frame, HandshakeAck, Nack, NackReason, Oversized, PayloadKind, Prior,
+    Rejected,
+};
 use crate::transport::known_hosts::{valid_host_name, KnownHosts};
 use crate::transport::outgoing::{frame_name, read_frame};
 use crate::transport::tls::{peer_dns_names, TlsSetup};
@@ -59,6 +71,10 @@ const LINGER: Duration = Duration::from_secs(1);
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Sequence sessions remembered for resumption (one per sending connection).
 const MAX_SESSIONS: usize = 65_536;
+/// Sessions kept under one (DC, session id): the owner's, plus those given
+/// to other connections that named the id without its token. Bounded so
+/// that such connections cannot make a lookup scan a long list.
+const MAX_SESSIONS_PER_ID: usize = 4;
 /// Batches (one per read and shard, at most a read buffer's worth of
 /// stanzas each) waiting in one dispatch shard before the readers feeding
 /// it pause.
@@ -247,10 +263,11 @@ pub(crate) struct Receiver {
     max_frame: usize,
     metrics: Arc<Metrics>,
     established: Arc<Counter>,
-    /// (sending DC, its connection's session id) → how far it got. Shared by every
-    /// connection of the session: after a cut, the old connection may still
-    /// be draining while the resumed one starts.
-    sessions: Mutex<HashMap<SessionKey, Arc<SessionSlot>>>,
+    /// (sending DC, its connection's session id) → the sessions under it
+    /// and how far each got. A session is shared by every connection of it:
+    /// after a cut, the old connection may still be draining while the
+    /// resumed one starts.
+    sessions: Mutex<Sessions>,
     shards: Vec<mpsc::Sender<Vec<Incoming>>>,
     /// Batches handed to the shards and not yet dispatched (graceful stop).
     dispatching: Arc<AtomicUsize>,
@@ -263,11 +280,96 @@ pub(crate) struct Receiver {
     lm: LimitMetrics,
 }
 
-/// (sending DC, session id chosen by its connection slot).
+/// (sending DC, session id chosen by its connection slot). The DC is part
+/// of the key so that, over TLS (where the DC's name is checked against its
+/// certificate), no DC can resume another DC's session, token or not.
 type SessionKey = (Arc<str>, u64);
+
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<SessionKey, Vec<Arc<SessionSlot>>>,
+    count: usize,
+}
+
+/// A resume token: 128 bits from the thread's CSPRNG, never 0 (0 means
+/// "none" on the wire).
+fn new_token() -> u128 {
+    loop {
+        let t: u128 = rand::random();
+        if t != 0 {
+            return t;
+        }
+    }
+}
+
+/// Compares two resume tokens in time that does not depend on their
+/// contents, so that response times tell a guesser nothing about how much
+/// of a token it got right.
+fn same_token(a: u128, b: u128) -> bool {
+    let diff = std::hint::black_box(a ^ b);
+    let folded = std::hint::black_box((diff as u64) | ((diff >> 64) as u64));
+    folded == 0
+}
+
+impl Sessions {
+    /// The session under `key` whose token is `token` (0: the version-1
+    /// session, resumed by id alone).
+    fn find(&self, key: &SessionKey, token: u128) -> Option<Arc<SessionSlot>> {
+        let mut found = None;
+        for slot in self.map.get(key)? {
+            if same_token(slot.token, token) {
+                found = Some(slot.clone());
+            }
+        }
+        found
+    }
+
+    /// Files a new session under `key`, forgetting the least recently used
+    /// one of that id, or of the whole table, when full.
+    fn insert(&mut self, key: SessionKey, slot: Arc<SessionSlot>) {
+        let under_key = self.map.get(&key).map_or(0, Vec::len);
+        if under_key >= MAX_SESSIONS_PER_ID {
+            self.forget_oldest(Some(&key));
+        } else if self.count >= MAX_SESSIONS {
+            self.forget_oldest(None);
+        }
+        self.map.entry(key).or_default().push(slot);
+        self.count += 1;
+    }
+
+    /// Forgets the least recently used session (under `key` only, with
+    /// `Some`); its sender, if it ever resumes, resends what it has
+    /// unacknowledged.
+    fn forget_oldest(&mut self, key: Option<&SessionKey>) {
+        let oldest = self
+            .map
+            .iter()
+            .filter(|(k, _)| key.is_none_or(|key| *k == key))
+            .flat_map(|(k, slots)| slots.iter().enumerate().map(move |(i, s)| (k, i, s)))
+            .min_by_key(|(_, _, s)| *s.touched.lock())
+            .map(|(k, i, _)| (k.clone(), i));
+        let Some((k, i)) = oldest else {
+            return;
+        };
+        if let Some(slots) = self.map.get_mut(&k) {
+            slots.swap_remove(i);
+            self.count -= 1;
+            if slots.is_empty() {
+                self.map.remove(&k);
+            }
+        }
+    }
+}
 
 /// Sequence state of one sending session.
 struct SessionSlot {
+    /// What a connection must present to resume it: a random non-zero
+    /// token in version 2, 0 for a version-1 session.
+    token: u128,
+    /// The most recent stanzas refused with a `Nack` (at most
+    /// `MAX_REJECTED_IN_ACK`), repeated in the answer to a resumption in
+    /// case the `Nack` was lost with the previous connection.
+    rejected: Mutex<std::collections::VecDeque<Rejected>>,
     /// Last sequence number handed on. Held while a batch is checked and
     /// handed to the shards, so each stanza is taken once and in order.
     last: tokio::sync::Mutex<Option<u64>>,
@@ -279,6 +381,7 @@ struct SessionSlot {
 
 struct PeerMetrics {
     messages: Arc<Counter>,
+    rejected: Arc<Counter>,
     transfer_time: Arc<Histogram>,
     closed: Arc<Counter>,
     errored: Arc<Counter>,
@@ -340,7 +443,7 @@ impl Receiver {
             tls,
             max_frame,
             metrics,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             shards: txs,
             stop,
         })
@@ -378,6 +481,7 @@ impl Receiver {
     fn peer_metrics(&self, host: &str) -> PeerMetrics {
         PeerMetrics {
             messages: self.metrics.counter(&names::incoming_messages(host)),
+            rejected: self.metrics.counter(&names::incoming_rejected(host)),
             transfer_time: self.metrics.histogram(&names::incoming_transfer_time(host)),
             closed: self.metrics.counter(&names::incoming_closed(host)),
             errored: self.metrics.counter(&names::incoming_errored(host)),
@@ -476,7 +580,13 @@ impl Receiver {
             }
             _ = stopped(&mut stop) => return,
         };
-        let (io, hello, proven) = match opened {
+        let Opened {
+            io,
+            hello,
+            version,
+            slot,
+            proven,
+        } = match opened {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 // The peer's host is unknown before the handshake.
@@ -505,10 +615,12 @@ impl Receiver {
             kill: &ticket.kill,
             proven,
         };
-        match self
-            .read_loop(io, buf, &host, hello.conn_id, &m, conn)
-            .await
-        {
+        let session = Session {
+            host: &host,
+            slot,
+            version,
+        };
+        match self.read_loop(io, buf, &session, &m, conn).await {
             Ok(()) => m.closed.inc(),
             Err(e) => {
                 m.errored.inc();
@@ -517,14 +629,13 @@ impl Receiver {
         }
     }
 
-    /// TLS (when configured), then the handshake and its answer. Also says
-    /// whether the session already carried stanzas here (a resumption).
+    /// TLS (when configured), then the handshake and its answer.
     async fn open(
         &self,
         tcp: TcpStream,
         buf: &mut BytesMut,
         id: u64,
-    ) -> Result<(BoxedIo, frame::Handshake, bool), TransportError> {
+    ) -> Result<Opened, TransportError> {
         // With TLS, the names the peer's verified certificate carries.
         let (mut io, certified): (BoxedIo, Option<Vec<String>>) = match &self.tls {
             Some(tls) => {
@@ -573,8 +684,14 @@ impl Receiver {
             )));
         }
         let host: Arc<str> = Arc::from(hello.local_host.as_str());
-        let resume_seq = *self.session(&host, hello.conn_id).last.lock().await;
+        let (slot, resumed) = self.session(&host, hello.conn_id, version, hello.resume_token);
+        let resume_seq = *slot.last.lock().await;
         let proven = resume_seq.is_some();
+        let rejected = if resumed {
+            slot.rejected.lock().iter().copied().collect()
+        } else {
+            Vec::new()
+        };
         if !self.claim(id, &host, proven) {
             self.lm.refused.inc();
             return Err(TransportError::Protocol(format!(
@@ -587,61 +704,78 @@ impl Receiver {
             local_host: self.local_host.to_string(),
             node: self.node.to_string(),
             resume_seq,
+            resume_token: slot.token,
+            rejected,
         });
         let mut out = BytesMut::with_capacity(256);
         frame::encode(&ack, &mut out, self.max_frame)?;
         io.write_all(&out).await?;
         io.flush().await?;
-        Ok((io, hello, proven))
+        Ok(Opened {
+            io,
+            hello,
+            version,
+            slot,
+            proven,
+        })
     }
 
-    /// The shared state of a session, created on first sight. The map is
-    /// bounded: beyond [`MAX_SESSIONS`] the least recently used is forgotten
-    /// (its sender, if it ever resumes, resends what it has unacknowledged).
-    fn session(&self, host: &str, id: u64) -> Arc<SessionSlot> {
-        let mut map = self.sessions.lock();
-        let key = (Arc::<str>::from(host), id);
-        if let Some(slot) = map.get(&key) {
-            *slot.touched.lock() = Instant::now();
-            return slot.clone();
-        }
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, slot)| *slot.touched.lock())
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+    /// The session a handshake names, and whether it is resumed. Version
+    /// 1: the one under (DC, id), created on first sight. Version 2: the one
+    /// under (DC, id) whose token the client presents; any other handshake
+    /// (no token, a wrong or forgotten one) gets a new session with a new
+    /// token, which leaves every existing session untouched.
+    fn session(
+        &self,
+        host: &Arc<str>,
+        id: u64,
+        version: u16,
+        token: u128,
+    ) -> (Arc<SessionSlot>, bool) {
+        let mut sessions = self.sessions.lock();
+        let key = (host.clone(), id);
+        let wanted = if version >= 2 { token } else { 0 };
+        // Token 0 in version 2 is "none": never the version-1 session.
+        if version < 2 || token != 0 {
+            if let Some(slot) = sessions.find(&key, wanted) {
+                *slot.touched.lock() = Instant::now();
+                return (slot, true);
             }
         }
+        let token = if version >= 2 { new_token() } else { 0 };
         let slot = Arc::new(SessionSlot {
+            token,
+            rejected: Mutex::new(std::collections::VecDeque::new()),
             last: tokio::sync::Mutex::new(None),
             taken: std::sync::atomic::AtomicU64::new(0),
             touched: Mutex::new(Instant::now()),
         });
-        map.insert(key, slot.clone());
-        slot
+        sessions.insert(key, slot.clone());
+        (slot, false)
     }
 
-    /// Whether stanza `seq` of `session` was already taken here.
-    fn already_taken(&self, host: &Arc<str>, session: u64, seq: u64) -> bool {
+    /// Whether the stanza `prior` names was already taken here. The
+    /// session is found by id and token, so a peer that named the id
+    /// without the token (and got a session of its own) cannot make a
+    /// stanza of the owner look taken.
+    fn already_taken(&self, host: &Arc<str>, prior: Prior) -> bool {
         self.sessions
             .lock()
-            .get(&(host.clone(), session))
-            .is_some_and(|s| s.taken.load(std::sync::atomic::Ordering::Acquire) >= seq)
+            .find(&(host.clone(), prior.session), prior.token)
+            .is_some_and(|s| s.taken.load(std::sync::atomic::Ordering::Acquire) >= prior.seq)
     }
 
     async fn read_loop(
         &self,
         mut io: BoxedIo,
         mut buf: BytesMut,
-        host: &Arc<str>,
-        session: u64,
+        session: &Session<'_>,
         m: &PeerMetrics,
         mut conn: ConnState<'_>,
     ) -> Result<(), TransportError> {
-        let slot = self.session(host, session);
-        let mut acked = *slot.last.lock().await;
+        let mut acked = *session.slot.last.lock().await;
+        let mut last = acked;
+        let mut refusals = Refusals::default();
         // When the acknowledgement of what was taken since the last one is
         // due: acks are coalesced (see ACK_DELAY), not one per read.
         let mut ack_due: Option<Instant> = None;
@@ -654,7 +788,19 @@ impl Receiver {
             held: 0,
         };
         loop {
-            let last = self.take_batch(&mut buf, &slot, host, m).await?;
+            if refusals.skip > 0 {
+                // The rest of a stanza too large: dropped as it arrives.
+                let n = refusals.skip.min(buf.len() as u64) as usize;
+                buf.advance(n);
+                refusals.skip -= n as u64;
+            }
+            if refusals.skip == 0 {
+                last = self.take_batch(&mut buf, session, m, &mut refusals).await?;
+            }
+            if let Some(nacked) = self.nack(&mut io, &mut out, &mut refusals).await? {
+                // A Nack acknowledges everything before it too.
+                acked = acked.max(Some(nacked));
+            }
             if last != acked {
                 if !conn.proven {
                     conn.proven = true;
@@ -669,7 +815,11 @@ impl Receiver {
                     ack_due = Some(Instant::now() + ACK_DELAY);
                 }
             }
-            let pending = partial_frame_len(&buf);
+            let pending = match frame::peek_oversized_stanza(&buf, self.max_frame) {
+                // Only its first bytes are kept (version 2).
+                Oversized::Partial if session.version >= 2 => 0,
+                _ => partial_frame_len(&buf),
+            };
             if pending > READ_ROOM && !partial.hold(pending) {
                 self.lm.buffer_full.inc();
                 return Err(TransportError::Protocol(format!(
@@ -689,7 +839,8 @@ impl Receiver {
             // A link that carried stanzas may stay quiet between frames
             // (the protocol has no keepalive); one that never did, or that
             // stopped in the middle of a frame, may not.
-            let idle_due = (!conn.proven || !buf.is_empty()).then(|| Instant::now() + idle);
+            let idle_due = (!conn.proven || !buf.is_empty() || refusals.skip > 0)
+                .then(|| Instant::now() + idle);
             let due = ack_due;
             tokio::select! {
                 r = io.read_buf(&mut buf) => {
@@ -745,6 +896,26 @@ impl Receiver {
         }
     }
 
+    /// Sends the `Nack`s of the last batch; returns the last sequence
+    /// number refused, which every stanza before it is acknowledged with.
+    async fn nack(
+        &self,
+        io: &mut BoxedIo,
+        out: &mut BytesMut,
+        refusals: &mut Refusals,
+    ) -> Result<Option<u64>, TransportError> {
+        let Some(last) = refusals.nacks.last().map(|n| n.seq) else {
+            return Ok(None);
+        };
+        out.clear();
+        for n in refusals.nacks.drain(..) {
+            frame::encode(&Frame::Nack(n), out, self.max_frame)?;
+        }
+        io.write_all(out).await?;
+        io.flush().await?;
+        Ok(Some(last))
+    }
+
     /// Acknowledges everything up to `last` on the connection.
     async fn ack(
         &self,
@@ -765,15 +936,24 @@ impl Receiver {
     }
 
     /// Decodes every complete frame in `buf`, takes each new stanza of the
-    /// session once, in sequence order, and hands it to its shard. Returns
-    /// the session's last sequence number.
+    /// session once, in sequence order, and hands it to its shard. On a
+    /// version-2 connection a stanza that cannot be taken is refused (added
+    /// to `refusals.nacks`), and one too large is skipped (what of it is not
+    /// in `buf` yet is left in `refusals.skip`). Returns the session's last
+    /// sequence number.
     async fn take_batch(
         &self,
         buf: &mut BytesMut,
-        slot: &SessionSlot,
-        host: &Arc<str>,
+        session: &Session<'_>,
         m: &PeerMetrics,
+        refusals: &mut Refusals,
     ) -> Result<Option<u64>, TransportError> {
+        let Session {
+            host,
+            slot,
+            version,
+        } = session;
+        let v2 = *version >= 2;
         let mut last = slot.last.lock().await;
         // One clock reading per read, not per stanza: every frame of the
         // buffer arrived with the same read.
@@ -784,26 +964,57 @@ impl Receiver {
         // shard (one wake-up) rather than one per stanza.
         let mut out: Vec<Vec<Incoming>> = (0..shards).map(|_| Vec::new()).collect();
         let mut taken = *last;
+        let mut nacks = Vec::new();
         // A bad frame ends the connection, but what came before it in the
         // same read is handed over first: it was good, and it is counted
         // as taken so that a resumed sender does not send it twice.
         let outcome = loop {
+            if v2 {
+                match frame::peek_oversized_stanza(buf, self.max_frame) {
+                    Oversized::No => {}
+                    Oversized::Partial => break Ok(()),
+                    Oversized::Stanza { seq, total } => {
+                        match next_in_sequence(taken, seq) {
+                            Err(e) => break Err(e),
+                            Ok(false) => {}
+                            Ok(true) => {
+                                nacks.push(Nack {
+                                    seq,
+                                    reason: NackReason::TooLarge,
+                                    detail: format!(
+                                        "frame of {total} bytes, over max_frame_size ({})",
+                                        self.max_frame
+                                    ),
+                                });
+                                taken = Some(seq);
+                            }
+                        }
+                        let here = (buf.len() as u64).min(total);
+                        buf.advance(here as usize);
+                        refusals.skip = total - here;
+                        if refusals.skip > 0 {
+                            break Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
             let prev = taken;
             // Addresses are parsed straight from the frame's bytes.
             let decoded = frame::decode_with(buf, self.max_frame, |s| {
-                match prev {
+                if !next_in_sequence(prev, s.seq)? {
                     // Already taken through an earlier connection of the session.
-                    Some(l) if s.seq <= l => return Ok(None),
-                    Some(l) if s.seq != l + 1 => {
-                        return Err(TransportError::Protocol(format!(
-                            "sequence gap: expected {}, got {}",
-                            l + 1,
-                            s.seq
-                        )))
-                    }
-                    _ => {}
+                    return Ok(None);
                 }
-                Arriving::of(s, host, shards, &self.known, &self.lm.unknown_host).map(Some)
+                match Arriving::of(s, host, shards, &self.known, &self.lm.unknown_host) {
+                    Ok(a) => Ok(Some(Take::Stanza(a))),
+                    Err(detail) if v2 => Ok(Some(Take::Refused(Nack {
+                        seq: s.seq,
+                        reason: NackReason::BadAddress,
+                        detail,
+                    }))),
+                    Err(detail) => Err(TransportError::Protocol(detail)),
+                }
             });
             let (a, payload) = match decoded {
                 Err(e) => break Err(e),
@@ -815,12 +1026,18 @@ impl Receiver {
                     )))
                 }
                 Ok(Some(Decoded::Stanza(None, _))) => continue,
-                Ok(Some(Decoded::Stanza(Some(a), payload))) => (a, payload),
+                Ok(Some(Decoded::Stanza(Some(Take::Refused(nack)), _))) => {
+                    taken = Some(nack.seq);
+                    nacks.push(nack);
+                    continue;
+                }
+                Ok(Some(Decoded::Stanza(Some(Take::Stanza(a)), payload))) => (a, payload),
             };
             let seq = a.seq;
-            if let Some((session, prior_seq)) = a.prior {
-                if self.already_taken(host, session, prior_seq) {
-                    tracing::debug!(what = "gd_duplicate_dropped", host = %host, session, prior_seq);
+            if let Some(prior) = a.prior {
+                if self.already_taken(host, prior) {
+                    tracing::debug!(what = "gd_duplicate_dropped", host = %host,
+                        session = prior.session, prior_seq = prior.seq);
                     taken = Some(seq);
                     continue;
                 }
@@ -830,7 +1047,7 @@ impl Receiver {
             m.transfer_time.record(transfer);
             let incoming = Incoming {
                 envelope: Envelope::new(a.from, a.to, a.kind, payload, a.meta),
-                from_host: host.clone(),
+                from_host: (*host).clone(),
                 transfer_time_us: transfer,
                 received,
                 hint: a.hint,
@@ -845,7 +1062,7 @@ impl Receiver {
             self.dispatching.fetch_add(1, Ordering::AcqRel);
             if self.shards[shard].send(batch).await.is_err() {
                 self.dispatching.fetch_sub(1, Ordering::AcqRel);
-                // The runtime is stopping: nothing more is taken.
+                // The runtime is stopping: nothing more is taken (nor refused).
                 return Ok(*last);
             }
         }
@@ -853,8 +1070,70 @@ impl Receiver {
         if let Some(seq) = taken {
             slot.taken.store(seq, std::sync::atomic::Ordering::Release);
         }
+        if !nacks.is_empty() {
+            m.rejected.add(nacks.len() as u64);
+            let mut remembered = slot.rejected.lock();
+            for n in &nacks {
+                tracing::warn!(what = "gd_stanza_rejected", host = %host, seq = n.seq,
+                    reason = n.reason.as_str(), detail = %n.detail);
+                if remembered.len() >= frame::MAX_REJECTED_IN_ACK {
+                    remembered.pop_front();
+                }
+                remembered.push_back(Rejected {
+                    seq: n.seq,
+                    reason: n.reason,
+                });
+            }
+            refusals.nacks.append(&mut nacks);
+        }
         outcome.map(|()| *last)
     }
+}
+
+/// Whether `seq` is the next stanza of a session whose last taken one is
+/// `last` (`Ok(false)`: taken already, through an earlier connection of
+/// the session); a gap is a protocol error.
+fn next_in_sequence(last: Option<u64>, seq: u64) -> Result<bool, TransportError> {
+    match last {
+        Some(l) if seq <= l => Ok(false),
+        Some(l) if seq != l + 1 => Err(TransportError::Protocol(format!(
+            "sequence gap: expected {}, got {seq}",
+            l + 1
+        ))),
+        _ => Ok(true),
+    }
+}
+
+/// A handshaken connection's session, as the read loop uses it.
+struct Session<'a> {
+    host: &'a Arc<str>,
+    slot: Arc<SessionSlot>,
+    /// The protocol version negotiated.
+    version: u16,
+}
+
+/// What [`Receiver::open`] hands to the read loop.
+struct Opened {
+    io: BoxedIo,
+    hello: frame::Handshake,
+    version: u16,
+    slot: Arc<SessionSlot>,
+    /// The session already carried stanzas here (a resumption).
+    proven: bool,
+}
+
+/// Refusals of a version-2 connection: `Nack`s to send, and how many bytes
+/// of a stanza too large are still to be dropped as they arrive.
+#[derive(Default)]
+struct Refusals {
+    nacks: Vec<Nack>,
+    skip: u64,
+}
+
+/// What the reader does with a stanza frame of the session.
+enum Take {
+    Stanza(Arriving),
+    Refused(Nack),
 }
 
 fn shard_of(key: &str, n: usize) -> usize {
@@ -869,7 +1148,7 @@ fn shard_of(key: &str, n: usize) -> usize {
 /// shared rather than copied for every stanza.
 struct Arriving {
     seq: u64,
-    prior: Option<(u64, u64)>,
+    prior: Option<Prior>,
     sent_at_us: u64,
     shard: usize,
     from: Jid,
@@ -883,13 +1162,14 @@ impl Arriving {
     /// A `target` or an `origin` that is not a known DC is ignored (the
     /// stanza is routed by its `to`; no origin hint) and counted: names
     /// from the wire create no remote-host entry nor cache entry.
+    /// `Err` says which address the JID parser refused.
     fn of(
         s: &frame::StanzaRef<'_>,
         peer: &Arc<str>,
         shards: usize,
         known: &KnownHosts,
         unknown: &Counter,
-    ) -> Result<Arriving, TransportError> {
+    ) -> Result<Arriving, String> {
         let hint = s.origin == &**peer || known.contains(s.origin);
         if !hint {
             unknown.inc();
@@ -903,10 +1183,8 @@ impl Arriving {
             }
             None => None,
         };
-        let from = Jid::parse(s.from)
-            .map_err(|e| TransportError::Protocol(format!("bad from {:?}: {e}", s.from)))?;
-        let to = Jid::parse(s.to)
-            .map_err(|e| TransportError::Protocol(format!("bad to {:?}: {e}", s.to)))?;
+        let from = Jid::parse(s.from).map_err(|e| format!("bad from {:?}: {e}", s.from))?;
+        let to = Jid::parse(s.to).map_err(|e| format!("bad to {:?}: {e}", s.to))?;
         Ok(Arriving {
             seq: s.seq,
             prior: s.prior,

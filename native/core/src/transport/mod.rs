@@ -31,6 +31,11 @@ pub enum TransportError {
     Tls(#[from] tls::TlsError),
     #[error("timed out during {0}")]
     Timeout(&'static str),
+    #[error(
+        "written stanzas saw no acknowledgement for {0:?} (connections.ack_timeout): \
+         the peer does not read, or its routing is stuck"
+    )]
+    AckTimeout(std::time::Duration),
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("connection closed by the peer")]

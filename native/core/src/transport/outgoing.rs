@@ -226,6 +226,14 @@ impl Outgoing {
         pools.conns.iter().any(|c| !c.is_failed())
     }
 
+    /// Whether the queue towards `host` has room for one more stanza
+    /// (`connections.outgoing_queue_size`); true for a DC not used yet.
+    pub(crate) fn has_room(&self, host: &str) -> bool {
+        self.hosts.read().get(host).is_none_or(|h| {
+            h.link.queued.load(Ordering::Relaxed) < self.cfg.connections.outgoing_queue_size
+        })
+    }
+
     /// Number of disabled pools still open for `host`.
     pub fn disabled_pools(&self, host: &str) -> usize {
         self.hosts
@@ -268,6 +276,8 @@ impl Outgoing {
                     established: m.counter(&names::outgoing_established(&name)),
                     closed: m.counter(&names::outgoing_closed(&name)),
                     errored: m.counter(&names::outgoing_errored(&name)),
+                    rejected: m.counter(&names::outgoing_rejected(&name)),
+                    timed_out: m.counter(&names::outgoing_timed_out(&name)),
                 },
             }),
             ready: watch::channel(false).0,
@@ -341,6 +351,7 @@ impl Outgoing {
             tls: self.tls.clone(),
             max_frame: self.cfg.connections.max_frame_size,
             give_up_after: give_up_after(&self.cfg),
+            ack_timeout: Duration::from_secs(self.cfg.connections.ack_timeout),
             given_back: self.given_back.clone(),
             stop: self.stop.clone(),
         }

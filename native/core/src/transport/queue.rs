@@ -7,7 +7,14 @@
 //! reconnection what the receiver says it has is done and the rest is
 //! written again first, in order. A connection that cannot be made gives
 //! back what was never written (the receiver cannot have it) and keeps the
-//! rest until it gives up on them, starting a new sequence session.
+//! rest until it gives up on them, starting a new sequence session. A
+//! stanza the receiver refuses (a version-2 `Nack`) leaves the queue.
+//!
+//! Two clocks run across reconnections and only acknowledgement progress
+//! resets them, so a peer that accepts connections but never acknowledges
+//! cannot keep stanzas here for ever: how long written stanzas have waited
+//! for an acknowledgement (`connections.ack_timeout`), and how long the
+//! connection has been failing (the give-up delay).
 //!
 //! The connection task (`conn.rs`) holds it under a lock and calls these
 //! transitions; the property test below checks them against a model.
@@ -18,6 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::envelope::Envelope;
+use crate::transport::frame::Prior;
 
 /// A stanza in a connection queue.
 #[derive(Debug)]
@@ -35,8 +43,15 @@ pub(crate) struct ConnQueue {
     unacked: VecDeque<Outbound>,
     next_seq: u64,
     failed: bool,
-    /// When the connection started failing (None while it works).
+    /// When the connection started failing, kept across reconnections
+    /// until an acknowledgement makes progress (None while it works).
     failed_since: Option<Instant>,
+    /// Since when written stanzas have waited without any acknowledgement
+    /// progress (None when nothing written waits).
+    waiting_since: Option<Instant>,
+    /// Acknowledgements (and refusals) that removed stanzas: a connection
+    /// compares it before and after to know whether it made progress.
+    progress: u64,
 }
 
 impl Default for ConnQueue {
@@ -47,6 +62,8 @@ impl Default for ConnQueue {
             next_seq: 1,
             failed: false,
             failed_since: None,
+            waiting_since: None,
+            progress: 0,
         }
     }
 }
@@ -129,23 +146,42 @@ impl ConnQueue {
     /// Files what a batch wrote as unacknowledged.
     pub(crate) fn file(&mut self, batch: Batch) {
         self.next_seq = batch.next_seq;
+        if !batch.written.is_empty() {
+            self.waiting_since.get_or_insert_with(Instant::now);
+        }
         self.unacked.extend(batch.written);
     }
 
-    /// After a (re)connection: what the receiver already has is done; the
-    /// rest is sent again first, in order, with its sequence numbers.
-    /// Returns how many are done.
-    pub(crate) fn resume(&mut self, received: Option<u64>) -> usize {
+    /// After a (re)connection: stanzas the receiver refused (listed in its
+    /// answer) are returned; what it already has is done; the rest is sent
+    /// again first, in order, with its sequence numbers. Returns how many
+    /// are done and the refused ones. The clocks keep running: only an
+    /// acknowledgement that makes progress stops them.
+    pub(crate) fn resume(
+        &mut self,
+        received: Option<u64>,
+        refused: &[u64],
+    ) -> (usize, Vec<Envelope>) {
         self.failed = false;
-        self.failed_since = None;
+        let mut rejected = Vec::new();
+        for seq in refused {
+            if let Some(i) = self.unacked.iter().position(|o| o.seq == *seq) {
+                if let Some(o) = self.unacked.remove(i) {
+                    rejected.push(o.env);
+                }
+            }
+        }
         let done = match received {
             Some(last) => self.acked(last),
             None => 0,
         };
+        if !rejected.is_empty() {
+            self.progressed();
+        }
         while let Some(o) = self.unacked.pop_back() {
             self.pending.push_front(o);
         }
-        done
+        (done, rejected)
     }
 
     /// Removes what the receiver acknowledged; returns how many.
@@ -155,7 +191,58 @@ impl ConnQueue {
             self.unacked.pop_front();
             n += 1;
         }
+        if n > 0 {
+            self.progressed();
+        }
         n
+    }
+
+    /// The receiver refused stanza `seq` (a `Nack`): everything before it
+    /// is acknowledged, and it leaves the queue. Returns how many were
+    /// acknowledged and the refused stanza (None if it is not waiting here,
+    /// e.g. a duplicate `Nack`).
+    pub(crate) fn nacked(&mut self, seq: u64) -> (usize, Option<Envelope>) {
+        let done = self.acked(seq.saturating_sub(1));
+        if self.unacked.front().is_some_and(|o| o.seq == seq) {
+            let refused = self.unacked.pop_front().map(|o| o.env);
+            self.progressed();
+            return (done, refused);
+        }
+        (done, None)
+    }
+
+    /// The receiver is taking stanzas: the connection works again, and
+    /// what still waits has waited from now on.
+    fn progressed(&mut self) {
+        self.progress += 1;
+        self.failed_since = None;
+        self.waiting_since = if self.unacked.is_empty() && self.pending.iter().all(|o| o.seq == 0) {
+            None
+        } else {
+            Some(Instant::now())
+        };
+    }
+
+    /// How many acknowledgements made progress so far.
+    pub(crate) fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Whether written stanzas have waited `timeout` without any
+    /// acknowledgement progress, across reconnections.
+    pub(crate) fn ack_overdue(&self, timeout: Duration) -> bool {
+        self.waiting_since.is_some_and(|t| t.elapsed() >= timeout)
+    }
+
+    /// Since when written stanzas have waited without acknowledgement
+    /// progress.
+    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since
+    }
+
+    /// Whether anything written waits for an acknowledgement.
+    pub(crate) fn has_unacked(&self) -> bool {
+        self.waiting_since.is_some()
     }
 
     /// The connection cannot be established. Stanzas never written are
@@ -184,18 +271,26 @@ impl ConnQueue {
     /// Whether the connection has failed for `after` with stanzas the
     /// receiver may never acknowledge: time to [`ConnQueue::give_up`].
     pub(crate) fn should_give_up(&self, after: Duration) -> bool {
-        matches!(self.failed_since, Some(t) if t.elapsed() >= after) && !self.unacked.is_empty()
+        self.failed
+            && matches!(self.failed_since, Some(t) if t.elapsed() >= after)
+            && !self.unacked.is_empty()
     }
 
-    /// Gives up the unacknowledged stanzas, each marked with the
-    /// `(old_session, seq)` it was written under, and restarts numbering
-    /// (the caller starts a new sequence session).
-    pub(crate) fn give_up(&mut self, old_session: u64) -> Vec<Envelope> {
+    /// Gives up the unacknowledged stanzas, each marked with the session
+    /// (`old_session`, and its token, 0 for none) and seq it was written
+    /// under, and restarts numbering (the caller starts a new sequence
+    /// session). The connection still counts as failing since it did.
+    pub(crate) fn give_up(&mut self, old_session: u64, old_token: u128) -> Vec<Envelope> {
         self.next_seq = 1;
+        self.waiting_since = None;
         std::mem::take(&mut self.unacked)
             .into_iter()
             .map(|mut o| {
-                o.env.prior = Some((old_session, o.seq));
+                o.env.prior = Some(Prior {
+                    session: old_session,
+                    seq: o.seq,
+                    token: old_token,
+                });
                 o.env
             })
             .collect()
@@ -203,6 +298,7 @@ impl ConnQueue {
 
     /// Everything, unacknowledged first, in order (a stop or a closed pool).
     pub(crate) fn take_all(&mut self) -> Vec<Envelope> {
+        self.waiting_since = None;
         let unacked = std::mem::take(&mut self.unacked);
         let pending = std::mem::take(&mut self.pending);
         unacked.into_iter().chain(pending).map(|o| o.env).collect()
@@ -257,7 +353,7 @@ mod tests {
             q.push(env(i)).unwrap();
         }
         assert_eq!(write(&mut q, 3), [(0, 1), (1, 2), (2, 3)]);
-        assert_eq!(q.resume(Some(1)), 1);
+        assert_eq!(q.resume(Some(1), &[]).0, 1);
         assert_eq!(write(&mut q, 10), [(1, 2), (2, 3), (3, 4)]);
         assert_eq!(q.acked(4), 3);
         assert!(q.is_empty());
@@ -274,12 +370,73 @@ mod tests {
         assert_eq!(fresh, [1, 2]);
         assert!(q.push(env(9)).is_err(), "refused while failing");
         assert!(q.should_give_up(Duration::ZERO));
-        let rest = q.give_up(77);
+        let rest = q.give_up(77, 5);
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].prior, Some((77, 1)));
-        q.resume(None);
+        assert_eq!(
+            rest[0].prior,
+            Some(Prior {
+                session: 77,
+                seq: 1,
+                token: 5
+            })
+        );
+        q.resume(None, &[]);
         q.push(env(5)).unwrap();
         assert_eq!(write(&mut q, 1), [(5, 1)], "a new session numbers from 1");
+    }
+
+    #[tokio::test]
+    async fn a_nack_acknowledges_what_precedes_and_removes_the_refused_one() {
+        let mut q = ConnQueue::default();
+        for i in 0..4 {
+            q.push(env(i)).unwrap();
+        }
+        write(&mut q, 4);
+        let (done, refused) = q.nacked(3);
+        assert_eq!(done, 2);
+        assert_eq!(refused.map(|e| id(&e)), Some(2));
+        assert_eq!(q.nacked(3), (0, None), "a duplicate Nack changes nothing");
+        assert_eq!(q.acked(4), 1);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resumed_answer_hands_over_the_refused_before_the_acknowledged() {
+        let mut q = ConnQueue::default();
+        for i in 0..4 {
+            q.push(env(i)).unwrap();
+        }
+        write(&mut q, 4);
+        // The receiver took 1 to 3 and refused 2; the Nack was lost.
+        let (done, refused) = q.resume(Some(3), &[2, 9]);
+        assert_eq!(done, 2);
+        assert_eq!(refused.iter().map(id).collect::<Vec<_>>(), [1]);
+        assert_eq!(write(&mut q, 4), [(3, 4)]);
+    }
+
+    #[tokio::test]
+    async fn reconnections_do_not_reset_the_clocks_and_progress_does() {
+        let step = Duration::from_millis(60);
+        let mut q = ConnQueue::default();
+        q.push(env(0)).unwrap();
+        q.push(env(1)).unwrap();
+        write(&mut q, 2);
+        std::thread::sleep(step);
+        assert!(q.ack_overdue(step));
+        q.fail();
+        std::thread::sleep(step);
+        q.resume(None, &[]);
+        write(&mut q, 2);
+        q.fail();
+        assert!(q.ack_overdue(step * 2), "waiting since the first write");
+        assert!(q.should_give_up(step), "failing since the first failure");
+        let before = Instant::now();
+        assert_eq!(q.acked(1), 1);
+        assert!(q.waiting_since().is_some_and(|t| t >= before), "restarted");
+        assert!(
+            !q.should_give_up(Duration::ZERO),
+            "progress: the link works"
+        );
     }
 
     #[derive(Debug, Clone)]
@@ -381,7 +538,7 @@ mod tests {
                     Op::Resume(k) => {
                         let seqs = m.written_seqs();
                         let received = if m.failed { None } else { seqs.get(k).copied() };
-                        let n = q.resume(received);
+                        let (n, _) = q.resume(received, &[]);
                         let r = received.unwrap_or(0);
                         let (gone, kept): (Vec<_>, Vec<_>) = m
                             .live
@@ -412,9 +569,11 @@ mod tests {
                         prop_assert_eq!(due, m.failed && !m.live.is_empty());
                         if due {
                             m.session += 1;
-                            let back = q.give_up(m.session);
-                            let got: Vec<(u32, Option<(u64, u64)>)> =
-                                back.iter().map(|e| (id(e), e.prior)).collect();
+                            let back = q.give_up(m.session, 0);
+                            let got: Vec<(u32, Option<(u64, u64)>)> = back
+                                .iter()
+                                .map(|e| (id(e), e.prior.map(|p| (p.session, p.seq))))
+                                .collect();
                             let want: Vec<(u32, Option<(u64, u64)>)> = m
                                 .live
                                 .drain(..)

@@ -29,6 +29,10 @@ struct Shared {
     accepted: AtomicUsize,
     refused: AtomicUsize,
     active: AtomicUsize,
+    /// The first bytes each connection carried, per direction (client →
+    /// upstream, upstream → client), in the order connections were made:
+    /// tests read handshakes from them.
+    first_bytes: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     // Aborting a connection's task drops both of its sockets, which is how
     // `cut` and `Drop` close live connections.
     connections: Mutex<Vec<AbortHandle>>,
@@ -47,6 +51,7 @@ impl FaultProxy {
             accepted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            first_bytes: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
         });
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -95,6 +100,13 @@ impl FaultProxy {
     /// Connections accepted and closed at once because the proxy was cut.
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// The first bytes of each connection forwarded so far, per direction:
+    /// (what the client sent, what the upstream answered), each up to
+    /// 4 KiB.
+    pub fn first_bytes(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.shared.first_bytes.lock().unwrap().clone()
     }
 
     /// Connections currently being forwarded.
@@ -170,15 +182,27 @@ async fn forward(client: TcpStream, shared: Arc<Shared>, _guard: ActiveGuard) {
     };
     let (client_r, client_w) = client.into_split();
     let (up_r, up_w) = upstream.into_split();
+    let index = {
+        let mut first = shared.first_bytes.lock().unwrap();
+        first.push((Vec::new(), Vec::new()));
+        first.len() - 1
+    };
     // An error in either direction ends both (dropping the sockets); a clean
     // EOF is passed on as a half-close so the other direction can finish.
-    let _ = tokio::try_join!(pump(client_r, up_w, &shared), pump(up_r, client_w, &shared));
+    let _ = tokio::try_join!(
+        pump(client_r, up_w, &shared, (index, true)),
+        pump(up_r, client_w, &shared, (index, false))
+    );
 }
+
+/// Bytes of each direction kept in `first_bytes`.
+const FIRST_BYTES: usize = 4096;
 
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     shared: &Shared,
+    (index, upstream): (usize, bool),
 ) -> std::io::Result<()> {
     let mut stalled = shared.stalled.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
@@ -186,6 +210,16 @@ async fn pump(
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        {
+            let mut first = shared.first_bytes.lock().unwrap();
+            let kept = if upstream {
+                &mut first[index].0
+            } else {
+                &mut first[index].1
+            };
+            let room = FIRST_BYTES.saturating_sub(kept.len()).min(n);
+            kept.extend_from_slice(&buf[..room]);
         }
         if stalled.wait_for(|s| !*s).await.is_err() {
             return Ok(());
