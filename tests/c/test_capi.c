@@ -502,7 +502,8 @@ static void test_slow_host(void) {
     }
     /* Back-pressure reached the sender: its queue towards dc2 filled. */
     double until = now_ms() + WAIT_MS;
-    while (metric(dc1, "global.mod_global_distrib.outgoing.queue_full.dc2.example.com") == 0 &&
+    while ((metric(dc1, "global.mod_global_distrib.outgoing.queue_full.dc2.example.com") == 0 ||
+            metric(dc2, "global.mod_global_distrib.incoming.host_waits") == 0) &&
            now_ms() < until)
         nap_ms(10);
     CHECK(metric(dc1, "global.mod_global_distrib.outgoing.queue_full.dc2.example.com") > 0);

@@ -5,7 +5,7 @@
 //! handed ([`Credits::taken`]) and what its consumer finished
 //! ([`Credits::returned`]): an Erlang worker confirming a stanza, a C
 //! callback returning. The dispatch shards of the receiving side wait
-//! ([`Credits::ready`]) before handing more to a host that is at its limit.
+//! ([`Credits::room_for`]) before handing more to a host that is at its limit.
 //! While a shard waits it takes nothing from its queue, the connections
 //! feeding it stop reading, TCP pushes back to the sending DC, whose
 //! connection queue fills up to its bound, and what it cannot queue goes to
@@ -94,26 +94,25 @@ impl Credits {
                 .unconfirmed
                 .set(self.stanzas.load(Ordering::Acquire) as i64);
         }
-        if !self.is_full(0, 0) {
-            self.freed.notify_waiters();
-        }
+        self.freed.notify_waiters();
     }
 
-    /// Whether handing over `stanzas` more stanzas of `bytes` bytes would
-    /// reach a limit. A first stanza always fits an empty host, however
-    /// large: a limit below one payload must not stop the flow for good.
-    pub fn is_full(&self, stanzas: usize, bytes: usize) -> bool {
+    /// Whether `stanzas` more stanzas of `bytes` payload bytes may be
+    /// handed over within the limits. One stanza always fits a host that
+    /// holds nothing, however large: a limit below one payload must not
+    /// stop the flow for good.
+    pub fn fits(&self, stanzas: usize, bytes: usize) -> bool {
         let s = self.stanzas.load(Ordering::Acquire);
         let b = self.bytes.load(Ordering::Acquire);
-        if s == 0 {
-            return false;
+        if s == 0 && stanzas <= 1 {
+            return true;
         }
-        s + stanzas >= self.max_stanzas || b + bytes >= self.max_bytes
+        s + stanzas <= self.max_stanzas && b + bytes <= self.max_bytes
     }
 
-    /// Waits until the host holds less than its limits.
-    pub async fn ready(&self) {
-        if !self.is_full(0, 0) {
+    /// Waits until `stanzas` more stanzas of `bytes` bytes fit.
+    pub async fn room_for(&self, stanzas: usize, bytes: usize) {
+        if self.fits(stanzas, bytes) {
             return;
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
@@ -125,7 +124,7 @@ impl Credits {
             tokio::pin!(freed);
             // Registered before the check, so a return in between wakes it.
             freed.as_mut().enable();
-            if !self.is_full(0, 0) {
+            if self.fits(stanzas, bytes) {
                 return;
             }
             freed.await;
@@ -159,11 +158,13 @@ mod tests {
     #[test]
     fn a_limit_is_reached_by_count_or_by_bytes() {
         let c = Credits::new(3, 100);
-        assert!(!c.is_full(1, 10));
+        assert!(c.fits(3, 100));
+        assert!(!c.fits(4, 10), "4 stanzas never fit a limit of 3");
         c.taken(2, 10);
-        assert!(c.is_full(1, 0), "2 + 1 reaches 3 stanzas");
-        assert!(!c.is_full(0, 0));
-        assert!(c.is_full(0, 90), "10 + 90 reaches 100 bytes");
+        assert!(c.fits(1, 0), "2 + 1 is the limit");
+        assert!(!c.fits(2, 0), "2 + 2 is past it");
+        assert!(c.fits(0, 90));
+        assert!(!c.fits(1, 91), "10 + 91 bytes is past 100");
         c.returned(2, 10);
         assert_eq!(c.outstanding(), (0, 0));
         c.returned(5, 5);
@@ -173,9 +174,10 @@ mod tests {
     #[test]
     fn one_stanza_larger_than_the_byte_limit_still_goes_to_an_empty_host() {
         let c = Credits::new(10, 100);
-        assert!(!c.is_full(1, 1_000));
+        assert!(c.fits(1, 1_000));
+        assert!(!c.fits(2, 1_000), "only one");
         c.taken(1, 1_000);
-        assert!(c.is_full(0, 0));
+        assert!(!c.fits(1, 1));
     }
 
     #[tokio::test]
@@ -184,7 +186,7 @@ mod tests {
         c.taken(2, 0);
         let waiter = tokio::spawn({
             let c = c.clone();
-            async move { c.ready().await }
+            async move { c.room_for(1, 0).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "the host is at its limit");

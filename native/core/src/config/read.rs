@@ -530,12 +530,13 @@ mod tests {
 
     #[test]
     fn the_handshake_must_fit_the_largest_frame() {
-        // 23 bytes of overhead, 3 of local_host, 4 of node_name: 30 in all.
-        assert!(check_handshake_fits("dc1", "node", 30).is_ok());
+        // 616 bytes of overhead (the largest version-2 HandshakeAck), 3 of
+        // local_host, 4 of node_name: 623 in all.
+        assert!(check_handshake_fits("dc1", "node", 623).is_ok());
         assert_eq!(
-            error(check_handshake_fits("dc1", "node", 29)),
-            "node_name: with local_host, the handshake frame takes 30 bytes, \
-             over connections.max_frame_size (29): shorten it or raise the limit"
+            error(check_handshake_fits("dc1", "node", 622)),
+            "node_name: with local_host, the handshake frame takes 623 bytes, \
+             over connections.max_frame_size (622): shorten it or raise the limit"
         );
     }
 

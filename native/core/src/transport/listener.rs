@@ -1325,9 +1325,10 @@ async fn dispatch(
                     .insert_origin_hint(&env.from, &env.meta.origin);
             }
             if let Some(credits) = router.delivery.credits() {
-                if credits.is_full(ready.items.len() + 1, ready.bytes + env.payload.len()) {
+                let len = env.payload.len();
+                if !credits.fits(ready.items.len() + 1, ready.bytes + len) {
                     ready.flush(&router);
-                    credits.ready().await;
+                    credits.room_for(1, len).await;
                 }
             }
             dispatch_one(inc, &router, &mut ready).await;
