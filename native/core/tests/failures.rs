@@ -444,6 +444,7 @@ fn stanzas_to_a_peer_that_never_reads_end_within_a_bound() {
     // Large enough that the socket buffers fill and writes block too.
     let body = "x".repeat(256 * 1024);
     let n = 12;
+    let sent = std::time::Instant::now();
     for i in 0..n {
         let r = dc1.send(
             "alice@example.com/a",
@@ -459,6 +460,10 @@ fn stanzas_to_a_peer_that_never_reads_end_within_a_bound() {
         wait_for(bound, || dc1.inbox.undeliverable_count() >= n),
         "{} of {n} reported within {bound:?}",
         dc1.inbox.undeliverable_count()
+    );
+    eprintln!(
+        "{n} stanzas to a peer that never reads: all reported after {:?} (bound {bound:?})",
+        sent.elapsed()
     );
     assert!(wait_for(WAIT, || dc1.rt.outgoing().in_flight() == 0
         && dc1.rt.bounce_queue_size() == 0));
