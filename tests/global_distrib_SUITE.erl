@@ -430,13 +430,22 @@ mongooseim_processed_options_are_read_unchanged(Config) ->
     ?assertEqual(ok, global_distrib:check_config(
                        Doc#{modules := #{mod_global_distrib => Zeros},
                             outgoing_pools := #{redis => #{global_distrib => NoPassword}}})),
-    %% TLS to Redis is refused, naming the path.
+    %% TLS to Redis: MongooseIM's tls([client]) keys are mapped onto
+    %% redis.tls; what rustls cannot honour is refused, naming the path.
     TlsPool = Pool#{conn_opts := #{host => "172.16.0.3", port => 6379, database => 0,
-                                   tls => #{verify_mode => peer}}},
+                                   tls => #{verify_mode => peer, disconnect_on_failure => true,
+                                            crl_files => [],
+                                            server_name_indication =>
+                                                #{enabled => true, protocol => default}}}},
+    ?assertEqual(ok, global_distrib:check_config(
+                       Doc#{outgoing_pools := #{redis => #{global_distrib => TlsPool}}})),
+    SelfSigned = Pool#{conn_opts := #{host => "172.16.0.3", port => 6379, database => 0,
+                                      tls => #{verify_mode => selfsigned_peer}}},
     {error, {config, Msg}} =
-        global_distrib:check_config(Doc#{outgoing_pools := #{redis => #{global_distrib => TlsPool}}}),
-    ?assertEqual(<<"outgoing_pools.redis.global_distrib.conn_opts.tls: TLS to Redis is not supported yet: "
-                   "remove it, or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)">>,
+        global_distrib:check_config(Doc#{outgoing_pools := #{redis => #{global_distrib => SelfSigned}}}),
+    ?assertEqual(<<"outgoing_pools.redis.global_distrib.conn_opts.tls.verify_mode: selfsigned_peer "
+                   "is not supported for TLS to Redis: use peer with the server's certificate or "
+                   "its CA as cacertfile">>,
                  Msg).
 
 %% SPEC 11.9: rebalancing. dc2 listens on two ports but advertises only the

@@ -26,7 +26,7 @@ use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
 use crate::store::embedded::EmbeddedBackend;
 use crate::store::redis::RedisBackend;
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
-use crate::store::{Backend, NodeId, Store, StoreError};
+use crate::store::{start_check, Backend, NodeId, Store, StoreError};
 use crate::transport::frame::PayloadKind;
 use crate::transport::listener::{bind_all, Receiver};
 use crate::transport::outgoing::Outgoing;
@@ -464,15 +464,14 @@ async fn build(
         },
     };
     let store = Store::new(backend);
-    // One bounded round trip before anything starts: a store that does not
-    // answer fails the start clearly instead of stalling every first call.
+    let me = NodeId::new(&config.local_host, &config.node_name)?;
+    // Bounded round trips before anything starts: a store that does not
+    // answer, refuses us or lacks a command of the dialect fails the start
+    // clearly instead of stalling or failing every first call.
     let within = Duration::from_millis(config.redis.start_timeout_ms);
-    if let Err(e) = store.backend().health_within(within).await {
-        return Err(StartError::StoreCheck(match e {
-            StoreError::Unavailable(why) => why,
-            e => e.to_string(),
-        }));
-    }
+    start_check::run(store.backend().as_ref(), &me, within)
+        .await
+        .map_err(StartError::StoreCheck)?;
     let metrics = Arc::new(Metrics::with_host_limit(
         config.connections.limits.max_metric_hosts,
     ));
@@ -545,7 +544,6 @@ async fn build(
     // This DC's own domain resolves to it (lookup rule 5 for JIDs such as
     // user@dc1.example.com seen from another DC); hidden from disco.
     owned.domain_registered(&config.local_host, false);
-    let me = NodeId::new(&config.local_host, &config.node_name)?;
     let refresher = Refresher::new(
         store.clone(),
         owned,

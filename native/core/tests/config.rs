@@ -86,6 +86,7 @@ fn minimal_config_has_every_default_of_spec_2() {
             username: String::new(),
             password: String::new(),
             database: 0,
+            tls: None,
             pool_size: 1,
             expire_after: 120,
             refresh_after: 60,
@@ -274,11 +275,22 @@ fn toml_document_takes_the_redis_address_from_the_named_outgoing_pool() {
         "connection.port = 8103",
         "connection.tls.verify_mode = \"none\"",
     );
-    assert_eq!(
-        Config::from_toml_str(&tls).unwrap_err().to_string(),
-        "outgoing_pools.redis.global_distrib.connection.tls: TLS to Redis is not supported yet: \
-         remove it, or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)"
+    let c = Config::from_toml_str(&tls).unwrap();
+    let read = c
+        .redis
+        .tls
+        .expect("the pool's connection.tls turns TLS to Redis on");
+    assert_eq!(read.verify, gd_core::config::VerifyMode::None);
+    let versions = document.replace(
+        "connection.port = 8103",
+        "connection.tls.versions = [\"tlsv1.3\"]",
     );
+    assert!(Config::from_toml_str(&versions)
+        .unwrap_err()
+        .to_string()
+        .starts_with(
+            "outgoing_pools.redis.global_distrib.connection.tls.versions: not supported for TLS to Redis"
+        ));
 }
 
 #[test]
@@ -766,27 +778,23 @@ fn invalid_redis_values() {
         ),
         (
             json!({"url": "http://localhost"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"http://localhost\" (the scheme must be redis://)",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"http://localhost\" (the scheme must be redis:// or rediss://)",
         ),
         (
             json!({"url": "redis://:pw@"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://:pw@\" (the host is missing)",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://:pw@\" (the host is missing)",
         ),
         (
             json!({"url": "redis://localhost:0"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost:0\" (the port must be 1..65535, got \"0\")",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://localhost:0\" (the port must be 1..65535, got \"0\")",
         ),
         (
             json!({"url": "redis://localhost:x"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost:x\" (the port must be 1..65535, got \"x\")",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://localhost:x\" (the port must be 1..65535, got \"x\")",
         ),
         (
             json!({"url": "redis://localhost/x"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://localhost/x\" (the database must be a number, got \"x\")",
-        ),
-        (
-            json!({"url": "rediss://localhost"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"rediss://localhost\" (TLS to Redis is not supported yet)",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://localhost/x\" (the database must be a number, got \"x\")",
         ),
         (
             json!({"username": "gd"}),
@@ -798,11 +806,11 @@ fn invalid_redis_values() {
         ),
         (
             json!({"url": "redis://:%zz@localhost"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://:%zz@localhost\" (bad percent-escape at byte 0)",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://:%zz@localhost\" (bad percent-escape at byte 0)",
         ),
         (
             json!({"url": "redis://a#b"}),
-            "redis.url: expected redis://[[username]:password@]host[:port][/database], got \"redis://a#b\" (the host must not contain '#' (reserved by the store's key layout), got \"a#b\")",
+            "redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got \"redis://a#b\" (the host must not contain '#' (reserved by the store's key layout), got \"a#b\")",
         ),
         (
             json!({"url": "redis://localhost", "port": 1}),
@@ -906,7 +914,7 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     assert_eq!(
         error(json!({"redis": {"host": "x"}})),
         "redis.host: unknown option (expected one of: database, expire_after, password, pool, pool_size, \
-         port, refresh_after, server, start_timeout_ms, timeout_ms, url, username)"
+         port, refresh_after, server, start_timeout_ms, timeout_ms, tls, url, username)"
     );
     let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
     assert_eq!(
@@ -1102,6 +1110,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             username: String::new(),
             password: String::new(),
             database: 0,
+            tls: None,
             pool_size: 24,
             expire_after: 120,
             refresh_after: 60,
@@ -1393,9 +1402,9 @@ fn each_bad_processed_option_names_its_path() {
         ),
         (
             format!("{POOL}/conn_opts/tls"),
-            json!({"verify_mode": "peer", "crl_files": [], "disconnect_on_failure": true}),
-            "outgoing_pools.redis.global_distrib.conn_opts.tls: TLS to Redis is not supported yet: remove it, \
-             or reach Redis through a local TLS-terminating proxy (stunnel, Envoy)",
+            json!({"verify_mode": "selfsigned_peer", "crl_files": [], "disconnect_on_failure": true}),
+            "outgoing_pools.redis.global_distrib.conn_opts.tls.verify_mode: selfsigned_peer is not \
+             supported for TLS to Redis: use peer with the server's certificate or its CA as cacertfile",
         ),
         (
             format!("{POOL}/conn_opts/username"),

@@ -46,6 +46,7 @@ fn redis_config(url: String, pool_size: u32) -> RedisConfig {
         username: String::new(),
         password: String::new(),
         database: 0,
+        tls: None,
         pool_size,
         expire_after: 120,
         refresh_after: 60,

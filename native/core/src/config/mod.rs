@@ -238,6 +238,10 @@ pub struct RedisConfig {
     /// Database index (`SELECT`); only 0 works through Dynomite/twemproxy.
     #[serde(default)]
     pub database: u32,
+    /// TLS to Redis (`redis.tls`, a `rediss://` URL or the MongooseIM
+    /// pool's `connection.tls`); absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
     pub pool_size: u32,
     /// Seconds: TTL of every key this node writes.
     pub expire_after: u64,
@@ -249,6 +253,45 @@ pub struct RedisConfig {
     /// Milliseconds: bound on the store check at start.
     #[serde(default = "defaults::redis_start_timeout_ms")]
     pub start_timeout_ms: u64,
+}
+
+/// TLS to Redis, with rustls (docs/REDIS.md, *TLS*). Unlike the inter-DC
+/// links, the client certificate is optional and, with no `cacertfile`,
+/// the server is verified against the system's CA bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisTlsConfig {
+    /// PEM CA bundle the server is verified against; none: the system's.
+    #[serde(default)]
+    pub cacertfile: Option<PathBuf>,
+    /// PEM client certificate chain, for a server that asks for one.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of `certfile`; none: read from `certfile`.
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// The name sent as SNI and checked in the server's certificate; none:
+    /// the Redis host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// `false`: no SNI is sent (the name is still checked).
+    #[serde(default = "yes")]
+    pub sni: bool,
+    /// `peer` (default) or `none` (no verification at all).
+    #[serde(default)]
+    pub verify: VerifyMode,
+}
+
+impl Default for RedisTlsConfig {
+    fn default() -> Self {
+        RedisTlsConfig {
+            cacertfile: None,
+            certfile: None,
+            keyfile: None,
+            server_name: None,
+            sni: true,
+            verify: VerifyMode::Peer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

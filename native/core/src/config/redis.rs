@@ -1,12 +1,15 @@
 //! Reading the Redis options: the `redis` section, the MongooseIM outgoing
-//! pool it names (as TOML or as MongooseIM's processed map), and
-//! `redis://` URLs.
+//! pool it names (as TOML or as MongooseIM's processed map), `redis://` and
+//! `rediss://` URLs, and TLS to Redis (`redis.tls`, the pool's
+//! `connection.tls`).
 
 use serde_json::{Map, Value};
 
 use crate::config::field::{seconds, seconds_or_zero, Field, Section};
 use crate::config::host::check_host;
-use crate::config::{defaults, quote, ConfigError, RedisConfig, Result, MAX_MILLISECONDS};
+use crate::config::{
+    defaults, quote, ConfigError, RedisConfig, RedisTlsConfig, Result, VerifyMode, MAX_MILLISECONDS,
+};
 
 const REDIS_KEYS: &[&str] = &[
     "database",
@@ -19,6 +22,7 @@ const REDIS_KEYS: &[&str] = &[
     "server",
     "start_timeout_ms",
     "timeout_ms",
+    "tls",
     "url",
     "username",
 ];
@@ -63,6 +67,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         username: String::new(),
         password: String::new(),
         database: 0,
+        tls: None,
         pool_size: defaults::REDIS_POOL_SIZE,
         expire_after: defaults::EXPIRE_AFTER,
         refresh_after: defaults::REFRESH_AFTER,
@@ -106,10 +111,15 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         let url = f.string()?;
         let parsed = parse_redis_url(url).map_err(|why| {
             f.err(format!(
-                "expected redis://[[username]:password@]host[:port][/database], got {} ({why})",
+                "expected redis[s]://[[username]:password@]host[:port][/database], got {} ({why})",
                 quote(url)
             ))
         })?;
+        if let (false, Some(tls)) = (parsed.tls, s.get("tls")?) {
+            return Err(tls
+                .err("given with a redis:// URL; use rediss:// for TLS (or leave redis.tls out)"));
+        }
+        redis.tls = parsed.tls.then(RedisTlsConfig::default);
         redis.server = parsed.host;
         redis.port = parsed.port;
         redis.username = parsed.username;
@@ -122,6 +132,9 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
     redis.username = s.opt("username", owned_string, || redis.username.clone())?;
     redis.password = s.opt("password", owned_string, || redis.password.clone())?;
     redis.database = s.opt("database", database, || redis.database)?;
+    if let Some(f) = s.get("tls")? {
+        redis.tls = Some(read_redis_tls(&f)?);
+    }
     redis.pool_size = s.opt(
         "pool_size",
         |f| f.int(1, u64::from(u32::MAX)),
@@ -148,6 +161,58 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         return Err(ConfigError::new("redis.username", message));
     }
     Ok((redis, field.is_some() || pool.is_some()))
+}
+
+/// `redis.tls`; also what `Config::to_json` writes for it (`sni`).
+const REDIS_TLS_KEYS: &[&str] = &[
+    "cacertfile",
+    "certfile",
+    "keyfile",
+    "server_name",
+    "sni",
+    "verify",
+];
+
+fn read_redis_tls(f: &Field) -> Result<RedisTlsConfig> {
+    let s = Section::new(f, REDIS_TLS_KEYS, &[("cafile", "cacertfile")])?;
+    let verify = s.opt(
+        "verify",
+        |f| match f.value.as_str() {
+            Some("peer") => Ok(VerifyMode::Peer),
+            Some("none") => Ok(VerifyMode::None),
+            _ => Err(f.expected("\"peer\" or \"none\"")),
+        },
+        VerifyMode::default,
+    )?;
+    let tls = RedisTlsConfig {
+        cacertfile: s
+            .get("cacertfile")?
+            .map(|f| f.readable_file())
+            .transpose()?,
+        certfile: s.get("certfile")?.map(|f| f.readable_file()).transpose()?,
+        keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
+        server_name: s.get("server_name")?.map(|f| tls_name(&f)).transpose()?,
+        sni: s.opt("sni", Field::boolean, || true)?,
+        verify,
+    };
+    check_redis_tls(&s.path, &tls)?;
+    Ok(tls)
+}
+
+fn check_redis_tls(path: &str, tls: &RedisTlsConfig) -> Result<()> {
+    if tls.keyfile.is_some() && tls.certfile.is_none() {
+        let message = "given without certfile: a client key goes with its certificate";
+        return Err(ConfigError::new(format!("{path}.keyfile"), message));
+    }
+    Ok(())
+}
+
+/// A name rustls can send as SNI and check the certificate against.
+fn tls_name(f: &Field) -> Result<String> {
+    let name = f.host()?;
+    rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| f.err(format!("not a DNS name or IP address: {}", quote(&name))))?;
+    Ok(name)
 }
 
 fn owned_string(f: &Field) -> Result<String> {
@@ -231,12 +296,7 @@ fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
     let Some(c) = connection else {
         return Ok(());
     };
-    if let Some(f) = c.get("tls")? {
-        return Err(f.err(
-            "TLS to Redis is not supported yet: remove it, or reach Redis through a local \
-             TLS-terminating proxy (stunnel, Envoy)",
-        ));
-    }
+    redis.tls = c.get("tls")?.map(|f| read_pool_tls(&f)).transpose()?;
     redis.server = c.opt("host", Field::host, || redis.server.clone())?;
     redis.port = c.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
     redis.database = c.opt("database", database, || 0)?;
@@ -245,7 +305,83 @@ fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
     Ok(())
 }
 
+/// `connection.tls` of a MongooseIM Redis pool: MongooseIM 6.8's
+/// `tls([client])` (just_tls). What rustls can honour for a Redis client is
+/// mapped onto `redis.tls`; what it cannot is refused rather than ignored,
+/// because each of those keys narrows what is trusted.
+const POOL_TLS_KEYS: &[&str] = &[
+    "cacertfile",
+    "certfile",
+    "ciphers",
+    "crl_files",
+    "disconnect_on_failure",
+    "keyfile",
+    "password",
+    "server_name_indication",
+    "verify_mode",
+    "versions",
+];
+
+fn read_pool_tls(f: &Field) -> Result<RedisTlsConfig> {
+    let s = Section::new(f, POOL_TLS_KEYS, &[])?;
+    for key in ["ciphers", "versions", "password"] {
+        if let Some(f) = s.get(key)? {
+            return Err(f.err(
+                "not supported for TLS to Redis: remove it (rustls' defaults: TLS 1.2 and 1.3 \
+                 with their strong suites; the key file must not be encrypted)",
+            ));
+        }
+    }
+    if let Some(f) = s.get("crl_files")? {
+        if !f.list("a list of file names")?.is_empty() {
+            return Err(f.err("not supported for TLS to Redis: leave it empty"));
+        }
+    }
+    let mut verify = s.opt(
+        "verify_mode",
+        |f| match f.value.as_str() {
+            Some("peer") => Ok(VerifyMode::Peer),
+            Some("none") => Ok(VerifyMode::None),
+            Some("selfsigned_peer") => Err(f.err(
+                "selfsigned_peer is not supported for TLS to Redis: use peer with the server's \
+                 certificate or its CA as cacertfile",
+            )),
+            _ => Err(f.expected("\"peer\" or \"none\"")),
+        },
+        VerifyMode::default,
+    )?;
+    // MongooseIM's verify_fun lets a failing server through when this is
+    // false: here that is no verification.
+    if !s.opt("disconnect_on_failure", Field::boolean, || true)? {
+        verify = VerifyMode::None;
+    }
+    let (sni, server_name) = match s.get("server_name_indication")? {
+        Some(f) => {
+            let sni = Section::new(&f, &["enabled", "host", "protocol"], &[])?;
+            (
+                sni.opt("enabled", Field::boolean, || true)?,
+                sni.get("host")?.map(|f| tls_name(&f)).transpose()?,
+            )
+        }
+        None => (true, None),
+    };
+    let tls = RedisTlsConfig {
+        cacertfile: s
+            .get("cacertfile")?
+            .map(|f| f.readable_file())
+            .transpose()?,
+        certfile: s.get("certfile")?.map(|f| f.readable_file()).transpose()?,
+        keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
+        server_name,
+        sni,
+        verify,
+    };
+    check_redis_tls(&s.path, &tls)?;
+    Ok(tls)
+}
+
 struct RedisUrl {
+    tls: bool,
     host: String,
     port: u16,
     username: String,
@@ -253,15 +389,14 @@ struct RedisUrl {
     database: u32,
 }
 
-/// `redis://[[username]:password@]host[:port][/database]`; the error says
-/// what is wrong.
+/// `redis[s]://[[username]:password@]host[:port][/database]` (`rediss`:
+/// TLS); the error says what is wrong.
 fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
-    if url.starts_with("rediss://") {
-        return Err("TLS to Redis is not supported yet".to_owned());
-    }
-    let rest = url
-        .strip_prefix("redis://")
-        .ok_or_else(|| "the scheme must be redis://".to_owned())?;
+    let (tls, rest) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => return Err("the scheme must be redis:// or rediss://".to_owned()),
+    };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let database = match path {
         "" => 0,
@@ -306,6 +441,7 @@ fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
         },
     };
     Ok(RedisUrl {
+        tls,
         host: host.to_owned(),
         port,
         username,
@@ -405,9 +541,11 @@ mod tests {
     #[test]
     fn a_bad_url_says_what_is_wrong() {
         let why = |text: &str| url(text).unwrap_err();
-        assert_eq!(why("http://h:6379"), "the scheme must be redis://");
-        assert_eq!(why("h:6379"), "the scheme must be redis://");
-        assert_eq!(why("rediss://h"), "TLS to Redis is not supported yet");
+        assert_eq!(
+            why("http://h:6379"),
+            "the scheme must be redis:// or rediss://"
+        );
+        assert_eq!(why("h:6379"), "the scheme must be redis:// or rediss://");
         assert_eq!(why("redis://h:0"), r#"the port must be 1..65535, got "0""#);
         assert_eq!(
             why("redis://h:65536"),
@@ -494,8 +632,52 @@ mod tests {
         );
         assert_eq!(
             error(redis(Some(json!({"url": "redis://r1:x"})), json!({}))),
-            r#"redis.url: expected redis://[[username]:password@]host[:port][/database], got "redis://r1:x" (the port must be 1..65535, got "x")"#
+            r#"redis.url: expected redis[s]://[[username]:password@]host[:port][/database], got "redis://r1:x" (the port must be 1..65535, got "x")"#
         );
+    }
+
+    #[test]
+    fn rediss_and_the_tls_section_turn_tls_on() {
+        let (plain, _) = redis(Some(json!({"url": "redis://r1"})), json!({})).unwrap();
+        assert_eq!(plain.tls, None);
+        let (read, _) = redis(Some(json!({"url": "rediss://u:p@r1:6380/2"})), json!({})).unwrap();
+        assert_eq!((read.server.as_str(), read.port), ("r1", 6380));
+        assert_eq!(read.tls, Some(RedisTlsConfig::default()));
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca_path = ca.path().to_str().unwrap();
+        let section = json!({"url": "rediss://r1",
+                             "tls": {"cacertfile": ca_path, "server_name": "redis.example.com",
+                                     "verify": "none"}});
+        let tls = redis(Some(section), json!({})).unwrap().0.tls.unwrap();
+        assert_eq!(tls.cacertfile.as_deref(), Some(ca.path()));
+        assert_eq!(tls.server_name.as_deref(), Some("redis.example.com"));
+        assert_eq!(tls.verify, VerifyMode::None);
+        // Without a URL, the section alone turns TLS on.
+        let (read, _) = redis(Some(json!({"server": "r1", "tls": {}})), json!({})).unwrap();
+        assert_eq!(read.tls, Some(RedisTlsConfig::default()));
+        assert_eq!(
+            error(redis(
+                Some(json!({"url": "redis://r1", "tls": {}})),
+                json!({})
+            )),
+            "redis.tls: given with a redis:// URL; use rediss:// for TLS (or leave redis.tls out)"
+        );
+        assert_eq!(
+            error(redis(
+                Some(json!({"tls": {"verify": "selfsigned_peer"}})),
+                json!({})
+            )),
+            r#"redis.tls.verify: expected "peer" or "none", got "selfsigned_peer""#
+        );
+        assert_eq!(
+            error(redis(Some(json!({"tls": {"keyfile": ca_path}})), json!({}))),
+            "redis.tls.keyfile: given without certfile: a client key goes with its certificate"
+        );
+        assert!(error(redis(
+            Some(json!({"tls": {"certfile": "/nonexistent.pem"}})),
+            json!({})
+        ))
+        .starts_with(r#"redis.tls.certfile: cannot read "/nonexistent.pem""#));
     }
 
     #[test]
@@ -539,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn a_processed_pool_is_read_and_tls_to_redis_refused() {
+    fn a_processed_pool_is_read_with_its_tls_mapped() {
         let mut redis = redis(None, json!({})).unwrap().0;
         let pool = json!({
             "type": "redis", "scope": "global", "tag": "global_distrib",
@@ -565,11 +747,41 @@ mod tests {
             error(read_mongooseim_pool(&Field::new("p", &pool), &mut redis)),
             r#"p.type: expected "redis", got "rdbms""#
         );
-        let pool = json!({"connection": {"tls": {"verify_mode": "none"}}});
-        assert!(
-            error(read_mongooseim_pool(&Field::new("p", &pool), &mut redis))
-                .starts_with("p.connection.tls: TLS to Redis is not supported yet")
+        // MongooseIM's processed `tls([client])` defaults pass unchanged.
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca_path = ca.path().to_str().unwrap();
+        let pool = json!({"conn_opts": {"tls": {
+            "verify_mode": "peer", "disconnect_on_failure": true, "crl_files": [],
+            "cacertfile": ca_path,
+            "server_name_indication": {"enabled": true, "protocol": "default",
+                                       "host": "redis.example.com"}}}});
+        read_mongooseim_pool(&Field::new("p", &pool), &mut redis).unwrap();
+        let tls = redis.tls.clone().unwrap();
+        assert_eq!(tls.cacertfile.as_deref(), Some(ca.path()));
+        assert_eq!(tls.server_name.as_deref(), Some("redis.example.com"));
+        assert_eq!((tls.verify, tls.sni), (VerifyMode::Peer, true));
+        let pool = json!({"connection": {"tls": {"disconnect_on_failure": false,
+                                                 "server_name_indication": {"enabled": false}}}});
+        read_mongooseim_pool(&Field::new("p", &pool), &mut redis).unwrap();
+        let tls = redis.tls.clone().unwrap();
+        assert_eq!((tls.verify, tls.sni), (VerifyMode::None, false));
+        let refused = |tls: Value| {
+            let pool = json!({"connection": {"tls": tls}});
+            error(read_mongooseim_pool(
+                &Field::new("p", &pool),
+                &mut redis.clone(),
+            ))
+        };
+        assert!(refused(json!({"versions": ["tlsv1.3"]}))
+            .starts_with("p.connection.tls.versions: not supported for TLS to Redis"));
+        assert!(refused(json!({"password": "x"}))
+            .starts_with("p.connection.tls.password: not supported for TLS to Redis"));
+        assert_eq!(
+            refused(json!({"crl_files": [ca_path]})),
+            "p.connection.tls.crl_files: not supported for TLS to Redis: leave it empty"
         );
+        assert!(refused(json!({"verify_mode": "selfsigned_peer"}))
+            .starts_with("p.connection.tls.verify_mode: selfsigned_peer is not supported"));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use futures::stream::{FuturesOrdered, StreamExt};
 pub mod embedded;
 pub mod keys;
 pub mod redis;
+mod redis_tls;
 pub mod refresher;
+pub mod start_check;
 
 pub use embedded::EmbeddedBackend;
 pub use redis::RedisBackend;
@@ -128,6 +130,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `"embedded"` or `"redis"`, for logs.
     fn kind(&self) -> &'static str;
+
+    /// What the store is, for messages (`redis 10.0.0.3:6379`).
+    fn describe(&self) -> String {
+        format!("the {} store", self.kind())
+    }
 
     /// How many pipelines bulk work (a refresh pass, a large batch) may keep
     /// in flight at once. One pipeline at a time leaves a networked store

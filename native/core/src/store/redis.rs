@@ -14,6 +14,10 @@
 //!   it cannot parse, so any transport failure drops the pooled connection
 //!   and the next batch dials a fresh one.
 //!
+//! With TLS (`redis.tls`, `rediss://`), the TCP connection and the
+//! handshake are made by `redis_tls` and handed to redis-rs, which then
+//! sends the same handshake and dialect over it.
+//!
 //! `pool_size` multiplexed connections are used round-robin and dialled
 //! lazily (outside any lock), so building the backend never fails because
 //! Redis is down.
@@ -33,8 +37,9 @@ use redis::{
     ProtocolVersion, RedisConnectionInfo, Value,
 };
 
-use super::{keys, Backend, Cmd, Reply, StoreError};
-use crate::config::RedisConfig;
+use super::redis_tls::RedisTls;
+use super::{keys, start_check, Backend, Cmd, Reply, StoreError};
+use crate::config::{RedisConfig, RedisTlsConfig};
 
 /// Refresh only where the key is absent or already ours. Also in docs/REDIS.md.
 pub const REFRESH_IF_OURS_LUA: &str = "local v = redis.call('GET', KEYS[1]) \
@@ -92,6 +97,8 @@ struct CircuitState {
 
 const KNOWN_DOWN: &str = "known down";
 const TIMED_OUT: &str = "did not answer within";
+const DURING_HANDSHAKE: &str = " (in the TLS handshake)";
+const CANNOT_CONNECT: &str = "cannot connect";
 
 /// Why a checked call was refused at once, or `Ok(probe)`.
 type Admission = Result<bool, String>;
@@ -170,6 +177,15 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// What a TLS dial needs: the handshake, the address, and redis-rs'
+/// handshake settings (AUTH, SELECT, RESP2) for the connection it wraps.
+struct TlsDial {
+    tls: RedisTls,
+    host: String,
+    port: u16,
+    redis: RedisConnectionInfo,
+}
+
 /// How one batch failed.
 enum Failure {
     /// No connection could be dialled, or no answer came in time: the store
@@ -193,6 +209,8 @@ impl Failure {
 
 pub struct RedisBackend {
     client: Client,
+    /// Set for TLS: dialled by us, then handed to redis-rs.
+    tls: Option<TlsDial>,
     target: String,
     timeout: Duration,
     slots: Vec<Slot>,
@@ -212,11 +230,21 @@ impl RedisBackend {
     pub fn with_timeout(cfg: &RedisConfig, timeout: Duration) -> Result<Self, StoreError> {
         let info = connection_info(cfg)?;
         let target = info.addr().to_string();
+        let tls = match (tls_settings(cfg), info.addr()) {
+            (Some(settings), ConnectionAddr::Tcp(host, port)) => Some(TlsDial {
+                tls: RedisTls::new(&settings, host)?,
+                host: host.clone(),
+                port: *port,
+                redis: info.redis_settings().clone(),
+            }),
+            _ => None,
+        };
         let client = Client::open(info)
             .map_err(|e| StoreError::Config(format!("redis: cannot use {target}: {e}")))?;
         let pool = cfg.pool_size.max(1) as usize;
         Ok(RedisBackend {
             client,
+            tls,
             target,
             timeout,
             slots: (0..pool)
@@ -277,11 +305,14 @@ impl RedisBackend {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(None)
             .set_response_timeout(None);
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| Failure::Down(format!("cannot connect: {e}")))?;
+        let conn = match &self.tls {
+            Some(tls) => self.dial_tls(tls, config).await?,
+            None => self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| Failure::Down(dial_error(&e)))?,
+        };
         let gen = self.generation.fetch_add(1, Ordering::Relaxed);
         let mut guard = slot.conn.lock();
         if let Some((g, c)) = guard.as_ref() {
@@ -291,6 +322,26 @@ impl RedisBackend {
         drop(guard);
         tracing::debug!(what = "redis_connected", target = %self.target, generation = gen);
         Ok((gen, conn, true))
+    }
+
+    /// TCP and the TLS handshake, then redis-rs' own handshake (AUTH,
+    /// SELECT) over the encrypted stream; its driver runs as a task that
+    /// ends with the last handle to the connection.
+    async fn dial_tls(
+        &self,
+        dial: &TlsDial,
+        config: AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, Failure> {
+        let stream = dial
+            .tls
+            .connect(&dial.host, dial.port)
+            .await
+            .map_err(Failure::Down)?;
+        let (conn, driver) = MultiplexedConnection::new_with_config(&dial.redis, stream, config)
+            .await
+            .map_err(|e| Failure::Down(dial_error(&e)))?;
+        tokio::spawn(driver);
+        Ok(conn)
     }
 
     fn discard(&self, slot: &Slot, gen: u64) {
@@ -313,20 +364,20 @@ impl RedisBackend {
     ) -> Result<Vec<Value>, StoreError> {
         self.query_raw(pipe, count, gate, within)
             .await
-            .map_err(|why| self.failed(why))
+            .map_err(|f| self.failed(f.text().to_owned()))
     }
 
-    /// [`RedisBackend::query`] with the failure as text.
+    /// [`RedisBackend::query`] with the failure as it happened.
     async fn query_raw(
         &self,
         pipe: &redis::Pipeline,
         count: usize,
         gate: Gate,
         within: Duration,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, Failure> {
         let probe = match gate {
             Gate::Probe => false,
-            Gate::Checked => self.circuit.admit()?,
+            Gate::Checked => self.circuit.admit().map_err(Failure::Other)?,
         };
         let mut outcome = ProbeGuard {
             circuit: &self.circuit,
@@ -335,9 +386,13 @@ impl RedisBackend {
         };
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[i];
-        let result = match tokio::time::timeout(within, self.attempt(slot, pipe, count)).await {
+        let attempt = self.attempt(slot, pipe, count);
+        tokio::pin!(attempt);
+        let result = match tokio::time::timeout(within, &mut attempt).await {
             Ok(r) => r,
             Err(_) => {
+                // Looked at while the timed-out dial is still alive.
+                let handshaking = self.tls.as_ref().is_some_and(|d| d.tls.handshaking());
                 // The connection may hold a request the server never
                 // answers: start afresh next time. No retry: a timeout says
                 // the server is slow or stalled, not that the socket is stale.
@@ -345,14 +400,15 @@ impl RedisBackend {
                 if let Some(gen) = gen {
                     self.discard(slot, gen);
                 }
+                let during = if handshaking { DURING_HANDSHAKE } else { "" };
                 Err(Failure::Down(format!(
-                    "{TIMED_OUT} {} ms",
+                    "{TIMED_OUT} {} ms{during}",
                     within.as_millis()
                 )))
             }
         };
         outcome.report(&result);
-        result.map_err(|f| f.text().to_owned())
+        result
     }
 
     /// One batch, plus one resend on a fresh connection when a kept
@@ -395,6 +451,54 @@ impl RedisBackend {
         Err((failure, fresh))
     }
 
+    /// Why the health check failed, with what the failure suggests: a
+    /// handshake that never ends is TLS spoken to a plain-text port (Redis
+    /// waits for the end of an inline command that never comes), a
+    /// connection closed at once is plain text spoken to a TLS port, or a
+    /// TLS server refusing the session after the handshake (TLS 1.3 sends
+    /// the refusal of a client certificate then).
+    fn unreachable(&self, failure: &Failure, within: Duration) -> String {
+        let tls = self.tls.as_ref();
+        match failure {
+            Failure::Down(why) if why.starts_with(TIMED_OUT) => {
+                let hint = match tls {
+                    Some(_) if why.ends_with(DURING_HANDSHAKE) => {
+                        " (the TLS handshake did not complete: is this a plain-text Redis port? \
+                         use the server's tls-port, or redis:// without redis.tls)"
+                    }
+                    _ => "",
+                };
+                format!(
+                    "redis {} did not answer within {} ms{hint}",
+                    self.target,
+                    within.as_millis()
+                )
+            }
+            Failure::Closed(why) => {
+                let hint = match tls {
+                    Some(_) => {
+                        "the server ended the TLS session after the handshake: does it require \
+                         a client certificate (redis.tls.certfile, redis.tls.keyfile) signed by \
+                         a CA it trusts?"
+                    }
+                    None => {
+                        "the server closed the connection at once: is this a TLS port? \
+                         (use rediss:// or redis.tls)"
+                    }
+                };
+                format!("redis {} cannot be reached: {why}; {hint}", self.target)
+            }
+            // Refused credentials, a refused SELECT, a failed TLS
+            // handshake: the server was reached and said no.
+            Failure::Down(why) if !why.starts_with(CANNOT_CONNECT) => {
+                format!("redis {}: {why}", self.target)
+            }
+            Failure::Down(why) | Failure::Other(why) => {
+                format!("redis {} cannot be reached: {why}", self.target)
+            }
+        }
+    }
+
     fn failed(&self, failure: String) -> StoreError {
         if failure.starts_with(KNOWN_DOWN) {
             return StoreError::Unavailable(format!("redis at {}: {failure}", self.target));
@@ -407,14 +511,46 @@ impl RedisBackend {
     }
 }
 
+/// Why a dial failed, for the operator: redis-rs reports a refused `AUTH`
+/// without the server's words.
+fn dial_error(e: &redis::RedisError) -> String {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return "authentication refused (WRONGPASS): check redis.password and redis.username \
+                (or the URL's user info, or the MongooseIM pool's connection.username/password)"
+            .to_owned();
+    }
+    let text = e.to_string();
+    // The handshake's only other command: SELECT of a non-zero database.
+    if text.contains("NOPERM") || text.contains("no permissions") {
+        return start_check::explain("select", &text);
+    }
+    format!("cannot connect: {text}")
+}
+
+/// TLS settings: `redis.tls`, or the defaults for a `rediss://` URL given
+/// without it.
+fn tls_settings(cfg: &RedisConfig) -> Option<RedisTlsConfig> {
+    let rediss = cfg
+        .url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("rediss://"));
+    cfg.tls
+        .clone()
+        .or_else(|| rediss.then(RedisTlsConfig::default))
+}
+
 /// Connection settings: from `url` when given, else
 /// server/port/username/password/database.
 /// The handshake is pinned to RESP2 without `CLIENT SETINFO`, whatever the
-/// URL says, and `AUTH` is only sent for a non-empty password.
+/// URL says, and `AUTH` is only sent for a non-empty password. A
+/// `rediss://` URL is read as `redis://`: TLS is ours (`redis_tls`).
 fn connection_info(cfg: &RedisConfig) -> Result<ConnectionInfo, StoreError> {
     let (addr, db, user, password) = match cfg.url.as_deref() {
         Some(url) => {
-            let info = url.into_connection_info().map_err(|e| {
+            let plain = url
+                .strip_prefix("rediss://")
+                .map(|rest| format!("redis://{rest}"));
+            let info = plain.as_deref().unwrap_or(url).into_connection_info().map_err(|e| {
                 StoreError::Config(format!(
                     "redis.url: expected redis://[[user]:password@]host[:port][/db], got {url:?}: {e}"
                 ))
@@ -614,21 +750,12 @@ impl Backend for RedisBackend {
         let values = self
             .query_raw(&pipe, 1, Gate::Probe, within)
             .await
-            .map_err(|why| {
-                StoreError::Unavailable(match why.strip_prefix(TIMED_OUT) {
-                    Some(_) => format!(
-                        "redis {} did not answer within {} ms",
-                        self.target,
-                        within.as_millis()
-                    ),
-                    None => format!("redis {} cannot be reached: {why}", self.target),
-                })
-            })?;
+            .map_err(|f| StoreError::Unavailable(self.unreachable(&f, within)))?;
         match values.into_iter().next() {
             Some(Value::ServerError(e)) => Err(StoreError::Unavailable(format!(
                 "redis {}: health check failed: {}",
                 self.target,
-                server_error_text(&e)
+                start_check::explain("get", &server_error_text(&e))
             ))),
             _ => Ok(()),
         }
@@ -636,6 +763,10 @@ impl Backend for RedisBackend {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {}", self.target)
     }
 
     /// At least 4 pipelines in flight, spread round-robin over the pooled
