@@ -24,7 +24,9 @@ use crate::mapping::{Location, Mapping};
 use crate::metrics::Metrics;
 use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
-use crate::store::{backend_for, keys, Backend, HealthReport, NodeId, Store, StoreError, StoreHealth};
+use crate::store::{
+    backend_for, keys, Backend, HealthReport, NodeId, Store, StoreError, StoreHealth,
+};
 use crate::transport::frame::PayloadKind;
 use crate::transport::listener::{bind_all, Receiver};
 use crate::transport::outgoing::Outgoing;
@@ -219,10 +221,7 @@ impl Runtime {
     /// A user's session opened here: the newest login wins (plain SET).
     /// Answers whether the store write is confirmed or pending (retried by
     /// the refresher); `Pending` too when the runtime stopped meanwhile.
-    pub fn session_opened(
-        &self,
-        jid: &Jid,
-    ) -> impl Future<Output = SessionWrite> + Send + 'static {
+    pub fn session_opened(&self, jid: &Jid) -> impl Future<Output = SessionWrite> + Send + 'static {
         let (inner, jid) = (self.inner.clone(), jid.clone());
         self.on_runtime(async move { inner.session_opened(&jid).await }, || {
             SessionWrite::Pending

@@ -50,7 +50,9 @@ fn a_stalled_redis_shows_in_health_and_metrics_then_recovers() {
     let backend: Arc<dyn Backend> = Arc::new(RedisBackend::new(&cfg.redis).unwrap());
     let dc1 = dc::start(cfg, backend);
 
-    let opened = dc1.rt.block_on(dc1.rt.session_opened(&jid("alice@example.com/a")));
+    let opened = dc1
+        .rt
+        .block_on(dc1.rt.session_opened(&jid("alice@example.com/a")));
     assert_eq!(opened, SessionWrite::Confirmed);
     let h = health(&dc1);
     assert_eq!(h.status, HealthStatus::Ok, "{h:?}");
@@ -63,7 +65,9 @@ fn a_stalled_redis_shows_in_health_and_metrics_then_recovers() {
     }
 
     redis.pause();
-    let opened = dc1.rt.block_on(dc1.rt.session_opened(&jid("carol@example.com/c")));
+    let opened = dc1
+        .rt
+        .block_on(dc1.rt.session_opened(&jid("carol@example.com/c")));
     assert_eq!(opened, SessionWrite::Pending);
     let h = health(&dc1);
     eprintln!("Redis stalled: {}", h.to_json());
@@ -116,7 +120,8 @@ fn a_stalled_redis_shows_in_health_and_metrics_then_recovers() {
     assert!(h.errors["timeout"] >= 1);
     assert!(h.last_error.is_some());
     assert_eq!(
-        dc1.rt.block_on(dc1.rt.session_opened(&jid("dave@example.com/d"))),
+        dc1.rt
+            .block_on(dc1.rt.session_opened(&jid("dave@example.com/d"))),
         SessionWrite::Confirmed
     );
 }
@@ -128,7 +133,8 @@ fn the_embedded_store_is_always_healthy() {
         Arc::new(gd_core::store::EmbeddedBackend::new()),
     );
     assert_eq!(
-        dc1.rt.block_on(dc1.rt.session_opened(&jid("alice@example.com/a"))),
+        dc1.rt
+            .block_on(dc1.rt.session_opened(&jid("alice@example.com/a"))),
         SessionWrite::Confirmed
     );
     let h = health(&dc1);

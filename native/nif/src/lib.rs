@@ -463,11 +463,23 @@ fn health_term(env: Env<'_>, h: HealthReport) -> NifResult<Term<'_>> {
             (atoms::backend().encode(env), h.backend.encode(env)),
             (atoms::reachable().encode(env), h.reachable.encode(env)),
             (atoms::last_error().encode(env), last_error),
-            (atoms::pending_opens().encode(env), h.pending_opens.encode(env)),
+            (
+                atoms::pending_opens().encode(env),
+                h.pending_opens.encode(env),
+            ),
             (atoms::last_refresh_age_s().encode(env), age),
-            (atoms::refresh_lag_s().encode(env), h.refresh_lag_secs.encode(env)),
-            (atoms::unrefreshed_keys().encode(env), h.unrefreshed_keys.encode(env)),
-            (atoms::errors().encode(env), Term::map_from_pairs(env, &errors)?),
+            (
+                atoms::refresh_lag_s().encode(env),
+                h.refresh_lag_secs.encode(env),
+            ),
+            (
+                atoms::unrefreshed_keys().encode(env),
+                h.unrefreshed_keys.encode(env),
+            ),
+            (
+                atoms::errors().encode(env),
+                Term::map_from_pairs(env, &errors)?,
+            ),
         ],
     )
 }

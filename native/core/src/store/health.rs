@@ -380,7 +380,10 @@ mod tests {
         assert_eq!(p("command refused: NOPERM user"), ErrorKind::Noperm);
         assert_eq!(p("command refused: WRONGTYPE x"), ErrorKind::Refused);
         assert_eq!(p("GET k: unexpected reply"), ErrorKind::Protocol);
-        assert_eq!(ErrorKind::of_reply("NOAUTH Authentication required."), ErrorKind::Auth);
+        assert_eq!(
+            ErrorKind::of_reply("NOAUTH Authentication required."),
+            ErrorKind::Auth
+        );
     }
 
     #[test]
@@ -389,7 +392,9 @@ mod tests {
         let h = StoreHealth::new(&m, Duration::from_secs(60));
         h.pass_done(Duration::from_millis(3), 0, true);
         assert_eq!(h.report("redis", 0).status, HealthStatus::Ok);
-        h.failed(&StoreError::Unavailable("did not answer within 1000 ms".into()));
+        h.failed(&StoreError::Unavailable(
+            "did not answer within 1000 ms".into(),
+        ));
         let r = h.report("redis", 1);
         assert_eq!(r.status, HealthStatus::Down);
         assert_eq!(r.errors["timeout"], 1);
