@@ -330,6 +330,31 @@ enum gd_status gd_metrics_json(const struct gd_runtime *rt, char **out);
 enum gd_status gd_metrics_prometheus(const struct gd_runtime *rt, char **out);
 
 /**
+ * The store's health in `*out`, a JSON object owned by the caller (free
+ * with `gd_string_free`), for a load balancer's check:
+ *
+ * ```text
+ * {"status":"ok"|"degraded"|"down", "backend":"redis", "reachable":true,
+ *  "last_error":null|{"kind":"timeout","message":"...","age_secs":3},
+ *  "pending_opens":0, "last_refresh_age_secs":12|null,
+ *  "refresh_lag_secs":0, "unrefreshed_keys":0,
+ *  "errors":{"auth":0,"closed":0,"config":0,"connect":0,"down":0,
+ *            "noperm":0,"protocol":0,"refused":0,"timeout":0}}
+ * ```
+ *
+ * `degraded`: reachable, but opens are pending or the last refresh pass
+ * is late or incomplete; `down`: the last store call found the store
+ * unusable. Sends one `GET` of the health sentinel first. Blocks (at most
+ * `redis.timeout_ms`, at once while the store is known down); not allowed
+ * inside a callback; `GD_STATUS_STOPPED` after `gd_runtime_stop`.
+ *
+ * # Safety
+ * Every pointer argument is NULL or valid as described above; a NULL
+ * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+ */
+enum gd_status gd_runtime_store_health(const struct gd_runtime *rt, char **out);
+
+/**
  * Frees a string this library returned through a `char **out` argument.
  * Not for any other pointer (not for `gd_last_error`, `gd_version`,
  * `gd_route_result` or `gd_delivery` strings). NULL is ignored.
@@ -466,14 +491,33 @@ enum gd_status gd_runtime_free(struct gd_runtime *rt);
 
 /**
  * A user's session opened at this DC (`jid`: full JID, borrowed). Waits
- * until the session table is written; the newest login wins. Blocks; not
- * allowed inside a callback.
+ * until the session table is written or the write failed (within
+ * `redis.timeout_ms`); the newest login wins. `GD_STATUS_OK` in both
+ * cases: a failed write is a pending open, retried every second, and
+ * routing at this DC finds the user already. Use
+ * `gd_session_opened_status` to learn which. Blocks; not allowed inside a
+ * callback.
  *
  * # Safety
  * Every pointer argument is NULL or valid as described above; a NULL
  * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
  */
 enum gd_status gd_session_opened(const struct gd_runtime *rt, const char *jid);
+
+/**
+ * `gd_session_opened`, telling in `*pending` where the store write
+ * stands: `false` when the session's keys are written, `true` when the
+ * write failed and is a pending open (retried every second by the
+ * refresher; `gd_runtime_store_health` counts them). `*pending` is only
+ * written on `GD_STATUS_OK`. Blocks; not allowed inside a callback.
+ *
+ * # Safety
+ * Every pointer argument is NULL or valid as described above; a NULL
+ * where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+ */
+enum gd_status gd_session_opened_status(const struct gd_runtime *rt,
+                                        const char *jid,
+                                        bool *pending);
 
 /**
  * A user's session closed at this DC (`jid` borrowed). Blocks; not

@@ -57,7 +57,7 @@ handle(Event, Meta, Payload) ->
 rt() ->
     persistent_term:get(gd_test_host).
 
--spec login(binary()) -> ok | {error, term()}.
+-spec login(binary()) -> ok | {ok, pending} | {error, term()}.
 login(Jid) -> global_distrib:session_opened(rt(), Jid).
 
 -spec logout(binary()) -> ok | {error, term()}.

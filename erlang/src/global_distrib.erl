@@ -26,10 +26,11 @@
          refresh_hosts/1, refresh_now/1, rebalance_now/1, cache_origin/3,
          await_peer/3, store_del/2,
          endpoints_of/2, disabled_pools/2, debug_cache_session/3, debug_store_exec/2,
-         info/1, metrics/1, prometheus/1, local_host/1, nif/1, workers/1, set_log_level/1]).
+         info/1, metrics/1, prometheus/1, store_health/1, local_host/1, nif/1, workers/1,
+         set_log_level/1]).
 
 -export_type([runtime/0, store/0, kind/0, route_result/0, location/0, meta/0,
-              start_opts/0, jid/0, store_cmd/0, store_reply/0]).
+              start_opts/0, jid/0, store_cmd/0, store_reply/0, store_health/0]).
 
 -record(gd_rt, {nif :: global_distrib_nif:rt(),
                 key :: reference(),
@@ -56,6 +57,19 @@
                    | {hset, Key :: binary(), Field :: binary(), Value :: binary()}.
 -type store_reply() :: nil | ok | integer() | binary() | [binary()]
                      | [{binary(), binary()}] | {error, binary()}.
+-type store_error_kind() :: timeout | down | connect | closed | auth | noperm | refused
+                          | protocol | config.
+-type store_health() :: #{status := ok | degraded | down,
+                          backend := binary(),
+                          reachable := boolean(),
+                          last_error := undefined | #{kind := store_error_kind(),
+                                                      message := binary(),
+                                                      age_s := non_neg_integer()},
+                          pending_opens := non_neg_integer(),
+                          last_refresh_age_s := undefined | non_neg_integer(),
+                          refresh_lag_s := non_neg_integer(),
+                          unrefreshed_keys := non_neg_integer(),
+                          errors := #{store_error_kind() => non_neg_integer()}}.
 -type start_opts() :: #{callback => global_distrib_worker:callback(),
                         workers => pos_integer(),
                         store => store(),
@@ -185,7 +199,12 @@ new_store() ->
     global_distrib_nif:new_embedded_store().
 
 %% @doc A user's session opened at this datacenter (newest login wins).
--spec session_opened(runtime(), jid()) -> ok | {error, term()}.
+%% `ok' when its keys are written to the store; `{ok, pending}' when the
+%% store could not be written within `redis.timeout_ms': routing here finds
+%% the user already, and the refresher retries the write every second (a
+%% "pending open", counted in `store_health/1' and the
+%% `store.pending_opens' gauge).
+-spec session_opened(runtime(), jid()) -> ok | {ok, pending} | {error, term()}.
 session_opened(#gd_rt{nif = Nif}, Jid) ->
     await(global_distrib_nif:session_opened(Nif, Jid), ?TIMEOUT).
 
@@ -348,6 +367,17 @@ info(#gd_rt{nif = Nif}) ->
 -spec metrics(runtime()) -> #{binary() => integer() | map()}.
 metrics(#gd_rt{nif = Nif}) ->
     global_distrib_nif:metrics(Nif).
+
+%% @doc The store's health, for a load balancer's check: `status' is `ok',
+%% `degraded' (reachable, but opens are pending or the refresh is late or
+%% incomplete) or `down' (the last store call found it unusable), with the
+%% last error, pending opens, the refresh's age and lag (seconds), keys the
+%% last pass left unrefreshed and the errors counted by kind. Sends one
+%% `GET' of the health sentinel first: answers within `redis.timeout_ms',
+%% at once while the store is known down. docs/ERLANG.md, "Store health".
+-spec store_health(runtime()) -> {ok, store_health()} | {error, term()}.
+store_health(#gd_rt{nif = Nif}) ->
+    await(global_distrib_nif:store_health(Nif), ?TIMEOUT).
 
 %% @doc The metrics in the Prometheus text format.
 -spec prometheus(runtime()) -> binary().

@@ -6,13 +6,15 @@
          session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
          route/5, route_dirty/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
          rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
-         debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
+         debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0,
+         store_health/1]).
 
 -nifs([new_embedded_store/0, check_config/1, start/2, stop/2, set_worker/3, delivered/2, set_log/2,
        session_opened/2, session_closed/2, register_subhost/3, unregister_subhost/2,
        route/5, route_dirty/5, lookup/2, public_domains/1, domains/2, refresh_hosts_now/1, refresh_now/1,
        rebalance_now/1, cache_origin/3, store_del/2, endpoints_of/2, endpoints/2, disabled_pools/2,
-       debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0]).
+       debug_cache_session/3, debug_store_exec/2, info/1, metrics/1, prometheus/1, version/0,
+       store_health/1]).
 
 -on_load(init/0).
 
@@ -72,8 +74,14 @@ delivered(_Rt, _Index) -> erlang:nif_error(nif_not_loaded).
 -spec set_log(pid() | undefined, atom()) -> ok.
 set_log(_Pid, _Level) -> erlang:nif_error(nif_not_loaded).
 
+%% @doc Then `{Ref, ok}' (written) or `{Ref, {ok, pending}}' (retried by the
+%% refresher).
 -spec session_opened(rt(), binary()) -> wait() | bad_jid() | stopped().
 session_opened(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Then `{Ref, {ok, Health}}' (global_distrib:store_health/1).
+-spec store_health(rt()) -> wait() | stopped().
+store_health(_Rt) -> erlang:nif_error(nif_not_loaded).
 
 -spec session_closed(rt(), binary()) -> wait() | bad_jid() | stopped().
 session_closed(_Rt, _Jid) -> erlang:nif_error(nif_not_loaded).

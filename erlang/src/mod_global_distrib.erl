@@ -668,6 +668,9 @@ with_rt(Fun) ->
         Rt ->
             case Fun(Rt) of
                 ok -> ok;
+                %% session_opened/2: the store write is retried by the core,
+                %% which logged it already (gd_session_write_deferred).
+                {ok, pending} -> ok;
                 Other -> logger:warning(#{what => gd_call_failed, result => Other})
             end
     end.

@@ -8,6 +8,14 @@
  */
 #include "harness.h"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #define WAIT_MS 20000.0
 
 static gd_runtime *start_dc_with(int n, gd_store *store, inbox *in, const char *extra) {
@@ -216,6 +224,9 @@ static void test_two_dcs(void) {
     CHECK(wait_count(&in2.delivered, 2, WAIT_MS));
     CHECK(wait_count(&in1.delivered, 2, WAIT_MS));
     CHECK(atomic_load(&ctx.blocking_status) == GD_STATUS_IN_CALLBACK);
+    /* The echo may reach dc1 before echo_back stores its status. */
+    double echo_until = now_ms() + WAIT_MS;
+    while (atomic_load(&ctx.reply_status) == -1 && now_ms() < echo_until) nap_ms(5);
     CHECK(atomic_load(&ctx.reply_status) == GD_STATUS_OK);
     CHECK(strcmp(in1.recent[1].payload, "echo: ping") == 0);
 
@@ -547,6 +558,122 @@ static void test_slow_host(void) {
     inbox_destroy(&in2);
 }
 
+/* A TCP port of 127.0.0.1 that was free a moment ago. */
+static uint16_t free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int port_answers(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/* A redis-server on `port` (no persistence); 0 when it cannot be started. */
+static pid_t start_redis(uint16_t port) {
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char p[16];
+        snprintf(p, sizeof p, "%u", (unsigned)port);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", (char *)NULL);
+        _exit(127);
+    }
+    double end = now_ms() + 10000.0;
+    while (now_ms() < end) {
+        if (port_answers(port)) return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid) return 0; /* not installed */
+        nap_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+
+/* gd_runtime_store_health's JSON contains every one of `needles`. */
+static int health_has(gd_runtime *rt, const char *a, const char *b) {
+    char *json = NULL;
+    CHECK_OK(gd_runtime_store_health(rt, &json));
+    int ok = contains(json, a) && (b == NULL || contains(json, b));
+    gd_string_free(json);
+    return ok;
+}
+
+/* Store health and pending opens (issue 12, item 5): the embedded store is
+ * always ok; a redis-server frozen with SIGSTOP makes a login pending and
+ * the health down, SIGCONT brings it back to ok with nothing pending. */
+static void test_store_health(void) {
+    gd_store *store = NULL;
+    CHECK_OK(gd_store_new_embedded(&store));
+    inbox in;
+    inbox_init(&in);
+    gd_runtime *dc = start_dc(1, store, &in);
+    CHECK_OK(gd_store_free(store));
+    bool pending = true;
+    CHECK_OK(gd_session_opened_status(dc, "alice@example.com/a", &pending));
+    CHECK(!pending);
+    CHECK_STATUS(gd_session_opened_status(dc, "alice@example.com/a", NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(gd_runtime_store_health(dc, NULL), GD_STATUS_NULL_ARGUMENT);
+    CHECK(health_has(dc, "\"status\":\"ok\"", "\"backend\":\"embedded\""));
+    CHECK_OK(gd_runtime_free(dc));
+    inbox_destroy(&in);
+
+    uint16_t port = free_port();
+    pid_t redis = start_redis(port);
+    if (redis == 0) {
+        printf("skip - store health against a stalled redis-server (not installed)\n");
+        return;
+    }
+    char extra[256], cfg[4096];
+    snprintf(extra, sizeof extra,
+             "backend = \"redis\"\nredis.url = \"redis://127.0.0.1:%u\"\nredis.timeout_ms = 300\n",
+             (unsigned)port);
+    dc_config(cfg, sizeof cfg, 1, extra);
+    inbox_init(&in);
+    gd_callbacks cb = inbox_callbacks(&in);
+    CHECK_OK(gd_runtime_new(cfg, GD_CONFIG_FORMAT_TOML, &cb, &dc));
+    CHECK_OK(gd_session_opened_status(dc, "alice@example.com/a", &pending));
+    CHECK(!pending);
+    CHECK(health_has(dc, "\"status\":\"ok\"", "\"backend\":\"redis\""));
+
+    kill(redis, SIGSTOP);
+    CHECK_OK(gd_session_opened_status(dc, "carol@example.com/c", &pending));
+    CHECK(pending);
+    CHECK_OK(gd_session_opened(dc, "dave@example.com/d")); /* OK as before: pending too */
+    CHECK(health_has(dc, "\"status\":\"down\"", "\"pending_opens\":4"));
+
+    /* Reachable again, the pending opens written. The status is "ok", or
+     * "degraded" until the next pass when a pass ran into the stall (the
+     * first one starts with the runtime). */
+    kill(redis, SIGCONT);
+    double end = now_ms() + WAIT_MS;
+    while (!health_has(dc, "\"reachable\":true", "\"pending_opens\":0") && now_ms() < end) nap_ms(50);
+    CHECK(health_has(dc, "\"reachable\":true", "\"pending_opens\":0"));
+    CHECK(!health_has(dc, "\"status\":\"down\"", NULL));
+    CHECK_OK(gd_session_opened_status(dc, "erin@example.com/e", &pending));
+    CHECK(!pending);
+    CHECK_OK(gd_runtime_free(dc));
+    inbox_destroy(&in);
+    kill(redis, SIGKILL);
+    waitpid(redis, NULL, 0);
+}
+
 /* argv[1], argv[2]: certificate directories of two different CAs
  * (gen_certs.sh); without them the TLS test is skipped. */
 int main(int argc, char **argv) {
@@ -558,6 +685,8 @@ int main(int argc, char **argv) {
     printf("ok - JSON configuration, several listeners\n");
     test_two_dcs();
     printf("ok - two DCs exchange stanzas through the callbacks, both directions\n");
+    test_store_health();
+    printf("ok - store health and pending opens, also with a stalled redis-server\n");
     test_rebalance_now();
     printf("ok - gd_rebalance_now uses a new endpoint of a DC at once\n");
     test_slow_host();

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, CString};
 
-use crate::args::{non_null, out_ptr};
+use crate::args::{non_null, not_in_callback, out_ptr};
 use crate::error::{boundary, gd_status};
 use crate::runtime::gd_runtime;
 
@@ -53,6 +53,43 @@ pub unsafe extern "C" fn gd_metrics_prometheus(
         // SAFETY: the caller's contract (valid runtime, writable out).
         let (rt, out) = unsafe { (non_null(rt, "rt")?, out_ptr(out, "out")?) };
         *out = into_c_string(rt.rt.metrics().prometheus());
+        Ok(())
+    })
+}
+
+/// The store's health in `*out`, a JSON object owned by the caller (free
+/// with `gd_string_free`), for a load balancer's check:
+///
+/// ```text
+/// {"status":"ok"|"degraded"|"down", "backend":"redis", "reachable":true,
+///  "last_error":null|{"kind":"timeout","message":"...","age_secs":3},
+///  "pending_opens":0, "last_refresh_age_secs":12|null,
+///  "refresh_lag_secs":0, "unrefreshed_keys":0,
+///  "errors":{"auth":0,"closed":0,"config":0,"connect":0,"down":0,
+///            "noperm":0,"protocol":0,"refused":0,"timeout":0}}
+/// ```
+///
+/// `degraded`: reachable, but opens are pending or the last refresh pass
+/// is late or incomplete; `down`: the last store call found the store
+/// unusable. Sends one `GET` of the health sentinel first. Blocks (at most
+/// `redis.timeout_ms`, at once while the store is known down); not allowed
+/// inside a callback; `GD_STATUS_STOPPED` after `gd_runtime_stop`.
+///
+/// # Safety
+/// Every pointer argument is NULL or valid as described above; a NULL
+/// where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn gd_runtime_store_health(
+    rt: *const gd_runtime,
+    out: *mut *mut c_char,
+) -> gd_status {
+    boundary(|| {
+        // SAFETY: the caller's contract (valid runtime, writable out).
+        let (rt, out) = unsafe { (non_null(rt, "rt")?, out_ptr(out, "out")?) };
+        let _log = rt.enter_log();
+        let live = rt.live()?;
+        not_in_callback("gd_runtime_store_health")?;
+        *out = into_c_string(live.block_on(live.store_health()).to_json());
         Ok(())
     })
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gd_core::config::Config;
-use gd_core::runtime::{OriginError, Runtime, StartOptions};
+use gd_core::runtime::{OriginError, Runtime, SessionWrite, StartOptions};
 use gd_core::store::{Backend, EmbeddedBackend};
 
 use crate::args::{jid_arg, non_null, not_in_callback, out_ptr, str_arg};
@@ -296,8 +296,12 @@ pub unsafe extern "C" fn gd_runtime_free(rt: *mut gd_runtime) -> gd_status {
 }
 
 /// A user's session opened at this DC (`jid`: full JID, borrowed). Waits
-/// until the session table is written; the newest login wins. Blocks; not
-/// allowed inside a callback.
+/// until the session table is written or the write failed (within
+/// `redis.timeout_ms`); the newest login wins. `GD_STATUS_OK` in both
+/// cases: a failed write is a pending open, retried every second, and
+/// routing at this DC finds the user already. Use
+/// `gd_session_opened_status` to learn which. Blocks; not allowed inside a
+/// callback.
 ///
 /// # Safety
 /// Every pointer argument is NULL or valid as described above; a NULL
@@ -311,6 +315,39 @@ pub unsafe extern "C" fn gd_session_opened(rt: *const gd_runtime, jid: *const c_
         let rt = rt.live()?;
         not_in_callback("gd_session_opened")?;
         rt.block_on(rt.session_opened(&jid));
+        Ok(())
+    })
+}
+
+/// `gd_session_opened`, telling in `*pending` where the store write
+/// stands: `false` when the session's keys are written, `true` when the
+/// write failed and is a pending open (retried every second by the
+/// refresher; `gd_runtime_store_health` counts them). `*pending` is only
+/// written on `GD_STATUS_OK`. Blocks; not allowed inside a callback.
+///
+/// # Safety
+/// Every pointer argument is NULL or valid as described above; a NULL
+/// where a value is required gives `GD_STATUS_NULL_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn gd_session_opened_status(
+    rt: *const gd_runtime,
+    jid: *const c_char,
+    pending: *mut bool,
+) -> gd_status {
+    boundary(|| {
+        // SAFETY: the caller's contract (valid runtime, NUL-terminated jid,
+        // writable pending).
+        let (rt, jid, pending) = unsafe {
+            (
+                non_null(rt, "rt")?,
+                jid_arg(jid, "jid")?,
+                out_ptr(pending, "pending")?,
+            )
+        };
+        let _log = rt.enter_log();
+        let rt = rt.live()?;
+        not_in_callback("gd_session_opened_status")?;
+        *pending = rt.block_on(rt.session_opened(&jid)) == SessionWrite::Pending;
         Ok(())
     })
 }

@@ -79,6 +79,26 @@ pub mod names {
     /// Beyond the seed: per-host metrics not created because
     /// `max_metric_hosts` hosts have series already (counter).
     pub const METRICS_HOST_OVERFLOW: &str = "global.mod_global_distrib.metrics_host_overflow";
+    /// Beyond the seed (store health): session and domain keys whose store
+    /// write failed and that the refresher retries every second (gauge).
+    pub const STORE_PENDING_OPENS: &str = "global.mod_global_distrib.store.pending_opens";
+    /// Beyond the seed (store health): keys the last refresh pass could not
+    /// re-write (gauge).
+    pub const STORE_REFRESH_UNREFRESHED: &str =
+        "global.mod_global_distrib.store.refresh.unrefreshed";
+    /// Beyond the seed (store health): ms one refresh pass took, paced over
+    /// three quarters of `refresh_after` (histogram).
+    pub const STORE_REFRESH_PASS_TIME: &str = "global.mod_global_distrib.store.refresh.pass_time";
+    /// Beyond the seed (store health): seconds since the last complete
+    /// refresh pass beyond `refresh_after`; 0 while on time (gauge).
+    pub const STORE_REFRESH_LAG: &str = "global.mod_global_distrib.store.refresh.lag";
+
+    /// Beyond the seed (store health): store calls that failed, by kind
+    /// (`timeout`, `down`, `connect`, `closed`, `auth`, `noperm`,
+    /// `refused`, `protocol`, `config`; `store::health::ErrorKind`) (counter).
+    pub fn store_errors(kind: &str) -> String {
+        format!("{PREFIX}store.errors.{kind}")
+    }
 
     /// Bases (after [`PREFIX`]) of the metrics that carry a host suffix;
     /// the Prometheus output turns that suffix into a `host` label.

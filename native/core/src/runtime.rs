@@ -18,15 +18,15 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::config::{BackendKind, Config, ConfigError, Endpoint};
+use crate::config::{Config, ConfigError, Endpoint};
 use crate::jid::Jid;
 use crate::mapping::{Location, Mapping};
 use crate::metrics::Metrics;
 use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
-use crate::store::embedded::EmbeddedBackend;
-use crate::store::redis::RedisBackend;
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
-use crate::store::{start_check, Backend, NodeId, Store, StoreError};
+use crate::store::{
+    backend_for, keys, start_check, Backend, HealthReport, NodeId, Store, StoreError, StoreHealth,
+};
 use crate::transport::frame::PayloadKind;
 use crate::transport::listener::{bind_all, Receiver};
 use crate::transport::outgoing::Outgoing;
@@ -61,6 +61,17 @@ pub enum OriginError {
     Store { host: String, error: StoreError },
     #[error("the runtime has stopped")]
     Stopped,
+}
+
+/// Where a session's store write stands when `session_opened` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionWrite {
+    /// Its keys (full and bare JID) are in the store.
+    Confirmed,
+    /// The store could not be written: the keys are *pending opens*, retried
+    /// every second by the refresher. Routing here already finds the user;
+    /// other DCs find them once the write lands.
+    Pending,
 }
 
 /// Knobs that are not part of the product configuration.
@@ -101,6 +112,7 @@ struct Inner {
     config: Config,
     local_host: Arc<str>,
     store: Store,
+    health: Arc<StoreHealth>,
     mapping: Arc<Mapping>,
     metrics: Arc<Metrics>,
     refresher: Refresher,
@@ -207,9 +219,33 @@ impl Runtime {
     }
 
     /// A user's session opened here: the newest login wins (plain SET).
-    pub fn session_opened(&self, jid: &Jid) -> impl Future<Output = ()> + Send + 'static {
+    /// Answers whether the store write is confirmed or pending (retried by
+    /// the refresher); `Pending` too when the runtime stopped meanwhile.
+    pub fn session_opened(&self, jid: &Jid) -> impl Future<Output = SessionWrite> + Send + 'static {
         let (inner, jid) = (self.inner.clone(), jid.clone());
-        self.on_runtime(async move { inner.session_opened(&jid).await }, || ())
+        self.on_runtime(async move { inner.session_opened(&jid).await }, || {
+            SessionWrite::Pending
+        })
+    }
+
+    /// The store's health, for a load balancer's check: one `GET` of the
+    /// health sentinel (failing at once while the store is known down, else
+    /// within `redis.timeout_ms`), then errors by kind, pending opens and
+    /// the refresh's age and lag (docs/REDIS.md, "Store health").
+    pub fn store_health(&self) -> impl Future<Output = HealthReport> + Send + 'static {
+        let inner = self.inner.clone();
+        let kind = self.inner.store.backend().kind();
+        self.on_runtime(
+            async move {
+                // The outcome is counted by the store's health itself.
+                let _ = inner.store.get(keys::HEALTH_SENTINEL).await;
+                inner.health.report(
+                    inner.store.backend().kind(),
+                    inner.refresher.state().pending_count(),
+                )
+            },
+            move || HealthReport::stopped(kind),
+        )
     }
 
     /// A user's session closed here: its keys are removed where still ours.
@@ -458,12 +494,13 @@ async fn build(
     let addrs = config.resolve_endpoints()?;
     let backend: Arc<dyn Backend> = match opts.backend.clone() {
         Some(b) => b,
-        None => match config.backend {
-            BackendKind::Embedded => Arc::new(EmbeddedBackend::new()),
-            BackendKind::Redis => Arc::new(RedisBackend::new(&config.redis)?),
-        },
+        None => backend_for(&config)?,
     };
-    let store = Store::new(backend);
+    let metrics = Arc::new(Metrics::with_host_limit(
+        config.connections.limits.max_metric_hosts,
+    ));
+    let health = Arc::new(StoreHealth::new(&metrics, config.refresh_after()));
+    let store = Store::new(backend).with_health(health.clone());
     let me = NodeId::new(&config.local_host, &config.node_name)?;
     // Bounded round trips before anything starts: a store that does not
     // answer, refuses us or lacks a command of the dialect fails the start
@@ -472,9 +509,6 @@ async fn build(
     start_check::run(store.backend().as_ref(), &me, within)
         .await
         .map_err(StartError::StoreCheck)?;
-    let metrics = Arc::new(Metrics::with_host_limit(
-        config.connections.limits.max_metric_hosts,
-    ));
     if let Some(credits) = delivery.credits() {
         credits.show_in(&metrics);
     }
@@ -562,6 +596,7 @@ async fn build(
         config,
         local_host,
         store,
+        health,
         mapping,
         metrics,
         refresher,
@@ -608,13 +643,17 @@ impl Inner {
         }
     }
 
-    async fn session_opened(&self, jid: &Jid) {
+    async fn session_opened(&self, jid: &Jid) -> SessionWrite {
         let (full, bare) = (jid.as_full_str(), jid.as_bare_str());
         // The cache first: stanzas routed meanwhile already find the user.
         self.mapping.insert_session(full, &self.local_host);
         self.mapping.insert_session(bare, &self.local_host);
-        if let Err(e) = self.refresher.open_session(full, bare).await {
-            tracing::warn!(what = "gd_session_write_deferred", jid = %full, error = %e);
+        match self.refresher.open_session(full, bare).await {
+            Ok(()) => SessionWrite::Confirmed,
+            Err(e) => {
+                tracing::warn!(what = "gd_session_write_deferred", jid = %full, error = %e);
+                SessionWrite::Pending
+            }
         }
     }
 

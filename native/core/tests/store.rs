@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use gd_core::config::RedisConfig;
+use gd_core::store::inspect::KeyTtl;
 use gd_core::store::{
     Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, Refresher, Reply, Store,
     StoreError,
@@ -429,6 +430,86 @@ async fn dead_node_pruned(t: Setup) {
     assert_eq!(nodes["n1"], now.to_string());
 }
 
+/// What `gdctl` reads and its one write (store::inspect), in the dialect:
+/// `TTL` included, through nutcracker too.
+async fn operator_reads_and_eviction(t: Setup) {
+    let store = t.store();
+    let me = NodeId::new("dc1", "n1").unwrap();
+    let now = unix_now();
+    store.heartbeat(&me, now, LONG).await.unwrap();
+    t.hset("dc1#{nodes}", "old", &(now - 1000).to_string())
+        .await;
+    t.hset("dc1#{nodes}", "junk", "not-a-number").await;
+    store
+        .publish_endpoints(&me, &[("10.0.0.1".into(), 5555)], LONG)
+        .await
+        .unwrap();
+    let old = NodeId::new("dc1", "old").unwrap();
+    store
+        .publish_endpoints(&old, &[("10.0.0.9".into(), 5555)], LONG)
+        .await
+        .unwrap();
+    store
+        .register_domain(&old, "old.example.com", true, LONG)
+        .await
+        .unwrap();
+    store
+        .open_sessions(&["a@g/r".into()], "dc1", Duration::from_secs(100))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.node_stamps("dc1").await.unwrap(),
+        vec![
+            ("junk".to_string(), None),
+            ("n1".to_string(), Some(now)),
+            ("old".to_string(), Some(now - 1000)),
+        ]
+    );
+    let (eps, ttl) = store.node_endpoints("dc1", "n1").await.unwrap();
+    assert_eq!(eps, vec![("10.0.0.1".to_string(), 5555)]);
+    assert!(
+        ttl.secs().is_some_and(|s| s > LONG.as_secs() - 5),
+        "{ttl:?}"
+    );
+    let m = store
+        .mappings(&["a@g/r".into(), "nobody@g".into(), "old.example.com".into()])
+        .await
+        .unwrap();
+    assert_eq!(m[0].owner.as_deref(), Some("dc1"));
+    assert!(
+        m[0].ttl.secs().is_some_and(|s| (95..=100).contains(&s)),
+        "{m:?}"
+    );
+    assert_eq!((m[1].owner.as_deref(), m[1].ttl), (None, KeyTtl::Missing));
+    assert_eq!(m[2].owner.as_deref(), Some("dc1"));
+    // A key of another type is an error, never an owner.
+    let nodes = store.mappings(&["dc1#{nodes}".into()]).await;
+    assert!(nodes.is_err(), "GET of a hash is refused: {nodes:?}");
+
+    let ev = store.evict_node("dc1", "old").await.unwrap();
+    assert!(ev.field_removed);
+    assert_eq!(ev.sets_removed, 3);
+    let names: Vec<String> = store
+        .node_stamps("dc1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["junk", "n1"]);
+    assert!(t.smembers("dc1#old#{endpoints}").await.is_empty());
+    assert_eq!(
+        t.smembers("dc1#n1#{endpoints}").await,
+        s(&["10.0.0.1#5555"])
+    );
+    assert_eq!(
+        store.evict_node("dc1", "old").await.unwrap(),
+        Default::default()
+    );
+    assert!(store.evict_node("dc1", "n{1}").await.is_err());
+}
+
 async fn unions_over_nodes_and_hosts(t: Setup) {
     let n1 = refresher(t.store(), "dc1", "n1", LONG);
     let n2 = refresher(t.store(), "dc1", "n2", LONG);
@@ -706,6 +787,7 @@ suite!(
     refresh_restores_deleted_keys,
     delete_only_if_ours,
     dead_node_pruned,
+    operator_reads_and_eviction,
     unions_over_nodes_and_hosts,
     bare_key_kept_while_a_resource_remains,
     pending_opens_retried_as_plain_set,

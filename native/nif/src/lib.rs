@@ -46,8 +46,8 @@ use gd_core::jid::Jid;
 use gd_core::mapping::Location;
 use gd_core::metrics::MetricValue;
 use gd_core::routing::RouteResult;
-use gd_core::runtime::{OriginError, Runtime, StartOptions};
-use gd_core::store::{Backend, EmbeddedBackend};
+use gd_core::runtime::{OriginError, Runtime, SessionWrite, StartOptions};
+use gd_core::store::{Backend, EmbeddedBackend, HealthReport};
 use gd_core::transport::frame::PayloadKind;
 use rustler::{
     Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term,
@@ -68,6 +68,9 @@ mod atoms {
         unconfirmed, unconfirmed_bytes, host_waits,
         log_dropped, error_level = "error", warning, info, debug, trace, none,
         count, min, max, mean, sum, p50, p95, p99, nil,
+        pending, status, backend, reachable, last_error, kind, age_s,
+        pending_opens, last_refresh_age_s, refresh_lag_s, unrefreshed_keys, errors,
+        undefined,
     }
 }
 
@@ -407,11 +410,78 @@ fn set_log(pid: Term<'_>, level: Atom) -> Atom {
     atoms::ok()
 }
 
+/// `{Ref, ok}` when the store write is confirmed, `{Ref, {ok, pending}}`
+/// when it failed and the refresher retries it.
 #[rustler::nif]
 fn session_opened<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, jid: Binary) -> NifResult<Term<'a>> {
     let j = jid_or_return!(env, jid);
     let fut = rt.rt.session_opened(&j);
-    Ok(wait_for(env, &rt, fut, ok_term))
+    Ok(wait_for(env, &rt, fut, |e, w| match w {
+        SessionWrite::Confirmed => atoms::ok().encode(e),
+        SessionWrite::Pending => (atoms::ok(), atoms::pending()).encode(e),
+    }))
+}
+
+/// `store_health(Rt)`: `{wait, Ref}`, then `{Ref, {ok, Health}}` (the map
+/// of docs/ERLANG.md, "Store health"). The check's `GET` runs on the
+/// runtime's threads.
+#[rustler::nif]
+fn store_health<'a>(env: Env<'a>, rt: ResourceArc<RtRes>) -> Term<'a> {
+    let fut = rt.rt.store_health();
+    wait_for(env, &rt, fut, |e, h| match health_term(e, h) {
+        Ok(t) => (atoms::ok(), t).encode(e),
+        Err(_) => err(e, atoms::error()),
+    })
+}
+
+fn health_term(env: Env<'_>, h: HealthReport) -> NifResult<Term<'_>> {
+    let atom = |s: &str| Atom::from_str(env, s).map(|a| a.encode(env));
+    let last_error = match h.last_error {
+        None => atoms::undefined().encode(env),
+        Some(le) => Term::map_from_pairs(
+            env,
+            &[
+                (atoms::kind().encode(env), atom(le.kind.as_str())?),
+                (atoms::message().encode(env), le.message.encode(env)),
+                (atoms::age_s().encode(env), le.age_secs.encode(env)),
+            ],
+        )?,
+    };
+    let errors: Vec<(Term<'_>, Term<'_>)> = h
+        .errors
+        .iter()
+        .map(|(k, n)| Ok((atom(k)?, n.encode(env))))
+        .collect::<NifResult<_>>()?;
+    let age = match h.last_refresh_age_secs {
+        Some(s) => s.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    Term::map_from_pairs(
+        env,
+        &[
+            (atoms::status().encode(env), atom(h.status.as_str())?),
+            (atoms::backend().encode(env), h.backend.encode(env)),
+            (atoms::reachable().encode(env), h.reachable.encode(env)),
+            (atoms::last_error().encode(env), last_error),
+            (
+                atoms::pending_opens().encode(env),
+                h.pending_opens.encode(env),
+            ),
+            (atoms::last_refresh_age_s().encode(env), age),
+            (
+                atoms::refresh_lag_s().encode(env),
+                h.refresh_lag_secs.encode(env),
+            ),
+            (
+                atoms::unrefreshed_keys().encode(env),
+                h.unrefreshed_keys.encode(env),
+            ),
+            (
+                atoms::errors().encode(env),
+                Term::map_from_pairs(env, &errors)?,
+            ),
+        ],
+    )
 }
 
 #[rustler::nif]

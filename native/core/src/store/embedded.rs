@@ -139,7 +139,8 @@ fn cmd_key(cmd: &Cmd) -> &str {
         | Cmd::SMembers { key }
         | Cmd::HSet { key, .. }
         | Cmd::HDel { key, .. }
-        | Cmd::HGetAll { key } => key,
+        | Cmd::HGetAll { key }
+        | Cmd::Ttl { key } => key,
     }
 }
 
@@ -214,6 +215,15 @@ fn apply(shard: &mut Shard, cmd: &Cmd, now: Instant) -> Reply {
                 Reply::Pairs(h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
             }
             Some(_) => Reply::Error(WRONGTYPE.into()),
+        },
+        Cmd::Ttl { key } => match shard.get(key).map(|e| e.expires_at) {
+            None => Reply::Int(-2),
+            Some(None) => Reply::Int(-1),
+            // Redis rounds to the nearest second.
+            Some(Some(t)) => {
+                let left = t.saturating_duration_since(now).as_millis() + 500;
+                Reply::Int(i64::try_from(left / 1000).unwrap_or(i64::MAX))
+            }
         },
     }
 }

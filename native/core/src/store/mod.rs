@@ -16,7 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::{FuturesOrdered, StreamExt};
 
+use crate::config::{BackendKind, Config};
+
 pub mod embedded;
+pub mod health;
+pub mod inspect;
 pub mod keys;
 pub mod redis;
 mod redis_tls;
@@ -24,6 +28,7 @@ pub mod refresher;
 pub mod start_check;
 
 pub use embedded::EmbeddedBackend;
+pub use health::{ErrorKind, HealthReport, HealthStatus, StoreHealth};
 pub use redis::RedisBackend;
 pub use refresher::{OwnedState, RefreshStats, Refresher, RefresherHandle};
 
@@ -72,6 +77,9 @@ pub enum Cmd {
     HDel { key: String, field: String },
     /// `HGETALL key`
     HGetAll { key: String },
+    /// `TTL key`: seconds left; `Int(-1)` without expiry, `Int(-2)` when
+    /// the key does not exist (operator reads: `gdctl where`).
+    Ttl { key: String },
 }
 
 /// The answer to one [`Cmd`], in the order the commands were given.
@@ -144,12 +152,23 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// The backend a configuration names: a new embedded store, or Redis
+/// (dialling nothing yet). The runtime's start and `gdctl` build theirs here.
+pub fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(match config.backend {
+        BackendKind::Embedded => Arc::new(EmbeddedBackend::new()),
+        BackendKind::Redis => Arc::new(RedisBackend::new(&config.redis)?),
+    })
+}
+
 /// The session/routing table as the runtime sees it.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
     /// Calls of this handle are probes ([`Backend::exec_probe`]).
     probe: bool,
+    /// Where each call's outcome is counted (a runtime's store has one).
+    health: Option<Arc<StoreHealth>>,
 }
 
 impl Store {
@@ -157,7 +176,18 @@ impl Store {
         Store {
             backend,
             probe: false,
+            health: None,
         }
+    }
+
+    /// The same store, counting the outcome of every call in `health`.
+    pub fn with_health(mut self, health: Arc<StoreHealth>) -> Store {
+        self.health = Some(health);
+        self
+    }
+
+    pub fn health(&self) -> Option<&Arc<StoreHealth>> {
+        self.health.as_ref()
     }
 
     /// The same store, for the refresher's passes: its calls are tried even
@@ -166,16 +196,32 @@ impl Store {
         Store {
             backend: self.backend.clone(),
             probe: true,
+            health: self.health.clone(),
         }
     }
 
-    /// One pipeline through the backend, as a probe or not.
+    /// One pipeline through the backend, as a probe or not; the outcome,
+    /// and each command the server refused, is counted in the health.
     async fn exec(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, StoreError> {
-        if self.probe {
+        let result = if self.probe {
             self.backend.exec_probe(cmds).await
         } else {
             self.backend.exec(cmds).await
+        };
+        if let Some(h) = &self.health {
+            match &result {
+                Ok(replies) => {
+                    h.succeeded();
+                    for r in replies {
+                        if let Reply::Error(line) = r {
+                            h.refused(line);
+                        }
+                    }
+                }
+                Err(e) => h.failed(e),
+            }
         }
+        result
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

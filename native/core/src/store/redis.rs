@@ -641,6 +641,9 @@ fn add_cmd(pipe: &mut redis::Pipeline, cmd: &Cmd) {
         Cmd::HGetAll { key } => {
             pipe.cmd("HGETALL").arg(key);
         }
+        Cmd::Ttl { key } => {
+            pipe.cmd("TTL").arg(key);
+        }
     }
 }
 

@@ -303,6 +303,10 @@ pub struct RefreshStats {
     pub batches: u64,
     /// Steps (meta parts or session batches) that failed; retried next pass.
     pub errors: u64,
+    /// Keys those failed steps did not write: session keys of failed
+    /// batches, domains, pending opens, and one per failed meta key (the
+    /// node's stamp, its endpoints set).
+    pub unrefreshed: u64,
     pub elapsed: Duration,
 }
 
@@ -419,8 +423,16 @@ impl Refresher {
             .await;
         if res.is_err() {
             self.state.add_pending(&[domain.to_owned()]);
+            self.pending_changed();
         }
         res
+    }
+
+    /// Tells the store's health (if any) how many opens are pending now.
+    fn pending_changed(&self) {
+        if let Some(h) = self.store.health() {
+            h.set_pending(self.state.pending_count());
+        }
     }
 
     pub async fn unregister_domain(&self, domain: &str) -> Result<(), StoreError> {
@@ -444,6 +456,7 @@ impl Refresher {
         if let Err(e) = &res {
             tracing::warn!(what = "session_open_deferred", keys = keys.len(), error = %e);
             self.state.add_pending(&keys);
+            self.pending_changed();
         }
         res
     }
@@ -453,11 +466,16 @@ impl Refresher {
         let keys = self.state.pending_snapshot();
         let mut done = 0;
         for chunk in keys.chunks(BATCH) {
-            self.probe
+            let written = self
+                .probe
                 .open_sessions(chunk, &self.me.local_host, self.expire_after)
-                .await?;
-            self.state.pending_done(chunk);
-            done += chunk.len() as u64;
+                .await;
+            if written.is_ok() {
+                self.state.pending_done(chunk);
+                done += chunk.len() as u64;
+            }
+            self.pending_changed();
+            written?;
         }
         Ok(done)
     }
@@ -468,6 +486,7 @@ impl Refresher {
         let ttl = self.expire_after;
         if let Err(e) = self.probe.heartbeat(&self.me, unix_now(), ttl).await {
             stats.errors += 1;
+            stats.unrefreshed += 1;
             tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
         }
         let endpoints = self.state.endpoints();
@@ -477,16 +496,15 @@ impl Refresher {
             .await
         {
             stats.errors += 1;
+            stats.unrefreshed += 1;
             tracing::warn!(what = "refresh_endpoints_failed", error = %e);
         }
-        match self
-            .probe
-            .refresh_domains(&self.me, &self.state.domains(), ttl)
-            .await
-        {
+        let domains = self.state.domains();
+        match self.probe.refresh_domains(&self.me, &domains, ttl).await {
             Ok(c) => stats.add(c),
             Err(e) => {
                 stats.errors += 1;
+                stats.unrefreshed += domains.len() as u64;
                 tracing::warn!(what = "refresh_domains_failed", error = %e);
             }
         }
@@ -500,7 +518,10 @@ impl Refresher {
         if self.state.pending_count() > 0 {
             match self.retry_pending().await {
                 Ok(n) => stats.written += n,
-                Err(_) => stats.errors += 1,
+                Err(_) => {
+                    stats.errors += 1;
+                    stats.unrefreshed += self.state.pending_count() as u64;
+                }
             }
         }
         self.refresh_meta(&mut stats).await;
@@ -526,17 +547,24 @@ impl Refresher {
             }
             match in_flight.next().await {
                 Some(Ok(c)) => stats.add(c),
-                Some(Err(())) => stats.errors += 1,
+                Some(Err(keys)) => {
+                    stats.errors += 1;
+                    stats.unrefreshed += keys;
+                }
                 None => break,
             }
             stats.batches += 1;
         }
         stats.elapsed = started.elapsed();
+        if let Some(h) = self.store.health() {
+            h.pass_done(stats.elapsed, stats.unrefreshed, stats.errors == 0);
+        }
         stats
     }
 
     /// Refreshes one batch of session keys once `due` has come.
-    async fn session_batch(&self, keys: Vec<String>, due: Instant) -> Result<RefreshCount, ()> {
+    /// On failure, the number of keys left unrefreshed.
+    async fn session_batch(&self, keys: Vec<String>, due: Instant) -> Result<RefreshCount, u64> {
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }
@@ -545,11 +573,14 @@ impl Refresher {
             .await
             .map_err(|e| {
                 tracing::warn!(what = "refresh_sessions_failed", keys = keys.len(), error = %e);
+                keys.len() as u64
             })
     }
 
     /// Starts the periodic passes (the first one at once) and the pending
-    /// retry loop on the current tokio runtime.
+    /// retry loop (which also keeps the store-health gauges of pending
+    /// opens and refresh lag current, every second) on the current tokio
+    /// runtime.
     pub fn spawn(&self) -> RefresherHandle {
         let (tx, rx) = watch::channel(false);
         let passes = tokio::spawn(self.clone().pass_loop(rx.clone()));
@@ -580,6 +611,10 @@ impl Refresher {
                 _ = tokio::time::sleep(PENDING_RETRY) => {}
                 _ = stopped(&mut stop) => return,
             }
+            if let Some(h) = self.store.health() {
+                h.set_pending(self.state.pending_count());
+                h.update_lag();
+            }
             if self.state.pending_count() == 0 {
                 continue;
             }
@@ -599,6 +634,7 @@ fn log_pass(s: &RefreshStats) {
             foreign = s.foreign,
             batches = s.batches,
             errors = s.errors,
+            unrefreshed = s.unrefreshed,
             elapsed_ms = s.elapsed.as_millis() as u64
         );
     } else {

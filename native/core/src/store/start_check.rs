@@ -141,6 +141,8 @@ pub fn command_name(cmd: &Cmd) -> &'static str {
         Cmd::HSet { .. } => "hset",
         Cmd::HDel { .. } => "hdel",
         Cmd::HGetAll { .. } => "hgetall",
+        // Only gdctl reads TTLs; the runtime never sends it.
+        Cmd::Ttl { .. } => "ttl",
     }
 }
 
