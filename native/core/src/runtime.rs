@@ -24,7 +24,6 @@ use crate::mapping::{Location, Mapping};
 use crate::metrics::Metrics;
 use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
 use crate::store::embedded::EmbeddedBackend;
-use crate::store::redis::RedisBackend;
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
 use crate::store::{Backend, NodeId, Store, StoreError};
 use crate::transport::frame::PayloadKind;
@@ -460,7 +459,7 @@ async fn build(
         Some(b) => b,
         None => match config.backend {
             BackendKind::Embedded => Arc::new(EmbeddedBackend::new()),
-            BackendKind::Redis => Arc::new(RedisBackend::new(&config.redis)?),
+            BackendKind::Redis => crate::store::redis_backend(&config.redis)?,
         },
     };
     let store = Store::new(backend);

@@ -6,9 +6,11 @@ use serde_json::{Map, Value};
 
 use crate::config::field::{seconds, seconds_or_zero, Field, Section};
 use crate::config::host::check_host;
+use crate::config::redis_cluster;
 use crate::config::{defaults, quote, ConfigError, RedisConfig, Result, MAX_MILLISECONDS};
 
 const REDIS_KEYS: &[&str] = &[
+    "cluster",
     "database",
     "expire_after",
     "password",
@@ -68,6 +70,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         refresh_after: defaults::REFRESH_AFTER,
         timeout_ms: defaults::REDIS_TIMEOUT_MS,
         start_timeout_ms: defaults::REDIS_START_TIMEOUT_MS,
+        cluster: Vec::new(),
     };
     let field = top.get("redis")?;
     let section = field
@@ -117,6 +120,9 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         redis.database = parsed.database;
         redis.url = Some(url.to_owned());
     }
+    if let Some(f) = s.get("cluster")? {
+        redis.cluster = redis_cluster::read_seeds(&f, s)?;
+    }
     redis.server = s.opt("server", Field::host, || redis.server.clone())?;
     redis.port = s.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
     redis.username = s.opt("username", owned_string, || redis.username.clone())?;
@@ -147,6 +153,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         );
         return Err(ConfigError::new("redis.username", message));
     }
+    redis_cluster::check_database(&redis)?;
     Ok((redis, field.is_some() || pool.is_some()))
 }
 
@@ -245,17 +252,17 @@ fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
     Ok(())
 }
 
-struct RedisUrl {
-    host: String,
-    port: u16,
-    username: String,
-    password: String,
-    database: u32,
+pub(super) struct RedisUrl {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) username: String,
+    pub(super) password: String,
+    pub(super) database: u32,
 }
 
 /// `redis://[[username]:password@]host[:port][/database]`; the error says
 /// what is wrong.
-fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+pub(super) fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
     if url.starts_with("rediss://") {
         return Err("TLS to Redis is not supported yet".to_owned());
     }

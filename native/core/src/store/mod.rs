@@ -3,8 +3,9 @@
 //!
 //! Two layers:
 //! * [`Backend`] speaks the proxy-safe dialect of `docs/REDIS.md` as plain
-//!   data ([`Cmd`] in, [`Reply`] out, always pipelined). `embedded` and
-//!   `redis` implement it; nothing else talks to a database.
+//!   data ([`Cmd`] in, [`Reply`] out, always pipelined). `embedded`,
+//!   `redis` and `redis_cluster` implement it; nothing else talks to a
+//!   database.
 //! * [`Store`] knows the key layout and the ownership rules (plain SET to
 //!   open a session, compare-and-set to refresh or delete) and is what the
 //!   rest of the runtime uses.
@@ -19,10 +20,12 @@ use futures::stream::{FuturesOrdered, StreamExt};
 pub mod embedded;
 pub mod keys;
 pub mod redis;
+pub mod redis_cluster;
 pub mod refresher;
 
 pub use embedded::EmbeddedBackend;
 pub use redis::RedisBackend;
+pub use redis_cluster::RedisClusterBackend;
 pub use refresher::{OwnedState, RefreshStats, Refresher, RefresherHandle};
 
 /// Commands per pipeline: large inputs are cut into batches of this size so
@@ -70,6 +73,26 @@ pub enum Cmd {
     HDel { key: String, field: String },
     /// `HGETALL key`
     HGetAll { key: String },
+}
+
+impl Cmd {
+    /// The one key the command touches (Redis Cluster routes by it).
+    pub fn key(&self) -> &str {
+        match self {
+            Cmd::Get { key }
+            | Cmd::SetEx { key, .. }
+            | Cmd::RefreshIfOurs { key, .. }
+            | Cmd::DeleteIfOurs { key, .. }
+            | Cmd::Del { key }
+            | Cmd::Expire { key, .. }
+            | Cmd::SAdd { key, .. }
+            | Cmd::SRem { key, .. }
+            | Cmd::SMembers { key }
+            | Cmd::HSet { key, .. }
+            | Cmd::HDel { key, .. }
+            | Cmd::HGetAll { key } => key,
+        }
+    }
 }
 
 /// The answer to one [`Cmd`], in the order the commands were given.
@@ -135,6 +158,16 @@ pub trait Backend: Send + Sync + 'static {
     fn concurrency(&self) -> usize {
         1
     }
+}
+
+/// The Redis backend the `redis` section describes: a Redis Cluster when
+/// `redis.cluster` names seed nodes, else one server (or a proxy).
+pub fn redis_backend(cfg: &crate::config::RedisConfig) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(if cfg.cluster.is_empty() {
+        Arc::new(RedisBackend::new(cfg)?)
+    } else {
+        Arc::new(RedisClusterBackend::new(cfg)?)
+    })
 }
 
 /// The session/routing table as the runtime sees it.

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod dc;
 pub mod faultproxy;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::io::Read;
 use std::net::TcpStream;
