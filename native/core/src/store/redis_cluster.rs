@@ -136,8 +136,14 @@ impl RedisClusterBackend {
     /// A connection whose background task is gone is dialled anew next time.
     fn discard_if_dropped(&self, e: &RedisError) {
         if e.is_connection_dropped() {
-            *self.conn.lock() = None;
+            self.discard();
         }
+    }
+
+    /// Forgets the cluster connection: the next batch dials a fresh one
+    /// (slot map included), and the old one's task ends with its last user.
+    fn discard(&self) {
+        *self.conn.lock() = None;
     }
 
     /// Runs `work` within `within`, behind the circuit for a checked call
@@ -159,11 +165,17 @@ impl RedisClusterBackend {
         };
         let result = match tokio::time::timeout(within, work).await {
             Ok(r) => r,
-            // No retry: a timeout says a node is slow or stalled.
-            Err(_) => Err(Failure::Down(format!(
-                "{TIMED_OUT} {} ms",
-                within.as_millis()
-            ))),
+            Err(_) => {
+                // No retry: a timeout says a node is slow or stalled, or
+                // the client itself is stuck (redis-rs 1.8's recovery can
+                // wedge while slots move, docs/REDIS.md): start afresh
+                // next time, as the single backend does with its socket.
+                self.discard();
+                Err(Failure::Down(format!(
+                    "{TIMED_OUT} {} ms",
+                    within.as_millis()
+                )))
+            }
         };
         outcome.report(&result);
         result.map_err(|f| f.text().to_owned())
