@@ -18,8 +18,8 @@
 //! - `field`: `Field` and `Section`, the typed getters that name the option
 //!   path in their errors, and the TOML-to-JSON conversion;
 //! - `tls`: the `connections.tls` section;
-//! - `redis`: the `redis` section, MongooseIM's Redis pool and Redis URLs;
 //! - `redis_cluster`: the `redis.cluster` seed nodes;
+//! - `redis`: the `redis` section, MongooseIM's Redis pool and Redis URLs;
 //! - `read`: the document, its top-level options and its other sections.
 
 mod field;

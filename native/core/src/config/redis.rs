@@ -252,17 +252,17 @@ fn read_mongooseim_pool(pool: &Field, redis: &mut RedisConfig) -> Result<()> {
     Ok(())
 }
 
-pub(super) struct RedisUrl {
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) username: String,
-    pub(super) password: String,
-    pub(super) database: u32,
+struct RedisUrl {
+    host: String,
+    port: u16,
+    username: String,
+    password: String,
+    database: u32,
 }
 
 /// `redis://[[username]:password@]host[:port][/database]`; the error says
 /// what is wrong.
-pub(super) fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
     if url.starts_with("rediss://") {
         return Err("TLS to Redis is not supported yet".to_owned());
     }

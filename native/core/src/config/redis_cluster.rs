@@ -7,11 +7,10 @@
 //! Redis Cluster has only database 0. The credentials stay where they are
 //! for a single server (`redis.username`/`redis.password`, or MongooseIM's
 //! pool) and apply to every node, so the seed URLs carry no user info.
-//! `read_redis` (in `redis`) calls this file for the `cluster` option and
-//! this file uses its URL parser.
+//! `read_redis` (in `redis`) calls this file for the `cluster` option.
 
 use crate::config::field::{Field, Section};
-use crate::config::redis::parse_redis_url;
+use crate::config::host::check_host;
 use crate::config::{quote, ConfigError, RedisConfig, Result};
 
 /// Options of the same section that name a single server.
@@ -40,25 +39,46 @@ pub(super) fn read_seeds(f: &Field, section: &Section) -> Result<Vec<String>> {
     Ok(seeds)
 }
 
-/// One seed URL: `redis://host[:port]`, nothing else.
+/// One seed URL: `redis://host[:port]`, nothing else (the host as in
+/// `redis.server`, an IPv6 address in brackets).
 fn seed(url: &str) -> std::result::Result<String, String> {
     let expected = || format!("expected redis://host[:port], got {}", quote(url));
-    let parsed = parse_redis_url(url).map_err(|why| format!("{} ({why})", expected()))?;
-    if !parsed.username.is_empty() || !parsed.password.is_empty() {
+    let Some(authority) = url.strip_prefix("redis://") else {
+        return Err(format!("{} (the scheme must be redis://)", expected()));
+    };
+    if authority.contains('@') {
         return Err(format!(
             "{}: give the credentials in redis.username/redis.password, they apply to every node",
             expected()
         ));
     }
-    let has_path = url
-        .strip_prefix("redis://")
-        .is_some_and(|rest| rest.contains('/'));
-    if has_path {
+    if authority.contains('/') {
         return Err(format!("{}: Redis Cluster has only database 0", expected()));
     }
-    Ok(match parsed.host.contains(':') {
-        true => format!("redis://[{}]:{}", parsed.host, parsed.port),
-        false => format!("redis://{}:{}", parsed.host, parsed.port),
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => return Err(format!("{} (unclosed [ in the host)", expected())),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("{} (the host is missing)", expected()));
+    }
+    if let Some(bad) = check_host(host) {
+        return Err(format!("{} (the host {bad})", expected()));
+    }
+    let port = match port.map(str::parse::<u16>) {
+        None => 6379,
+        Some(Ok(port)) if port > 0 => port,
+        Some(_) => return Err(format!("{} (the port must be 1..65535)", expected())),
+    };
+    Ok(match host.contains(':') {
+        true => format!("redis://[{host}]:{port}"),
+        false => format!("redis://{host}:{port}"),
     })
 }
 
@@ -137,6 +157,14 @@ mod tests {
         assert_eq!(
             error(json!({"cluster": ["r1:7000"]})),
             r#"redis.cluster[0]: expected redis://host[:port], got "r1:7000" (the scheme must be redis://)"#
+        );
+        assert_eq!(
+            error(json!({"cluster": ["redis://r1:0"]})),
+            r#"redis.cluster[0]: expected redis://host[:port], got "redis://r1:0" (the port must be 1..65535)"#
+        );
+        assert_eq!(
+            error(json!({"cluster": ["redis://:7000"]})),
+            r#"redis.cluster[0]: expected redis://host[:port], got "redis://:7000" (the host is missing)"#
         );
         assert_eq!(
             error(json!({"cluster": ["redis://:pw@r1:7000"]})),
