@@ -191,7 +191,14 @@ config_spec_processes_as_mongooseim(Config) ->
     ?assertMatch(#{certfile := _, keyfile := _, cacertfile := _, verify_mode := peer,
                    disconnect_on_failure := true, crl_files := []}, Tls),
     ?assertEqual({binary_to_list(Cert), binary_to_list(Key), binary_to_list(Ca)},
-                 {maps:get(certfile, Tls), maps:get(keyfile, Tls), maps:get(cacertfile, Tls)}).
+                 {maps:get(certfile, Tls), maps:get(keyfile, Tls), maps:get(cacertfile, Tls)}),
+    %% Ours: Redis Cluster seed nodes, a list of binaries.
+    Seeds = [<<"redis://10.0.0.1:7000">>, <<"redis://10.0.0.2:7000">>],
+    #{redis := Redis} = mongoose_config_parser_toml:process_module(
+                          mod_global_distrib,
+                          Toml#{<<"redis">> => #{<<"cluster">> => Seeds}}),
+    ?assertEqual(#{pool => global_distrib, expire_after => 120, refresh_after => 60,
+                   cluster => Seeds}, Redis).
 
 pem_file(Config, Name) ->
     Path = filename:join(?config(priv_dir, Config), Name),
@@ -235,6 +242,15 @@ bad_option_aborts_start(Config) ->
                             mim_standin:ensure_started(?GLOBAL, mod_global_distrib, NoPool)
                     end),
     ?assertMatch({match, _}, re:run(PoolMsg, "elsewhere")),
+    %% A cluster seed that is not a redis:// URL (checked by the runtime).
+    BadSeed = mongoose_config_parser_toml:process_module(
+                mod_global_distrib,
+                Toml#{<<"redis">> => #{<<"cluster">> => [<<"http://10.0.0.1:7000">>]}}),
+    {mod_global_distrib, start_failed, {config, SeedMsg}} =
+        catch_error(fun() ->
+                            mim_standin:ensure_started(?GLOBAL, mod_global_distrib, BadSeed)
+                    end),
+    ?assertMatch({match, _}, re:run(SeedMsg, "redis\\.cluster\\[0\\]")),
     ?assertEqual(undefined, mod_global_distrib:runtime()),
     ?assertEqual([], [C || {mod_global_distrib_instrument, _, _, _} = C
                                <- supervisor:which_children(global_distrib_sup)]),

@@ -245,7 +245,11 @@ redis_spec() ->
     #section{
        items = #{<<"pool">> => #option{type = atom, validate = pool_name},
                  <<"expire_after">> => #option{type = integer, validate = positive},
-                 <<"refresh_after">> => #option{type = integer, validate = non_negative}},
+                 <<"refresh_after">> => #option{type = integer, validate = non_negative},
+                 %% Ours: Redis Cluster seed nodes, <<"redis://host:port">>
+                 %% (docs/REDIS.md); the core checks them and their conflicts.
+                 <<"cluster">> => #list{items = #option{type = binary, validate = url},
+                                        validate = unique_non_empty}},
        defaults = #{<<"pool">> => global_distrib,
                     <<"expire_after">> => 120,
                     <<"refresh_after">> => 60},

@@ -522,6 +522,28 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
             "ops/s",
         );
     }
+    // The same refresh on a Redis Cluster of three masters: each batch is
+    // cut by slot, so a pass is one pipeline per key instead of per 1000.
+    let cluster = refresh::start_cluster()?;
+    let r = refresh::cluster_refresher(&state, &cluster, plan.pace_period)?;
+    let [wall, ops] = repeat("B7 via Redis Cluster", plan.runs, || {
+        let (wall, ops) = refresh::unpaced(&rt, &r)?;
+        Ok([wall, ops])
+    })?;
+    let via = "Redis Cluster (3 masters)";
+    table.row(
+        "B7",
+        &format!("{n} sessions via {via}: full refresh"),
+        wall,
+        "s",
+    );
+    table.row(
+        "B7",
+        &format!("{n} sessions via {via}: Redis ops"),
+        ops,
+        "ops/s",
+    );
+    drop((r, cluster));
     let evals = plan.sessions.max(100_000);
     let [ceiling] = repeat("B7 EVAL ceiling", plan.runs, || {
         Ok([refresh::eval_ceiling(redis.port, evals)?])

@@ -1,6 +1,7 @@
 //! B7: one node's periodic refresh of its owned sessions against a
 //! `redis-server` the bench starts on a free port, directly and through
-//! `nutcracker` (twemproxy, `hash_tag: "{}"`) in front of it.
+//! `nutcracker` (twemproxy, `hash_tag: "{}"`) in front of it, and against a
+//! Redis Cluster of three masters (`redis.cluster`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use gd_core::config::{Config, RedisConfig};
 use gd_core::store::refresher::{OwnedState, RefreshStats, Refresher};
-use gd_core::store::{NodeId, RedisBackend, Store};
+use gd_core::store::{NodeId, RedisBackend, RedisClusterBackend, Store};
 
 use crate::dcs::{DC1, GLOBAL};
 use crate::BenchError;
@@ -129,6 +130,100 @@ pub fn start_nutcracker(redis_port: u16) -> Result<Process, BenchError> {
     };
     wait_until_up(port, "nutcracker", &["GET", "probe"], "$-1")?;
     Ok(p)
+}
+
+/// A Redis Cluster of three masters on free ports (all killed when dropped).
+pub struct Cluster {
+    nodes: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Seed URLs for `redis.cluster`.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+}
+
+/// Three `redis-server --cluster-enabled yes` joined by `redis-cli --cluster
+/// create` (no replicas), each answering `cluster_state:ok`.
+pub fn start_cluster() -> Result<Cluster, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(dir.path().join(format!("nodes-{port}.conf")))
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| BenchError::msg(format!("cannot start redis-server: {e}")))?;
+        nodes.push(Process {
+            child,
+            port,
+            _dir: None,
+        });
+        wait_until_up(port, "redis-server (cluster)", &["PING"], "+PONG")?;
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::msg(format!("cannot run redis-cli --cluster create: {e}")))?;
+    if !out.status.success() {
+        return Err(BenchError::msg(format!(
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )));
+    }
+    for n in &nodes {
+        wait_until_up(n.port, "cluster", &["CLUSTER", "INFO"], "$")?;
+        let end = Instant::now() + Duration::from_secs(20);
+        while !resp(n.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok")) {
+            if Instant::now() > end {
+                return Err(BenchError::msg(
+                    "the Redis Cluster never reached cluster_state:ok",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(Cluster { nodes, _dir: dir })
+}
+
+/// A refresher for `state` writing to the Redis Cluster `cluster`.
+pub fn cluster_refresher(
+    state: &Arc<OwnedState>,
+    cluster: &Cluster,
+    refresh_after: Duration,
+) -> Result<Refresher, BenchError> {
+    let mut redis: RedisConfig = Config::minimal(GLOBAL, DC1)?.redis;
+    redis.cluster = cluster.seeds();
+    let store = Store::new(Arc::new(RedisClusterBackend::with_timeout(
+        &redis,
+        Duration::from_secs(30),
+    )?));
+    Ok(Refresher::new(
+        store,
+        state.clone(),
+        NodeId::new(DC1, "node1@bench")?,
+        Duration::from_secs(3600),
+        refresh_after,
+    ))
 }
 
 /// `n` sessions, one resource each: 2n keys (full and bare JID).

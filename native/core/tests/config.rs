@@ -92,6 +92,7 @@ fn minimal_config_has_every_default_of_spec_2() {
             refresh_after: 60,
             timeout_ms: 1000,
             start_timeout_ms: 3000,
+            cluster: Vec::new(),
         }
     );
     assert_eq!(c.expire_after(), Duration::from_secs(120));
@@ -913,7 +914,7 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     );
     assert_eq!(
         error(json!({"redis": {"host": "x"}})),
-        "redis.host: unknown option (expected one of: database, expire_after, password, pool, pool_size, \
+        "redis.host: unknown option (expected one of: cluster, database, expire_after, password, pool, pool_size, \
          port, refresh_after, server, start_timeout_ms, timeout_ms, tls, url, username)"
     );
     let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
@@ -1116,6 +1117,7 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             refresh_after: 60,
             timeout_ms: 1000,
             start_timeout_ms: 3000,
+            cluster: Vec::new(),
         },
         cache: CacheConfig {
             cache_missed: true,
@@ -1495,6 +1497,71 @@ fn redis_deadlines_are_read_and_checked() {
         error(json!({"redis": {"timeout_ms": 0}})).starts_with("redis.timeout_ms: "),
         "{}",
         error(json!({"redis": {"timeout_ms": 0}}))
+    );
+}
+
+/// `redis.cluster`: seed nodes in TOML, JSON and the Erlang binding's
+/// proplist form; the credentials of the section or of MongooseIM's pool
+/// apply to every node; a single server or a non-zero database is refused.
+#[test]
+fn redis_cluster_seed_nodes() {
+    let toml = r#"
+[outgoing_pools.redis.global_distrib]
+  workers = 4
+  connection.host = "10.0.0.9"
+  connection.username = "gd"
+  connection.password = "pw"
+
+[modules.mod_global_distrib]
+  global_host = "example.com"
+  local_host = "dc1.example.com"
+  redis.cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2"]
+"#;
+    let c = Config::from_toml_str(toml).unwrap();
+    assert_eq!(c.backend, BackendKind::Redis);
+    assert_eq!(
+        c.redis.cluster,
+        ["redis://10.0.0.1:7000", "redis://10.0.0.2:6379"]
+    );
+    assert_eq!(
+        (
+            c.redis.username.as_str(),
+            c.redis.password.as_str(),
+            c.redis.pool_size
+        ),
+        ("gd", "pw", 4)
+    );
+    let json = parse(json!({"redis": {"cluster": ["redis://r1:7000"], "password": "pw"}}));
+    assert!(
+        json.to_json().contains(r#""cluster": ["#),
+        "{}",
+        json.to_json()
+    );
+    // The Erlang binding hands a proplist over.
+    let erlang = parse(json!({"redis": [["cluster", ["redis://r1:7000"]], ["password", "pw"]]}));
+    assert_eq!(erlang.redis, json.redis);
+    assert_eq!(parse(json!({})).redis.cluster, Vec::<String>::new());
+
+    assert_eq!(
+        error(json!({"redis": {"cluster": ["redis://r1:7000"], "server": "r1"}})),
+        "redis.cluster: conflicts with redis.server; give either Redis Cluster seed nodes or \
+         one server (url or server/port)"
+    );
+    assert_eq!(
+        error(json!({"redis": {"cluster": ["redis://r1:7000"], "database": 3}})),
+        "redis.cluster: Redis Cluster has only database 0, but database 3 is configured \
+         (redis.database or the pool's connection.database)"
+    );
+    assert_eq!(
+        error(json!({"redis": {"cluster": ["redis://r1:7000"], "tls": {}}})),
+        "redis.cluster: TLS to a Redis Cluster is not supported yet, but TLS is configured \
+         (redis.tls, a rediss:// URL or the pool's connection.tls): reach the cluster in plain \
+         TCP, or use TLS to a single server or a proxy"
+    );
+    assert_eq!(
+        error(json!({"redis": {"cluster": ["redis://r1:7000/2"]}})),
+        "redis.cluster[0]: expected redis://host[:port], got \"redis://r1:7000/2\": \
+         Redis Cluster has only database 0"
     );
 }
 

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The metadata store suite (SPEC 3), one body run against three setups:
-//! the embedded backend, a plain `redis-server`, and `nutcracker` with
-//! `hash_tag: "{}"` in front of two `redis-server`s. What was written is
+//! The metadata store suite (SPEC 3), one body run against four setups:
+//! the embedded backend, a plain `redis-server`, `nutcracker` with
+//! `hash_tag: "{}"` in front of two `redis-server`s, and a Redis Cluster of
+//! three masters (skipped with a message when redis-server is missing). What was written is
 //! checked independently of the code under test (a raw RESP client for
 //! Redis). Redis-only cases follow: server restart, proxy closing the
 //! connection, no `CLIENT SETINFO`, pool, timeout, db in the URL.
@@ -17,10 +18,11 @@ use async_trait::async_trait;
 use gd_core::config::RedisConfig;
 use gd_core::store::inspect::KeyTtl;
 use gd_core::store::{
-    Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, Refresher, Reply, Store,
-    StoreError,
+    Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, RedisClusterBackend,
+    Refresher, Reply, Store, StoreError,
 };
 use support::redis::{Nutcracker, RawClient, RedisServer, Resp};
+use support::redis_cluster::RedisCluster;
 
 const LONG: Duration = Duration::from_secs(120);
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -34,6 +36,7 @@ enum Kind {
 
 struct Setup {
     embedded: Option<EmbeddedBackend>,
+    cluster: Option<RedisCluster>,
     // Field order: the proxy goes down before its servers.
     proxy: Option<Nutcracker>,
     servers: Vec<RedisServer>,
@@ -53,6 +56,7 @@ fn redis_config(url: String, pool_size: u32) -> RedisConfig {
         refresh_after: 60,
         timeout_ms: 1000,
         start_timeout_ms: 3000,
+        cluster: Vec::new(),
     }
 }
 
@@ -68,11 +72,13 @@ impl Setup {
         match kind {
             Kind::Embedded => Setup {
                 embedded: Some(EmbeddedBackend::new()),
+                cluster: None,
                 proxy: None,
                 servers: vec![],
             },
             Kind::Redis => Setup {
                 embedded: None,
+                cluster: None,
                 proxy: None,
                 servers: vec![RedisServer::start()],
             },
@@ -81,11 +87,22 @@ impl Setup {
                 let proxy = Nutcracker::start(&servers.iter().collect::<Vec<_>>());
                 Setup {
                     embedded: None,
+                    cluster: None,
                     proxy: Some(proxy),
                     servers,
                 }
             }
         }
+    }
+
+    /// A Redis Cluster of three masters; `None` when it cannot be run.
+    fn cluster(test: &str) -> Option<Self> {
+        Some(Setup {
+            embedded: None,
+            cluster: Some(RedisCluster::start(test)?),
+            proxy: None,
+            servers: vec![],
+        })
     }
 
     fn url(&self) -> String {
@@ -97,6 +114,11 @@ impl Setup {
 
     /// A backend as one DC would have it: its own connections, shared data.
     fn backend(&self) -> Arc<dyn Backend> {
+        if let Some(c) = &self.cluster {
+            let mut cfg = redis_config(String::new(), 1);
+            (cfg.url, cfg.cluster) = (None, c.seeds());
+            return Arc::new(RedisClusterBackend::new(&cfg).unwrap());
+        }
         match &self.embedded {
             Some(e) => Arc::new(e.clone()),
             None => Arc::new(RedisBackend::new(&redis_config(self.url(), 1)).unwrap()),
@@ -114,6 +136,14 @@ impl Setup {
         }
     }
 
+    /// One command beside the code under test, routed by hand on a cluster.
+    fn raw_args(&self, args: &[&str]) -> Resp {
+        match &self.cluster {
+            Some(c) => c.cmd(args),
+            None => self.raw().cmd(args).unwrap(),
+        }
+    }
+
     /// Runs one command beside the code under test.
     async fn cmd(&self, cmd: Cmd) -> Reply {
         let backend: Arc<dyn Backend> = match &self.embedded {
@@ -124,21 +154,19 @@ impl Setup {
     }
 
     fn raw_cmd(&self, cmd: &Cmd) -> Reply {
-        let mut c = self.raw();
         let r = match cmd {
-            Cmd::Get { key } => c.cmd(&["GET", key]),
+            Cmd::Get { key } => self.raw_args(&["GET", key]),
             Cmd::SetEx {
                 key,
                 value,
                 ttl_secs,
-            } => c.cmd(&["SET", key, value, "EX", &ttl_secs.to_string()]),
-            Cmd::Del { key } => c.cmd(&["DEL", key]),
-            Cmd::SMembers { key } => c.cmd(&["SMEMBERS", key]),
-            Cmd::HGetAll { key } => c.cmd(&["HGETALL", key]),
-            Cmd::HSet { key, field, value } => c.cmd(&["HSET", key, field, value]),
+            } => self.raw_args(&["SET", key, value, "EX", &ttl_secs.to_string()]),
+            Cmd::Del { key } => self.raw_args(&["DEL", key]),
+            Cmd::SMembers { key } => self.raw_args(&["SMEMBERS", key]),
+            Cmd::HGetAll { key } => self.raw_args(&["HGETALL", key]),
+            Cmd::HSet { key, field, value } => self.raw_args(&["HSET", key, field, value]),
             other => panic!("inspector does not send {other:?}"),
-        }
-        .unwrap();
+        };
         match (cmd, r) {
             (Cmd::SMembers { .. }, r) => Reply::List(r.strings()),
             (Cmd::HGetAll { .. }, r) => {
@@ -206,7 +234,7 @@ impl Setup {
                 None => -2,
             };
         }
-        self.raw().cmd(&["TTL", key]).unwrap().int()
+        self.raw_args(&["TTL", key]).int()
     }
 
     async fn get_any(&self, key: &str) -> bool {
@@ -775,6 +803,13 @@ macro_rules! suite {
             async fn redis() { super::$case(Setup::start(Kind::Redis)).await }
             #[tokio::test]
             async fn nutcracker() { super::$case(Setup::start(Kind::Proxy)).await }
+            #[tokio::test]
+            async fn cluster() {
+                let name = concat!(stringify!($case), "::cluster");
+                if let Some(t) = Setup::cluster(name) {
+                    super::$case(t).await
+                }
+            }
         })*
     };
 }

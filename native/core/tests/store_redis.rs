@@ -30,6 +30,7 @@ fn config(url: String, pool_size: u32) -> RedisConfig {
         refresh_after: 60,
         timeout_ms: 1000,
         start_timeout_ms: 3000,
+        cluster: Vec::new(),
     }
 }
 

@@ -171,14 +171,9 @@ impl Target {
     }
 }
 
-/// `--cluster` goes through the runtime's own `redis.cluster` option: in a
-/// build that does not know it, say so plainly.
+/// A store flag the runtime's configuration reader refused (`--cluster`
+/// goes through its `redis.cluster` option, `--redis` through `redis.url`).
 fn store_option_error(e: &ConfigError) -> Failure {
-    if e.path().starts_with("redis.cluster") && e.message().starts_with("unknown option") {
-        return Failure::new(
-            "--cluster: Redis Cluster is not supported in this build (the runtime has no `redis.cluster` option); use --redis URL",
-        );
-    }
     Failure::new(format!("store settings: {e}"))
 }
 

@@ -329,7 +329,16 @@ fn every_subcommand_against_two_running_datacenters() {
         "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
         "hosts",
     ]);
-    assert!(e.contains("not supported in this build"), "{e}");
+    // Through the runtime's own cluster backend: nothing listens there.
+    assert!(
+        e.contains("redis cluster 127.0.0.1:7000,127.0.0.1:7001: cannot connect"),
+        "{e}"
+    );
+    let e = fails(&["--cluster", "127.0.0.1:7000", "hosts"]);
+    assert!(
+        e.contains("redis.cluster[0]: expected redis://host[:port]"),
+        "{e}"
+    );
 
     // evict-node: refused without a terminal or --yes, then exactly that node.
     let e = fails(&with(&["evict-node", "dc2.example.com", "node9@old"]));

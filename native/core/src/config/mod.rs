@@ -18,6 +18,7 @@
 //! - `field`: `Field` and `Section`, the typed getters that name the option
 //!   path in their errors, and the TOML-to-JSON conversion;
 //! - `tls`: the `connections.tls` section;
+//! - `redis_cluster`: the `redis.cluster` seed nodes;
 //! - `redis`: the `redis` section, MongooseIM's Redis pool and Redis URLs;
 //! - `read`: the document, its top-level options and its other sections.
 
@@ -25,6 +26,7 @@ mod field;
 mod host;
 mod read;
 mod redis;
+mod redis_cluster;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -253,6 +255,10 @@ pub struct RedisConfig {
     /// Milliseconds: bound on the store check at start.
     #[serde(default = "defaults::redis_start_timeout_ms")]
     pub start_timeout_ms: u64,
+    /// Redis Cluster seed nodes as `redis://host:port`; when given, they
+    /// replace url/server/port (username/password apply to every node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
 }
 
 /// TLS to Redis, with rustls (docs/REDIS.md, *TLS*). Unlike the inter-DC

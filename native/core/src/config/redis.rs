@@ -7,11 +7,13 @@ use serde_json::{Map, Value};
 
 use crate::config::field::{seconds, seconds_or_zero, Field, Section};
 use crate::config::host::check_host;
+use crate::config::redis_cluster;
 use crate::config::{
     defaults, quote, ConfigError, RedisConfig, RedisTlsConfig, Result, VerifyMode, MAX_MILLISECONDS,
 };
 
 const REDIS_KEYS: &[&str] = &[
+    "cluster",
     "database",
     "expire_after",
     "password",
@@ -73,6 +75,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         refresh_after: defaults::REFRESH_AFTER,
         timeout_ms: defaults::REDIS_TIMEOUT_MS,
         start_timeout_ms: defaults::REDIS_START_TIMEOUT_MS,
+        cluster: Vec::new(),
     };
     let field = top.get("redis")?;
     let section = field
@@ -127,6 +130,9 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         redis.database = parsed.database;
         redis.url = Some(url.to_owned());
     }
+    if let Some(f) = s.get("cluster")? {
+        redis.cluster = redis_cluster::read_seeds(&f, s)?;
+    }
     redis.server = s.opt("server", Field::host, || redis.server.clone())?;
     redis.port = s.opt("port", |f| f.int(1, u64::from(u16::MAX)), || redis.port)?;
     redis.username = s.opt("username", owned_string, || redis.username.clone())?;
@@ -160,6 +166,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         );
         return Err(ConfigError::new("redis.username", message));
     }
+    redis_cluster::check_cluster(&redis)?;
     Ok((redis, field.is_some() || pool.is_some()))
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Two layers:
 //! * [`Backend`] speaks the proxy-safe dialect of `docs/REDIS.md` as plain
-//!   data ([`Cmd`] in, [`Reply`] out, always pipelined). `embedded` and
-//!   `redis` implement it; nothing else talks to a database.
+//!   data ([`Cmd`] in, [`Reply`] out, always pipelined). `embedded`,
+//!   `redis` and `redis_cluster` implement it; nothing else talks to a
+//!   database.
 //! * [`Store`] knows the key layout and the ownership rules (plain SET to
 //!   open a session, compare-and-set to refresh or delete) and is what the
 //!   rest of the runtime uses.
@@ -23,6 +24,7 @@ pub mod health;
 pub mod inspect;
 pub mod keys;
 pub mod redis;
+pub mod redis_cluster;
 mod redis_tls;
 pub mod refresher;
 pub mod start_check;
@@ -30,6 +32,7 @@ pub mod start_check;
 pub use embedded::EmbeddedBackend;
 pub use health::{ErrorKind, HealthReport, HealthStatus, StoreHealth};
 pub use redis::RedisBackend;
+pub use redis_cluster::RedisClusterBackend;
 pub use refresher::{OwnedState, RefreshStats, Refresher, RefresherHandle};
 
 /// Commands per pipeline: large inputs are cut into batches of this size so
@@ -80,6 +83,27 @@ pub enum Cmd {
     /// `TTL key`: seconds left; `Int(-1)` without expiry, `Int(-2)` when
     /// the key does not exist (operator reads: `gdctl where`).
     Ttl { key: String },
+}
+
+impl Cmd {
+    /// The one key the command touches (Redis Cluster routes by it).
+    pub fn key(&self) -> &str {
+        match self {
+            Cmd::Get { key }
+            | Cmd::SetEx { key, .. }
+            | Cmd::RefreshIfOurs { key, .. }
+            | Cmd::DeleteIfOurs { key, .. }
+            | Cmd::Del { key }
+            | Cmd::Expire { key, .. }
+            | Cmd::SAdd { key, .. }
+            | Cmd::SRem { key, .. }
+            | Cmd::SMembers { key }
+            | Cmd::HSet { key, .. }
+            | Cmd::HDel { key, .. }
+            | Cmd::HGetAll { key }
+            | Cmd::Ttl { key } => key,
+        }
+    }
 }
 
 /// The answer to one [`Cmd`], in the order the commands were given.
@@ -153,11 +177,23 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The backend a configuration names: a new embedded store, or Redis
-/// (dialling nothing yet). The runtime's start and `gdctl` build theirs here.
+/// (dialling nothing yet): a Redis Cluster when `redis.cluster` names seed
+/// nodes, else one server (or a proxy). The runtime's start and `gdctl`
+/// build theirs here.
 pub fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     Ok(match config.backend {
         BackendKind::Embedded => Arc::new(EmbeddedBackend::new()),
-        BackendKind::Redis => Arc::new(RedisBackend::new(&config.redis)?),
+        BackendKind::Redis => redis_backend(&config.redis)?,
+    })
+}
+
+/// The Redis backend the `redis` section describes: a Redis Cluster when
+/// `redis.cluster` names seed nodes, else one server (or a proxy).
+pub fn redis_backend(cfg: &crate::config::RedisConfig) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(if cfg.cluster.is_empty() {
+        Arc::new(RedisBackend::new(cfg)?)
+    } else {
+        Arc::new(RedisClusterBackend::new(cfg)?)
     })
 }
 

@@ -57,6 +57,11 @@ return 0";
 /// Erlang API waits 5 s), so the core answers first.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// What a single-server configuration that reaches a Redis Cluster node is
+/// told: the node answered `MOVED` (docs/REDIS.md, "Redis Cluster").
+pub const CLUSTER_NODE: &str =
+    "this is a Redis Cluster node (it answered MOVED): use redis.cluster";
+
 /// How long calls fail at once after a failure, before one probe is let
 /// through (see `Circuit`).
 pub const DOWN_BACKOFF: Duration = Duration::from_secs(1);
@@ -72,7 +77,7 @@ struct Slot {
 /// probe that always tries ([`Gate::Probe`]: the refresher's passes and
 /// pending retries, the start-time check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
+pub(super) enum Gate {
     Checked,
     Probe,
 }
@@ -83,8 +88,9 @@ enum Gate {
 /// that, one checked call at a time is let through as a probe (the others
 /// still fail at once). Any success closes the circuit. Probes
 /// ([`Gate::Probe`]) always try, so the refresher keeps probing.
+/// Shared with the Redis Cluster backend (`redis_cluster.rs`).
 #[derive(Default)]
-struct Circuit {
+pub(super) struct Circuit {
     state: parking_lot::Mutex<CircuitState>,
 }
 
@@ -95,8 +101,8 @@ struct CircuitState {
     last_failure: String,
 }
 
-const KNOWN_DOWN: &str = "known down";
-const TIMED_OUT: &str = "did not answer within";
+pub(super) const KNOWN_DOWN: &str = "known down";
+pub(super) const TIMED_OUT: &str = "did not answer within";
 const DURING_HANDSHAKE: &str = " (in the TLS handshake)";
 const CANNOT_CONNECT: &str = "cannot connect";
 
@@ -104,7 +110,7 @@ const CANNOT_CONNECT: &str = "cannot connect";
 type Admission = Result<bool, String>;
 
 impl Circuit {
-    fn admit(&self) -> Admission {
+    pub(super) fn admit(&self) -> Admission {
         let mut s = self.state.lock();
         let Some(until) = s.down_until else {
             return Ok(false);
@@ -149,17 +155,17 @@ impl Circuit {
 }
 
 /// Clears the probe flag if the call is dropped before it reports.
-struct ProbeGuard<'a> {
-    circuit: &'a Circuit,
-    probe: bool,
-    reported: bool,
+pub(super) struct ProbeGuard<'a> {
+    pub(super) circuit: &'a Circuit,
+    pub(super) probe: bool,
+    pub(super) reported: bool,
 }
 
 impl ProbeGuard<'_> {
     /// A success closes the circuit and a failure that shows the store
     /// down opens it; other failures (a connection a proxy closed) leave it
     /// as it was.
-    fn report<T>(&mut self, result: &Result<T, Failure>) {
+    pub(super) fn report<T>(&mut self, result: &Result<T, Failure>) {
         self.reported = true;
         match result {
             Ok(_) => self.circuit.succeeded(),
@@ -187,7 +193,7 @@ struct TlsDial {
 }
 
 /// How one batch failed.
-enum Failure {
+pub(super) enum Failure {
     /// No connection could be dialled, or no answer came in time: the store
     /// is known down (opens the circuit).
     Down(String),
@@ -200,7 +206,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn text(&self) -> &str {
+    pub(super) fn text(&self) -> &str {
         match self {
             Failure::Down(s) | Failure::Closed(s) | Failure::Other(s) => s,
         }
@@ -289,7 +295,14 @@ impl RedisBackend {
             add_cmd(&mut pipe, c);
         }
         let values = self.query(&pipe, cmds.len(), gate, self.timeout).await?;
-        Ok(cmds.iter().zip(values).map(|(c, v)| reply(c, v)).collect())
+        let replies: Vec<Reply> = cmds.iter().zip(values).map(|(c, v)| reply(c, v)).collect();
+        if replies
+            .iter()
+            .any(|r| matches!(r, Reply::Error(e) if e.starts_with("MOVED ")))
+        {
+            tracing::warn!(what = "redis_cluster_node", target = %self.target, reason = CLUSTER_NODE);
+        }
+        Ok(replies)
     }
 
     /// The slot's connection, and whether it was dialled just now. The dial
@@ -586,7 +599,7 @@ fn connection_info(cfg: &RedisConfig) -> Result<ConnectionInfo, StoreError> {
     Ok(info.set_redis_settings(redis))
 }
 
-fn add_cmd(pipe: &mut redis::Pipeline, cmd: &Cmd) {
+pub(super) fn add_cmd(pipe: &mut redis::Pipeline, cmd: &Cmd) {
     match cmd {
         Cmd::Get { key } => {
             pipe.cmd("GET").arg(key);
@@ -662,7 +675,7 @@ fn unexpected(cmd: &Cmd, v: &Value) -> Reply {
 }
 
 /// The error line as the server sent it (`WRONGTYPE Operation against…`).
-fn server_error_text(e: &redis::ServerError) -> String {
+pub(super) fn server_error_text(e: &redis::ServerError) -> String {
     match e.details() {
         Some(d) => format!("{} {d}", e.code()),
         None => e.code().to_owned(),
@@ -670,7 +683,7 @@ fn server_error_text(e: &redis::ServerError) -> String {
 }
 
 /// Interprets a reply according to the command that produced it.
-fn reply(cmd: &Cmd, v: Value) -> Reply {
+pub(super) fn reply(cmd: &Cmd, v: Value) -> Reply {
     if let Value::ServerError(e) = v {
         return Reply::Error(server_error_text(&e));
     }
@@ -717,7 +730,7 @@ fn reply(cmd: &Cmd, v: Value) -> Reply {
 }
 
 /// Best-effort interpretation of the reply to a [`RedisBackend::raw`] command.
-fn raw_reply(v: Value) -> Reply {
+pub(super) fn raw_reply(v: Value) -> Reply {
     match v {
         Value::Nil => Reply::Nil,
         Value::Okay => Reply::Ok,
@@ -755,6 +768,9 @@ impl Backend for RedisBackend {
             .await
             .map_err(|f| StoreError::Unavailable(self.unreachable(&f, within)))?;
         match values.into_iter().next() {
+            Some(Value::ServerError(e)) if e.code() == "MOVED" => Err(StoreError::Unavailable(
+                format!("redis {}: {CLUSTER_NODE}", self.target),
+            )),
             Some(Value::ServerError(e)) => Err(StoreError::Unavailable(format!(
                 "redis {}: health check failed: {}",
                 self.target,

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod dc;
 pub mod faultproxy;
 pub mod redis;
+pub mod redis_cluster;
 pub mod redis_variants;
 
 use std::io::Read;
