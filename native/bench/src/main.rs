@@ -4,7 +4,7 @@
 //! behind each row is in `docs/PERFORMANCE.md`.
 //!
 //! ```text
-//! gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b10] [--stanzas N] [--sessions N]
+//! gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b9|b10] [--stanzas N] [--sessions N]
 //!          [--runs N] [--out PATH]
 //! ```
 
@@ -14,6 +14,7 @@ mod lookup;
 mod memory;
 mod raw;
 mod refresh;
+mod sim;
 mod slow;
 mod stats;
 mod table;
@@ -72,7 +73,7 @@ struct Plan {
 
 fn usage() -> BenchError {
     BenchError::msg(
-        "usage: gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b10] [--stanzas N] \
+        "usage: gd_bench [--smoke] [--only b1|b2|b3|b4|b5|b6|b7|b8|b9|b10] [--stanzas N] \
          [--sessions N] [--runs N] [--out PATH]",
     )
 }
@@ -188,6 +189,9 @@ fn main() -> Result<(), BenchError> {
     }
     if plan.wants("b7") {
         run("B7", b7(&plan, &mut table));
+    }
+    if plan.wants("b9") {
+        run("B9", sim::b9(plan.smoke, &mut table));
     }
     if plan.wants("b10") {
         run("B10", b10(&plan, &certs, &mut table));

@@ -37,7 +37,7 @@ fn free_port() -> Result<u16, BenchError> {
 }
 
 /// One RESP command on a fresh connection; the raw reply text.
-fn resp(port: u16, args: &[&str]) -> std::io::Result<String> {
+pub(crate) fn resp(port: u16, args: &[&str]) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut out = format!("*{}\r\n", args.len());

@@ -19,6 +19,9 @@ pub struct Table {
     started_unix: u64,
     load_at_start: String,
     rows: Vec<Row>,
+    /// Remarks printed under the rows (a part of a bench that could not
+    /// run yet, and why), without failing the run.
+    notes: Vec<String>,
 }
 
 impl Table {
@@ -31,6 +34,7 @@ impl Table {
                 .map_or(0, |d| d.as_secs()),
             load_at_start: load_average(),
             rows: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -41,6 +45,10 @@ impl Table {
             unit,
             stat,
         });
+    }
+
+    pub fn note(&mut self, bench: &'static str, text: &str) {
+        self.notes.push(format!("{bench}: {text}"));
     }
 
     /// `ours ÷ base` of the medians; the range pairs the extremes
@@ -85,6 +93,9 @@ impl Table {
                 r.unit
             );
         }
+        for n in &self.notes {
+            println!("NOTE {n}");
+        }
         for f in failures {
             println!("FAILED {f}");
         }
@@ -124,6 +135,7 @@ impl Table {
             "load_average_at_end": load_average(),
             "total_seconds": took.as_secs_f64(),
             "rows": rows,
+            "notes": self.notes,
             "failures": failures,
         });
         if let Some(dir) = path.parent() {
