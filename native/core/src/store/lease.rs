@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -22,7 +22,6 @@ use super::{
     check_replies, count_cas, keys, ttl_secs, Cmd, NodeId, RefreshCount, Reply, Store, StoreError,
     BATCH,
 };
-use crate::mapping::coarse_now_ms;
 
 /// What [`Store::sweep_sessions`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -243,7 +242,7 @@ const ABSENT_RECHECK_MS: u64 = 100;
 /// One DC's `#{nodes}` hash as last read.
 struct View {
     stamps: HashMap<String, u64>,
-    read_at_ms: u64,
+    read_at: Instant,
 }
 
 /// The leases of every DC a lookup met a lease-mode value of, each read with
@@ -282,7 +281,7 @@ impl Leases {
     /// `None`: [`Leases::state`] must read the store.
     pub fn state_cached(&self, host: &str, node: &str) -> Option<LeaseState> {
         let view = self.views.read().get(host).cloned()?;
-        let age = coarse_now_ms().saturating_sub(view.read_at_ms);
+        let age = u64::try_from(view.read_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let state = self.state_in(&view, node, unix_now());
         let fresh = match state {
             LeaseState::Absent => age < ABSENT_RECHECK_MS.min(self.interval_ms),
@@ -308,7 +307,7 @@ impl Leases {
                         .into_iter()
                         .filter_map(|(n, s)| Some((n, s?)))
                         .collect(),
-                    read_at_ms: coarse_now_ms(),
+                    read_at: Instant::now(),
                 });
                 self.views.write().insert(host.into(), view.clone());
                 view
