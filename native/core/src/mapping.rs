@@ -319,7 +319,11 @@ impl Mapping {
     /// [`Mapping::live_cached`], reading the lease when needed. An entry
     /// whose node's lease lapsed is deleted where it still holds that
     /// node's value (lazy cleanup, in the background).
-    async fn live(&self, key: &str, owner: Option<SharedHost>) -> Result<Option<Arc<str>>, StoreError> {
+    async fn live(
+        &self,
+        key: &str,
+        owner: Option<SharedHost>,
+    ) -> Result<Option<Arc<str>>, StoreError> {
         if let Some(v) = self.live_cached(owner.clone()) {
             return Ok(v.map(|o| Arc::clone(&o.host)));
         }

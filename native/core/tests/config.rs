@@ -1706,8 +1706,10 @@ fn lease_ownership_is_read_and_checked_against_the_periods() {
         (c.redis.lease_safety_ttl, c.redis.lease_check_interval_ms),
         (86400, 1000)
     );
-    let c = parse(json!({"redis": {"ownership": "lease", "lease_safety_ttl": 3600,
-                                   "lease_check_interval_ms": 500}}));
+    let c = parse(
+        json!({"redis": {"ownership": "lease", "lease_safety_ttl": 3600,
+                                   "lease_check_interval_ms": 500}}),
+    );
     assert_eq!(c.redis.ownership, Ownership::Lease);
     assert_eq!(c.lease_safety_ttl(), Duration::from_secs(3600));
     assert_eq!(c.lease_check_interval(), Duration::from_millis(500));
@@ -1724,8 +1726,10 @@ fn lease_ownership_is_read_and_checked_against_the_periods() {
          session keys of live nodes would expire"
     );
     assert_eq!(
-        error(json!({"redis": {"ownership": "lease", "expire_after": 3, "refresh_after": 1,
-                               "lease_check_interval_ms": 2000}})),
+        error(
+            json!({"redis": {"ownership": "lease", "expire_after": 3, "refresh_after": 1,
+                               "lease_check_interval_ms": 2000}})
+        ),
         "redis.lease_check_interval_ms: must be less than expire_after - refresh_after (2000 ms), \
          got 2000: a live node's lease could look lapsed through a view this old"
     );

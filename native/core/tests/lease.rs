@@ -120,7 +120,9 @@ fn killed_node(store: &Store) {
         "{r:?}"
     );
     // The survivor's passes prune node2 and sweep its sessions.
-    assert!(wait_for(WAIT, || store.get(&dc1, "bob@example.com/b").is_none()
+    assert!(wait_for(WAIT, || store
+        .get(&dc1, "bob@example.com/b")
+        .is_none()
         && store.get(&dc1, "bob@example.com").is_none()));
     assert_eq!(
         store.get(&dc1, "carol@example.com/c"),
@@ -177,7 +179,9 @@ fn restarted_node(store: &Store) {
     assert_eq!(lookup(&dc2, "eve@example.com/e"), Location::Unknown);
     assert_eq!(lookup(&dc2, "bob@example.com/b"), Location::Local);
     // One period after start (refresh_after = 1 s) the leftovers go.
-    assert!(wait_for(WAIT, || store.get(&dc1, "eve@example.com/e").is_none()
+    assert!(wait_for(WAIT, || store
+        .get(&dc1, "eve@example.com/e")
+        .is_none()
         && store.get(&dc1, "eve@example.com").is_none()));
     std::thread::sleep(Duration::from_millis(3500));
     // Past expire_after: the lease kept being stamped, bob stayed.
@@ -221,11 +225,7 @@ fn reconnection_race(store: &Store) {
             dc2.rt.block_on(dc2.rt.refresh_now());
         }
         for k in [&full, &bare] {
-            assert_eq!(
-                store.get(&dc1, k),
-                Some(value(2, "node2@localhost")),
-                "{k}"
-            );
+            assert_eq!(store.get(&dc1, k), Some(value(2, "node2@localhost")), "{k}");
         }
         dc1.rt.mapping().remove_jid(&full);
         assert_eq!(lookup(&dc1, &full), remote(2), "{user}");
@@ -250,7 +250,9 @@ fn writes(raw: &mut RawClient) -> u64 {
         .unwrap()
         .bulk()
         .unwrap_or_default();
-    const WRITES: [&str; 8] = ["set", "eval", "sadd", "srem", "expire", "hset", "hdel", "del"];
+    const WRITES: [&str; 8] = [
+        "set", "eval", "sadd", "srem", "expire", "hset", "hdel", "del",
+    ];
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;

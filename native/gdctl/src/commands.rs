@@ -362,7 +362,10 @@ pub async fn evict_node(
             },
             ev.sets_removed,
             if ev.sessions_deleted > 0 {
-                format!(", {} session key(s) deleted (lease mode)", ev.sessions_deleted)
+                format!(
+                    ", {} session key(s) deleted (lease mode)",
+                    ev.sessions_deleted
+                )
             } else {
                 String::new()
             }

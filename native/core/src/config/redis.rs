@@ -211,7 +211,10 @@ fn read_lease(s: &Section, redis: &mut RedisConfig) -> Result<()> {
         0 => redis.expire_after.saturating_mul(500),
         secs => secs.saturating_mul(1000),
     };
-    let margin_ms = redis.expire_after.saturating_mul(1000).saturating_sub(refresh_ms);
+    let margin_ms = redis
+        .expire_after
+        .saturating_mul(1000)
+        .saturating_sub(refresh_ms);
     if redis.lease_check_interval_ms >= margin_ms {
         let message = format!(
             "must be less than expire_after - refresh_after ({margin_ms} ms), got {}: \

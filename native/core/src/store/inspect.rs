@@ -149,9 +149,7 @@ impl Store {
         let stamps = self.node_stamps(host).await?;
         Ok(match stamps.iter().find(|(n, _)| n == node) {
             None => LeaseState::Absent,
-            Some((_, Some(s))) if unix_now().saturating_sub(*s) <= expire_after => {
-                LeaseState::Live
-            }
+            Some((_, Some(s))) if unix_now().saturating_sub(*s) <= expire_after => LeaseState::Live,
             Some(_) => LeaseState::Lapsed,
         })
     }

@@ -544,7 +544,10 @@ impl Store {
         now_unix: u64,
         expire_after: Duration,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(self.heartbeat_detail(me, now_unix, expire_after).await?.dead)
+        Ok(self
+            .heartbeat_detail(me, now_unix, expire_after)
+            .await?
+            .dead)
     }
 
     /// [`Store::heartbeat`], telling also whether this node's field was new

@@ -499,7 +499,11 @@ impl Refresher {
     /// or in lease mode with the node's value and the safety TTL.
     async fn set_sessions(&self, store: &Store, keys: &[String]) -> Result<(), StoreError> {
         match &self.lease {
-            Some(l) => store.open_sessions_lease(keys, &self.me, l.safety_ttl).await,
+            Some(l) => {
+                store
+                    .open_sessions_lease(keys, &self.me, l.safety_ttl)
+                    .await
+            }
             None => {
                 store
                     .open_sessions(keys, &self.me.local_host, self.expire_after)
@@ -604,8 +608,8 @@ impl Refresher {
         stats: &mut RefreshStats,
     ) {
         let last = l.last_stamp.swap(now, Ordering::Relaxed);
-        let lost = last != 0
-            && (beat.stamp_new || now.saturating_sub(last) > self.expire_after.as_secs());
+        let lost =
+            last != 0 && (beat.stamp_new || now.saturating_sub(last) > self.expire_after.as_secs());
         if lost {
             tracing::warn!(what = "lease_lost_rewriting_sessions", node = %self.me.node);
             l.rewrites_due.store(2, Ordering::Relaxed);
@@ -623,7 +627,9 @@ impl Refresher {
         for dead in &beat.won {
             let swept = self
                 .probe
-                .sweep_sessions(&self.me.local_host, dead, SweepGuard::WhileAbsent, &|_| false)
+                .sweep_sessions(&self.me.local_host, dead, SweepGuard::WhileAbsent, &|_| {
+                    false
+                })
                 .await;
             match swept {
                 Ok(s) => tracing::info!(what = "dead_node_sessions_swept", node = %dead,
@@ -641,9 +647,7 @@ impl Refresher {
     /// its value) that it does not hold now. Sessions the host re-opened
     /// meanwhile were never absent from the store.
     async fn reconcile(&self, l: &LeaseOwner, stats: &mut RefreshStats) {
-        if l.reconciled.load(Ordering::Relaxed)
-            || l.born.elapsed() < self.refresh_after * 9 / 10
-        {
+        if l.reconciled.load(Ordering::Relaxed) || l.born.elapsed() < self.refresh_after * 9 / 10 {
             return;
         }
         let state = self.state.clone();
