@@ -249,7 +249,13 @@ redis_spec() ->
                  %% Ours: Redis Cluster seed nodes, <<"redis://host:port">>
                  %% (docs/REDIS.md); the core checks them and their conflicts.
                  <<"cluster">> => #list{items = #option{type = binary, validate = url},
-                                        validate = unique_non_empty}},
+                                        validate = unique_non_empty},
+                 %% Ours: lease mode (docs/REDIS.md, "Lease mode"); the core
+                 %% checks the lease options against the periods.
+                 <<"ownership">> => #option{type = binary,
+                                            validate = {enum, [<<"per_key">>, <<"lease">>]}},
+                 <<"lease_safety_ttl">> => #option{type = integer, validate = positive},
+                 <<"lease_check_interval_ms">> => #option{type = integer, validate = positive}},
        defaults = #{<<"pool">> => global_distrib,
                     <<"expire_after">> => 120,
                     <<"refresh_after">> => 60},

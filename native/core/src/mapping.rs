@@ -28,7 +28,9 @@ use moka::sync::Cache;
 use crate::config::CacheConfig;
 use crate::jid::Jid;
 use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::store::{OwnedState, Store, StoreError};
+use crate::store::keys;
+use crate::store::lease::{LeaseState, Leases};
+use crate::store::{Cmd, OwnedState, Store, StoreError};
 
 /// Bound on cached domains. Domains are subdomains of components and MUC
 /// services of all DCs: thousands at most, so this is a safety net against
@@ -46,9 +48,30 @@ pub enum Location {
     Unknown,
 }
 
+/// What a mapping value names: the owning DC and, for a lease-mode value
+/// (`<local_host>{<node>}`, docs/REDIS.md "Lease mode"), the node whose
+/// lease keeps the entry alive.
+struct Owner {
+    /// The value as stored.
+    value: Box<str>,
+    host: Arc<str>,
+    node: Option<Box<str>>,
+}
+
+impl Owner {
+    fn parse(value: &str) -> Owner {
+        let (host, node) = keys::parse_owner(value);
+        Owner {
+            value: value.into(),
+            host: Arc::from(host),
+            node: node.map(Box::from),
+        }
+    }
+}
+
 /// Keys are `Box<str>`: moka already keeps each key behind its own `Arc`.
-/// A DC's shared host name behind a thin pointer (see [`Cached`]).
-type SharedHost = Arc<Arc<str>>;
+/// A DC's (or node's) shared owner behind a thin pointer (see [`Cached`]).
+type SharedHost = Arc<Owner>;
 
 /// One cached answer: the DC (None: a cached miss) and when it expires.
 /// 16 bytes: a fat `Arc<str>` beside the expiry would make it 24 and move
@@ -87,9 +110,9 @@ impl TtlCache {
     }
 
     /// The cached answer, unless absent or expired.
-    fn get(&self, key: &str) -> Option<Option<Arc<str>>> {
+    fn get(&self, key: &str) -> Option<Option<SharedHost>> {
         let e = self.cache.get(key)?;
-        (e.expires_ms > coarse_now_ms()).then(|| e.host.map(|h| Arc::clone(&*h)))
+        (e.expires_ms > coarse_now_ms()).then_some(e.host)
     }
 
     /// A lifetime or a capacity of 0 means "do not cache": nothing is kept.
@@ -152,8 +175,9 @@ pub(crate) fn coarse_now_ms() -> u64 {
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Host names a runtime has seen more than this many of are no longer shared.
-const MAX_SHARED_HOSTS: usize = 64;
+/// Owners (DCs, and nodes in lease mode) a runtime has seen more than this
+/// many of are no longer shared.
+const MAX_SHARED_HOSTS: usize = 256;
 
 /// One shared `Arc<str>` per DC host name, so that a million cached JIDs
 /// pointing at a handful of DCs do not hold a million copies of their names.
@@ -164,14 +188,14 @@ struct HostNames(parking_lot::RwLock<Vec<SharedHost>>);
 
 impl HostNames {
     fn get(&self, name: &str) -> SharedHost {
-        if let Some(h) = self.0.read().iter().find(|h| ****h == *name) {
+        if let Some(h) = self.0.read().iter().find(|h| *h.value == *name) {
             return Arc::clone(h);
         }
         let mut names = self.0.write();
-        if let Some(h) = names.iter().find(|h| ****h == *name) {
+        if let Some(h) = names.iter().find(|h| *h.value == *name) {
             return Arc::clone(h);
         }
-        let host: SharedHost = Arc::new(Arc::from(name));
+        let host: SharedHost = Arc::new(Owner::parse(name));
         if names.len() < MAX_SHARED_HOSTS {
             names.push(Arc::clone(&host));
         }
@@ -203,6 +227,12 @@ pub struct Mapping {
     /// Sessions this node holds: always local, asked before the caches
     /// (a flushed or restarted store must not send them elsewhere).
     owned: Option<Arc<OwnedState>>,
+    /// This node's name: an entry naming it that it does not hold is a
+    /// leftover of its previous life (lease mode).
+    node: Option<Arc<str>>,
+    /// Leases of the nodes lease-mode values name; without it such values
+    /// are taken as they are.
+    leases: Option<Arc<Leases>>,
     fetches: Arc<Counter>,
     cache_misses: Arc<Counter>,
     fetch_time: Arc<Histogram>,
@@ -233,6 +263,8 @@ impl Mapping {
             hosts: Arc::default(),
             store,
             owned: None,
+            node: None,
+            leases: None,
             fetches: metrics.counter(names::MAPPING_FETCHES),
             cache_misses: metrics.counter(names::MAPPING_CACHE_MISSES),
             fetch_time: metrics.histogram(names::MAPPING_FETCH_TIME),
@@ -244,6 +276,85 @@ impl Mapping {
     pub fn with_owned(mut self, owned: Arc<OwnedState>) -> Mapping {
         self.owned = Some(owned);
         self
+    }
+
+    /// Checks the leases of lease-mode values (`node` is this node's name).
+    pub fn with_leases(mut self, node: &str, leases: Arc<Leases>) -> Mapping {
+        self.node = Some(Arc::from(node));
+        self.leases = Some(leases);
+        self
+    }
+
+    pub fn leases(&self) -> Option<&Arc<Leases>> {
+        self.leases.as_ref()
+    }
+
+    /// What a cached or fetched owner means for routing: `Some(None)` for an
+    /// entry that counts as absent (its node's lease lapsed, or it names
+    /// this node, which does not hold it), `None` when the lease view in
+    /// memory is too old to tell (only [`Mapping::lookup`] can).
+    fn live_cached(&self, owner: Option<SharedHost>) -> Option<Option<SharedHost>> {
+        let Some(o) = owner else { return Some(None) };
+        let Some(node) = o.node.as_deref() else {
+            return Some(Some(o));
+        };
+        if self.is_me(&o, node) {
+            return Some(None);
+        }
+        let Some(leases) = &self.leases else {
+            return Some(Some(o));
+        };
+        match leases.state_cached(&o.host, node)? {
+            LeaseState::Live => Some(Some(o)),
+            LeaseState::Lapsed | LeaseState::Absent => Some(None),
+        }
+    }
+
+    /// This node's own lease-mode entry: it holds no such session (the
+    /// caller asked [`Mapping::held_here`] first), so it is a leftover.
+    fn is_me(&self, o: &Owner, node: &str) -> bool {
+        *o.host == *self.local_host && self.node.as_deref() == Some(node)
+    }
+
+    /// [`Mapping::live_cached`], reading the lease when needed. An entry
+    /// whose node's lease lapsed is deleted where it still holds that
+    /// node's value (lazy cleanup, in the background).
+    async fn live(
+        &self,
+        key: &str,
+        owner: Option<SharedHost>,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(v) = self.live_cached(owner.clone()) {
+            return Ok(v.map(|o| Arc::clone(&o.host)));
+        }
+        let (Some(o), Some(leases)) = (owner, &self.leases) else {
+            return Ok(None);
+        };
+        let node = o.node.as_deref().unwrap_or_default();
+        match leases.state(&o.host, node).await? {
+            LeaseState::Live => Ok(Some(Arc::clone(&o.host))),
+            LeaseState::Absent => Ok(None),
+            LeaseState::Lapsed => {
+                self.delete_lapsed(key, &o.value);
+                Ok(None)
+            }
+        }
+    }
+
+    fn delete_lapsed(&self, key: &str, value: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let cmd = Cmd::DeleteIfOurs {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        };
+        rt.spawn(async move {
+            if let Err(e) = store.exec_batched(std::slice::from_ref(&cmd)).await {
+                tracing::debug!(what = "lapsed_entry_delete_failed", error = %e);
+            }
+        });
     }
 
     /// Whether `to` is a session held by this node: its full JID, or any
@@ -278,12 +389,12 @@ impl Mapping {
             Plan::Local => Location::Local,
             // `?`: not in the cache, only the store can tell. A cached
             // `None` is a cached miss.
-            Plan::Domain(d) => self.resolve(self.domains.get(d)?),
+            Plan::Domain(d) => self.resolve(self.live_cached(self.domains.get(d)?)?),
             Plan::Jid { full, bare } if self.held_here(full, bare) => Location::Local,
-            Plan::Jid { full, bare } => match self.jids.get(full)? {
-                Some(host) => self.location_of(host),
+            Plan::Jid { full, bare } => match self.live_cached(self.jids.get(full)?)? {
+                Some(owner) => self.location_of(Arc::clone(&owner.host)),
                 None if full == bare => Location::Unknown,
-                None => self.resolve(self.jids.get(bare)?),
+                None => self.resolve(self.live_cached(self.jids.get(bare)?)?),
             },
         };
         // An answer from memory takes a fraction of a microsecond, so it is
@@ -311,21 +422,22 @@ impl Mapping {
         match self.plan(to) {
             Plan::Local => Ok(Location::Local),
             Plan::Domain(d) => {
-                let host = self.fetch(&self.domains, d, asked).await?;
-                Ok(self.resolve(host))
+                let owner = self.fetch(&self.domains, d, asked).await?;
+                Ok(self.resolve_host(self.live(d, owner).await?))
             }
             Plan::Jid { full, bare } => {
                 if self.held_here(full, bare) {
                     return Ok(Location::Local);
                 }
-                if let Some(host) = self.fetch(&self.jids, full, asked).await? {
+                let owner = self.fetch(&self.jids, full, asked).await?;
+                if let Some(host) = self.live(full, owner).await? {
                     return Ok(self.location_of(host));
                 }
                 if full == bare {
                     return Ok(Location::Unknown);
                 }
-                let host = self.fetch(&self.jids, bare, asked).await?;
-                Ok(self.resolve(host))
+                let owner = self.fetch(&self.jids, bare, asked).await?;
+                Ok(self.resolve_host(self.live(bare, owner).await?))
             }
         }
     }
@@ -353,7 +465,7 @@ impl Mapping {
         cache: &TtlCache,
         key: &str,
         asked: &mut bool,
-    ) -> Result<Option<Arc<str>>, StoreError> {
+    ) -> Result<Option<SharedHost>, StoreError> {
         if let Some(v) = cache.get(key) {
             return Ok(v);
         }
@@ -365,11 +477,18 @@ impl Mapping {
             // and overwriting it would misroute that user for a lifetime.
             cache.insert_unless_fresh(key, value.clone());
         }
-        Ok(value.map(|h| Arc::clone(&*h)))
+        Ok(value)
     }
 
     /// Rule 6 for a missing mapping, else the location of the owning DC.
-    fn resolve(&self, host: Option<Arc<str>>) -> Location {
+    fn resolve(&self, owner: Option<SharedHost>) -> Location {
+        match owner {
+            Some(o) => self.location_of(Arc::clone(&o.host)),
+            None => Location::Unknown,
+        }
+    }
+
+    fn resolve_host(&self, host: Option<Arc<str>>) -> Location {
         match host {
             Some(h) => self.location_of(h),
             None => Location::Unknown,

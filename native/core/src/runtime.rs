@@ -18,11 +18,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, Endpoint};
+use crate::config::{Config, ConfigError, Endpoint, Ownership};
 use crate::jid::Jid;
 use crate::mapping::{Location, Mapping};
 use crate::metrics::Metrics;
 use crate::routing::{Delivery, Envelope, Meta, Reason, RouteResult, Router};
+use crate::store::lease::Leases;
 use crate::store::refresher::{OwnedState, Refresher, RefresherHandle};
 use crate::store::{
     backend_for, keys, start_check, Backend, HealthReport, NodeId, Store, StoreError, StoreHealth,
@@ -461,6 +462,20 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Ends the runtime as a crash would: every task aborted at once, no
+    /// stop of the refresher, no flush, nothing written or deleted in the
+    /// store. For tests of what other nodes see when a node dies; a host
+    /// stops a runtime with [`Runtime::stop`].
+    #[doc(hidden)]
+    pub fn kill(&self) {
+        if let Some(rt) = self.rt.lock().take() {
+            self.inner.stop_tx.send_replace(true);
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         if self.rt.lock().is_some() {
@@ -506,7 +521,8 @@ async fn build(
     // answer, refuses us or lacks a command of the dialect fails the start
     // clearly instead of stalling or failing every first call.
     let within = Duration::from_millis(config.redis.start_timeout_ms);
-    start_check::run(store.backend().as_ref(), &me, within)
+    let lease = config.redis.ownership == Ownership::Lease;
+    start_check::run(store.backend().as_ref(), &me, within, lease)
         .await
         .map_err(StartError::StoreCheck)?;
     if let Some(credits) = delivery.credits() {
@@ -524,7 +540,16 @@ async fn build(
             store.clone(),
             metrics.clone(),
         )
-        .with_owned(owned.clone()),
+        .with_owned(owned.clone())
+        // Either mode reads lease-mode values right (docs/REDIS.md).
+        .with_leases(
+            &config.node_name,
+            Arc::new(Leases::new(
+                store.clone(),
+                config.expire_after(),
+                config.lease_check_interval(),
+            )),
+        ),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let (given_back_tx, given_back_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -578,13 +603,16 @@ async fn build(
     // This DC's own domain resolves to it (lookup rule 5 for JIDs such as
     // user@dc1.example.com seen from another DC); hidden from disco.
     owned.domain_registered(&config.local_host, false);
-    let refresher = Refresher::new(
+    let mut refresher = Refresher::new(
         store.clone(),
         owned,
         me,
         config.expire_after(),
         config.refresh_after(),
     );
+    if lease {
+        refresher = refresher.with_lease(config.lease_safety_ttl());
+    }
     // Make this node known before the first period elapses; a store that is
     // down now is retried by the refresher.
     let first = refresher.run_once(false).await;

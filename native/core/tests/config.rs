@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gd_core::config::{
     default_node_name, BackendKind, BounceConfig, CacheConfig, Config, ConnectionsConfig, Endpoint,
-    IncomingLimits, RedisConfig, SniConfig, TlsConfig, VerifyMode,
+    IncomingLimits, Ownership, RedisConfig, SniConfig, TlsConfig, VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -93,6 +93,9 @@ fn minimal_config_has_every_default_of_spec_2() {
             timeout_ms: 1000,
             start_timeout_ms: 3000,
             cluster: Vec::new(),
+            ownership: Ownership::PerKey,
+            lease_safety_ttl: 86400,
+            lease_check_interval_ms: 1000,
         }
     );
     assert_eq!(c.expire_after(), Duration::from_secs(120));
@@ -914,8 +917,9 @@ fn unknown_keys_are_errors_naming_the_accepted_ones() {
     );
     assert_eq!(
         error(json!({"redis": {"host": "x"}})),
-        "redis.host: unknown option (expected one of: cluster, database, expire_after, password, pool, pool_size, \
-         port, refresh_after, server, start_timeout_ms, timeout_ms, tls, url, username)"
+        "redis.host: unknown option (expected one of: cluster, database, expire_after, lease_check_interval_ms, \
+         lease_safety_ttl, ownership, password, pool, pool_size, port, refresh_after, server, \
+         start_timeout_ms, timeout_ms, tls, url, username)"
     );
     let toml = "global_host = \"example.com\"\nlocal_host = \"dc1.example.com\"\nconnections.tls.verify = true\n";
     assert_eq!(
@@ -1118,6 +1122,9 @@ fn mongooseim_processed_options_are_accepted_unchanged() {
             timeout_ms: 1000,
             start_timeout_ms: 3000,
             cluster: Vec::new(),
+            ownership: Ownership::PerKey,
+            lease_safety_ttl: 86400,
+            lease_check_interval_ms: 1000,
         },
         cache: CacheConfig {
             cache_missed: true,
@@ -1689,4 +1696,41 @@ fn datacenter_names_must_be_dns_names() {
     assert!(error(addr).contains("is not a DNS name"));
     // The longest label and name accepted.
     parse(json!({"local_host": format!("{}.example.com", "a".repeat(63))}));
+}
+
+#[test]
+fn lease_ownership_is_read_and_checked_against_the_periods() {
+    let c = parse(json!({"redis": {}}));
+    assert_eq!(c.redis.ownership, Ownership::PerKey);
+    assert_eq!(
+        (c.redis.lease_safety_ttl, c.redis.lease_check_interval_ms),
+        (86400, 1000)
+    );
+    let c = parse(
+        json!({"redis": {"ownership": "lease", "lease_safety_ttl": 3600,
+                                   "lease_check_interval_ms": 500}}),
+    );
+    assert_eq!(c.redis.ownership, Ownership::Lease);
+    assert_eq!(c.lease_safety_ttl(), Duration::from_secs(3600));
+    assert_eq!(c.lease_check_interval(), Duration::from_millis(500));
+    // The lease options are checked against the periods in lease mode only.
+    let per_key = parse(json!({"redis": {"expire_after": 2, "refresh_after": 1}}));
+    assert_eq!(per_key.redis.ownership, Ownership::PerKey);
+    assert_eq!(
+        error(json!({"redis": {"ownership": "leases"}})),
+        "redis.ownership: expected \"per_key\" or \"lease\", got \"leases\""
+    );
+    assert_eq!(
+        error(json!({"redis": {"ownership": "lease", "lease_safety_ttl": 120}})),
+        "redis.lease_safety_ttl: must be more than redis.expire_after (120), got 120: \
+         session keys of live nodes would expire"
+    );
+    assert_eq!(
+        error(
+            json!({"redis": {"ownership": "lease", "expire_after": 3, "refresh_after": 1,
+                               "lease_check_interval_ms": 2000}})
+        ),
+        "redis.lease_check_interval_ms: must be less than expire_after - refresh_after (2000 ms), \
+         got 2000: a live node's lease could look lapsed through a view this old"
+    );
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use gd_core::config::RedisConfig;
+use gd_core::config::{Ownership, RedisConfig};
 use gd_core::store::inspect::KeyTtl;
 use gd_core::store::{
     Backend, Cmd, EmbeddedBackend, NodeId, OwnedState, RedisBackend, RedisClusterBackend,
@@ -57,6 +57,9 @@ fn redis_config(url: String, pool_size: u32) -> RedisConfig {
         timeout_ms: 1000,
         start_timeout_ms: 3000,
         cluster: Vec::new(),
+        ownership: Ownership::PerKey,
+        lease_safety_ttl: 86400,
+        lease_check_interval_ms: 1000,
     }
 }
 

@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gd_core::config::RedisConfig;
+use gd_core::config::{Ownership, RedisConfig};
 use gd_core::store::{
     Backend, Cmd, NodeId, OwnedState, RedisBackend, Refresher, Reply, Store, StoreError,
 };
@@ -31,6 +31,9 @@ fn config(url: String, pool_size: u32) -> RedisConfig {
         timeout_ms: 1000,
         start_timeout_ms: 3000,
         cluster: Vec::new(),
+        ownership: Ownership::PerKey,
+        lease_safety_ttl: 86400,
+        lease_check_interval_ms: 1000,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gd_core::jid::Jid;
 use gd_core::store::inspect::{KeyTtl, MappingEntry};
+use gd_core::store::lease::LeaseState;
 use gd_core::store::{keys, NodeId, Store};
 use serde_json::{json, Value};
 
@@ -155,12 +156,32 @@ pub async fn endpoints(store: &Store, dc: &str) -> Result<Output, Failure> {
 }
 
 fn entry_json(e: &MappingEntry) -> Value {
-    json!({ "key": e.key, "owner": e.owner, "ttl_secs": ttl_json(e.ttl) })
+    json!({ "key": e.key, "owner": e.owner, "node": e.node, "ttl_secs": ttl_json(e.ttl) })
+}
+
+/// `dc` or, for a lease-mode value, `dc (node NODE, lease live|LAPSED|ABSENT)`.
+async fn owner_text(store: &Store, e: &MappingEntry, expire_after: u64) -> (String, Value) {
+    let Some(owner) = e.owner.as_deref() else {
+        return ("(no entry)".into(), Value::Null);
+    };
+    let Some(node) = e.node.as_deref() else {
+        return (owner.to_owned(), Value::Null);
+    };
+    let lease = match store.lease_state(owner, node, expire_after).await {
+        Ok(LeaseState::Live) => "live",
+        Ok(LeaseState::Lapsed) => "LAPSED: the entry counts as absent",
+        Ok(LeaseState::Absent) => "ABSENT from the nodes hash: the entry counts as absent",
+        Err(_) => "unknown (store error)",
+    };
+    (
+        format!("{owner} (node {node}, lease {lease})"),
+        json!(lease.split(':').next().unwrap_or(lease).to_lowercase()),
+    )
 }
 
 /// `where JID`: the full and bare entries (or the domain's), and the owner
 /// by the lookup order of the runtime (full JID first, then bare).
-pub async fn where_is(store: &Store, jid: &str) -> Result<Output, Failure> {
+pub async fn where_is(store: &Store, jid: &str, expire_after: u64) -> Result<Output, Failure> {
     let j = Jid::parse(jid).map_err(|e| Failure::new(format!("{jid}: not a JID: {e}")))?;
     let mut keys = vec![j.as_full_str().to_owned()];
     if j.as_bare_str() != j.as_full_str() {
@@ -171,12 +192,15 @@ pub async fn where_is(store: &Store, jid: &str) -> Result<Output, Failure> {
     let owner = found.and_then(|e| e.owner.clone());
     let width = entries.iter().map(|e| e.key.len()).max().unwrap_or(0);
     let mut text = String::new();
+    let mut leases = Vec::new();
     for e in &entries {
+        let (owner_shown, lease) = owner_text(store, e, expire_after).await;
+        leases.push(lease);
         let _ = writeln!(
             text,
             "{:width$}  ->  {}  ({})",
             e.key,
-            e.owner.as_deref().unwrap_or("(no entry)"),
+            owner_shown,
             ttl_text(e.ttl)
         );
     }
@@ -201,7 +225,13 @@ pub async fn where_is(store: &Store, jid: &str) -> Result<Output, Failure> {
         json: json!({
             "jid": j.as_full_str(),
             "owner": owner,
-            "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+            "entries": entries.iter().zip(leases).map(|(e, lease)| {
+                let mut v = entry_json(e);
+                if !lease.is_null() {
+                    v["lease"] = lease;
+                }
+                v
+            }).collect::<Vec<_>>(),
         }),
         text,
     })
@@ -320,16 +350,25 @@ pub async fn evict_node(
             "node": node,
             "field_removed": ev.field_removed,
             "sets_removed": ev.sets_removed,
+            "sessions_deleted": ev.sessions_deleted,
         }),
         text: format!(
-            "evicted {node} from {dc}: {} field {}, {} per-node set(s) deleted\n",
+            "evicted {node} from {dc}: {} field {}, {} per-node set(s) deleted{}\n",
             keys::nodes(dc),
             if ev.field_removed {
                 "removed"
             } else {
                 "was absent"
             },
-            ev.sets_removed
+            ev.sets_removed,
+            if ev.sessions_deleted > 0 {
+                format!(
+                    ", {} session key(s) deleted (lease mode)",
+                    ev.sessions_deleted
+                )
+            } else {
+                String::new()
+            }
         ),
     })
 }

@@ -211,7 +211,7 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
         match &cli.command {
             Command::Hosts => commands::hosts(&store, expire_after).await,
             Command::Endpoints { dc } => commands::endpoints(&store, dc).await,
-            Command::Where { jid } => commands::where_is(&store, jid).await,
+            Command::Where { jid } => commands::where_is(&store, jid, expire_after).await,
             Command::Domains { public } => commands::domains(&store, *public).await,
             Command::EvictNode { dc, node, yes } => {
                 commands::evict_node(&store, dc, node, expire_after, confirm(*yes)).await

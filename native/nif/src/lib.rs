@@ -781,6 +781,7 @@ fn store_reply(env: Env<'_>, r: gd_core::store::Reply) -> Term<'_> {
         Reply::Str(s) => s.encode(env),
         Reply::List(l) => l.encode(env),
         Reply::Pairs(p) => p.encode(env),
+        Reply::Scan { cursor, members } => (cursor, members).encode(env),
         Reply::Error(m) => err(env, m),
     }
 }

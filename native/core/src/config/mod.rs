@@ -259,6 +259,31 @@ pub struct RedisConfig {
     /// replace url/server/port (username/password apply to every node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster: Vec<String>,
+    /// Who keeps session keys alive (docs/REDIS.md, "Lease mode"):
+    /// `per_key` (MongooseIM's way) or `lease`.
+    #[serde(default)]
+    pub ownership: Ownership,
+    /// Seconds: TTL of a session key in lease mode, a safety net only
+    /// (keys are deleted at logout or by dead-node cleanup); > expire_after.
+    #[serde(default = "defaults::lease_safety_ttl")]
+    pub lease_safety_ttl: u64,
+    /// Milliseconds: how long a remote DC's leases (its `#{nodes}` hash)
+    /// read by lookups are trusted before being read again.
+    #[serde(default = "defaults::lease_check_interval_ms")]
+    pub lease_check_interval_ms: u64,
+}
+
+/// How session keys are kept alive (`redis.ownership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    /// Every session key carries `expire_after` and is re-written by its
+    /// node every `refresh_after` (MongooseIM-compatible).
+    #[default]
+    PerKey,
+    /// Session keys name their node and live as long as its lease (its
+    /// stamp in `<local_host>#{nodes}`); only the lease is refreshed.
+    Lease,
 }
 
 /// TLS to Redis, with rustls (docs/REDIS.md, *TLS*). Unlike the inter-DC
@@ -399,6 +424,15 @@ mod defaults {
     pub fn redis_start_timeout_ms() -> u64 {
         REDIS_START_TIMEOUT_MS
     }
+    /// A day: session keys of a node nobody cleaned up go away by then.
+    pub const LEASE_SAFETY_TTL: u64 = 24 * 3600;
+    pub const LEASE_CHECK_INTERVAL_MS: u64 = 1000;
+    pub fn lease_safety_ttl() -> u64 {
+        LEASE_SAFETY_TTL
+    }
+    pub fn lease_check_interval_ms() -> u64 {
+        LEASE_CHECK_INTERVAL_MS
+    }
     /// MongooseIM's default `redis.pool` name.
     pub const REDIS_POOL: &str = "global_distrib";
     pub const DOMAIN_LIFETIME: u64 = 600;
@@ -515,6 +549,14 @@ impl Config {
             0 => Duration::from_millis(self.redis.expire_after.saturating_mul(500)),
             secs => Duration::from_secs(secs),
         }
+    }
+    /// TTL of a session key in lease mode (`redis.lease_safety_ttl`).
+    pub fn lease_safety_ttl(&self) -> Duration {
+        Duration::from_secs(self.redis.lease_safety_ttl)
+    }
+    /// How long lookups trust a DC's leases (`redis.lease_check_interval_ms`).
+    pub fn lease_check_interval(&self) -> Duration {
+        Duration::from_millis(self.redis.lease_check_interval_ms)
     }
     /// Outgoing connections per remote endpoint: 0 (allowed by MongooseIM,
     /// where it leaves the node unable to send) opens one.

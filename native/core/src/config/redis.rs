@@ -9,13 +9,17 @@ use crate::config::field::{seconds, seconds_or_zero, Field, Section};
 use crate::config::host::check_host;
 use crate::config::redis_cluster;
 use crate::config::{
-    defaults, quote, ConfigError, RedisConfig, RedisTlsConfig, Result, VerifyMode, MAX_MILLISECONDS,
+    defaults, quote, ConfigError, Ownership, RedisConfig, RedisTlsConfig, Result, VerifyMode,
+    MAX_MILLISECONDS,
 };
 
 const REDIS_KEYS: &[&str] = &[
     "cluster",
     "database",
     "expire_after",
+    "lease_check_interval_ms",
+    "lease_safety_ttl",
+    "ownership",
     "password",
     "pool",
     "pool_size",
@@ -76,6 +80,9 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
         timeout_ms: defaults::REDIS_TIMEOUT_MS,
         start_timeout_ms: defaults::REDIS_START_TIMEOUT_MS,
         cluster: Vec::new(),
+        ownership: Ownership::PerKey,
+        lease_safety_ttl: defaults::LEASE_SAFETY_TTL,
+        lease_check_interval_ms: defaults::LEASE_CHECK_INTERVAL_MS,
     };
     let field = top.get("redis")?;
     let section = field
@@ -159,6 +166,7 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
     let millis = |f: &Field| f.int(1, MAX_MILLISECONDS);
     redis.timeout_ms = s.opt("timeout_ms", millis, || redis.timeout_ms)?;
     redis.start_timeout_ms = s.opt("start_timeout_ms", millis, || redis.start_timeout_ms)?;
+    read_lease(s, &mut redis)?;
     if !redis.username.is_empty() && redis.password.is_empty() {
         let message = format!(
             "{} is given without a password: Redis authenticates a user with AUTH <username> <password>",
@@ -168,6 +176,54 @@ pub(super) fn read_redis(top: &Section, pools: &Map<String, Value>) -> Result<(R
     }
     redis_cluster::check_cluster(&redis)?;
     Ok((redis, field.is_some() || pool.is_some()))
+}
+
+/// `ownership`, `lease_safety_ttl`, `lease_check_interval_ms`; the lease
+/// options are checked against the periods only in lease mode, where they
+/// matter (docs/REDIS.md, "Lease mode").
+fn read_lease(s: &Section, redis: &mut RedisConfig) -> Result<()> {
+    redis.ownership = s.opt(
+        "ownership",
+        |f| match f.value.as_str() {
+            Some("per_key") => Ok(Ownership::PerKey),
+            Some("lease") => Ok(Ownership::Lease),
+            _ => Err(f.expected("\"per_key\" or \"lease\"")),
+        },
+        || redis.ownership,
+    )?;
+    redis.lease_safety_ttl = s.opt("lease_safety_ttl", seconds, || redis.lease_safety_ttl)?;
+    redis.lease_check_interval_ms = s.opt(
+        "lease_check_interval_ms",
+        |f| f.int(1, MAX_MILLISECONDS),
+        || redis.lease_check_interval_ms,
+    )?;
+    if redis.ownership != Ownership::Lease {
+        return Ok(());
+    }
+    if redis.lease_safety_ttl <= redis.expire_after {
+        let message = format!(
+            "must be more than redis.expire_after ({}), got {}: session keys of live nodes would expire",
+            redis.expire_after, redis.lease_safety_ttl
+        );
+        return Err(ConfigError::new("redis.lease_safety_ttl", message));
+    }
+    let refresh_ms = match redis.refresh_after {
+        0 => redis.expire_after.saturating_mul(500),
+        secs => secs.saturating_mul(1000),
+    };
+    let margin_ms = redis
+        .expire_after
+        .saturating_mul(1000)
+        .saturating_sub(refresh_ms);
+    if redis.lease_check_interval_ms >= margin_ms {
+        let message = format!(
+            "must be less than expire_after - refresh_after ({margin_ms} ms), got {}: \
+             a live node's lease could look lapsed through a view this old",
+            redis.lease_check_interval_ms
+        );
+        return Err(ConfigError::new("redis.lease_check_interval_ms", message));
+    }
+    Ok(())
 }
 
 /// `redis.tls`; also what `Config::to_json` writes for it (`sni`).

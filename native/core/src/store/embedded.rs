@@ -140,6 +140,7 @@ fn cmd_key(cmd: &Cmd) -> &str {
         | Cmd::HSet { key, .. }
         | Cmd::HDel { key, .. }
         | Cmd::HGetAll { key }
+        | Cmd::SScan { key, .. }
         | Cmd::Ttl { key } => key,
     }
 }
@@ -216,6 +217,14 @@ fn apply(shard: &mut Shard, cmd: &Cmd, now: Instant) -> Reply {
             }
             Some(_) => Reply::Error(WRONGTYPE.into()),
         },
+        Cmd::SScan { key, cursor, count } => match shard.get(key).map(|e| &e.value) {
+            None => Reply::Scan {
+                cursor: "0".into(),
+                members: Vec::new(),
+            },
+            Some(Value::Set(s)) => sscan(s, cursor, *count),
+            Some(_) => Reply::Error(WRONGTYPE.into()),
+        },
         Cmd::Ttl { key } => match shard.get(key).map(|e| e.expires_at) {
             None => Reply::Int(-2),
             Some(None) => Reply::Int(-1),
@@ -267,6 +276,32 @@ fn srem(shard: &mut Shard, key: &str, members: &[String]) -> Reply {
         occ.remove();
     }
     Reply::Int(removed as i64)
+}
+
+/// One batch of members in sorted order after the cursor (`>` + the last
+/// member returned): every member present throughout the scan is returned
+/// exactly once, as Redis promises at least once.
+fn sscan(set: &HashSet<String>, cursor: &str, count: u32) -> Reply {
+    let after = cursor.strip_prefix('>');
+    let mut next: Vec<&String> = set
+        .iter()
+        .filter(|m| after.is_none_or(|a| m.as_str() > a))
+        .collect();
+    let count = (count as usize).max(1);
+    let more = next.len() > count;
+    if more {
+        next.select_nth_unstable(count - 1);
+        next.truncate(count);
+    }
+    next.sort();
+    let cursor = match next.last() {
+        Some(last) if more => format!(">{last}"),
+        _ => "0".to_owned(),
+    };
+    Reply::Scan {
+        cursor,
+        members: next.into_iter().cloned().collect(),
+    }
 }
 
 fn hset(shard: &mut Shard, key: &str, field: &str, value: &str) -> Reply {

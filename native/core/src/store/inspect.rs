@@ -2,6 +2,7 @@
 //! may ask for: evicting a dead node. Same dialect as the runtime (one key
 //! per command, pipelined; proxy-safe), same key layout (`keys`).
 
+use super::lease::{unix_now, LeaseState, SweepGuard};
 use super::{int_of, keys, Cmd, Reply, Store, StoreError};
 
 /// Time to live of one key, as `TTL` answers it.
@@ -39,6 +40,9 @@ pub struct MappingEntry {
     pub key: String,
     /// The local_host of the DC owning it; `None` when absent.
     pub owner: Option<String>,
+    /// Lease mode: the node whose lease keeps the entry (the value is
+    /// `<local_host>{<node>}`); `None` for a plain value.
+    pub node: Option<String>,
     pub ttl: KeyTtl,
 }
 
@@ -47,8 +51,12 @@ pub struct MappingEntry {
 pub struct Eviction {
     /// The node's field of `<dc>#{nodes}` was there and is gone.
     pub field_removed: bool,
-    /// Per-node sets (`{domains}`, `{public_domains}`, `{endpoints}`) deleted.
+    /// Per-node sets (`{domains}`, `{public_domains}`, `{endpoints}`,
+    /// `{sessions}`) deleted.
     pub sets_removed: u64,
+    /// Lease mode: session keys listed in the node's `{sessions}` set that
+    /// still held its value, deleted.
+    pub sessions_deleted: u64,
 }
 
 impl Store {
@@ -105,9 +113,12 @@ impl Store {
         keys.iter()
             .zip(replies.chunks(2))
             .map(|(key, pair)| {
-                let owner = match pair.first() {
-                    Some(Reply::Str(v)) => Some(v.clone()),
-                    Some(Reply::Nil) => None,
+                let (owner, node) = match pair.first() {
+                    Some(Reply::Str(v)) => {
+                        let (host, node) = keys::parse_owner(v);
+                        (Some(host.to_owned()), node.map(str::to_owned))
+                    }
+                    Some(Reply::Nil) => (None, None),
                     other => {
                         return Err(StoreError::Protocol(format!(
                             "GET {key}: unexpected reply {other:?}"
@@ -121,16 +132,34 @@ impl Store {
                 Ok(MappingEntry {
                     key: key.clone(),
                     owner,
+                    node,
                     ttl,
                 })
             })
             .collect()
     }
 
+    /// The lease of `node` at `host` now (lease mode): one `HGETALL`.
+    pub async fn lease_state(
+        &self,
+        host: &str,
+        node: &str,
+        expire_after: u64,
+    ) -> Result<LeaseState, StoreError> {
+        let stamps = self.node_stamps(host).await?;
+        Ok(match stamps.iter().find(|(n, _)| n == node) {
+            None => LeaseState::Absent,
+            Some((_, Some(s))) if unix_now().saturating_sub(*s) <= expire_after => LeaseState::Live,
+            Some(_) => LeaseState::Lapsed,
+        })
+    }
+
     /// Removes `node` of `host`: its field of `<host>#{nodes}` and its
-    /// per-node sets. Its session keys are not listed per node: they expire
-    /// by their TTL. A node still alive writes all of it back at its next
-    /// refresh.
+    /// per-node sets. In lease mode its session keys are listed in its
+    /// `{sessions}` set: those still holding its value are deleted too
+    /// (the sweep stops if the node stamps again meanwhile: it is alive).
+    /// Per_key session keys are not listed per node: they expire by their
+    /// TTL. A node still alive writes all of it back at its next refresh.
     pub async fn evict_node(&self, host: &str, node: &str) -> Result<Eviction, StoreError> {
         keys::check_name("local_host", host)?;
         keys::check_name("node name", node)?;
@@ -154,9 +183,17 @@ impl Store {
         for (c, r) in cmds.iter().zip(&replies) {
             counts.push(int_of(&format!("{c:?}"), r)?);
         }
+        let sessions_set = keys::sessions(host, node);
+        let listed = self.exec(&[Cmd::Ttl { key: sessions_set }]).await?;
+        let had_sessions = !matches!(listed.first(), Some(Reply::Int(-2)));
+        let sweep = self
+            .sweep_sessions(host, node, SweepGuard::WhileAbsent, &|_| false)
+            .await?;
         Ok(Eviction {
             field_removed: counts.first().is_some_and(|n| *n > 0),
-            sets_removed: counts.iter().skip(1).map(|n| n.unsigned_abs()).sum(),
+            sets_removed: counts.iter().skip(1).map(|n| n.unsigned_abs()).sum::<u64>()
+                + u64::from(had_sessions && !sweep.aborted),
+            sessions_deleted: sweep.deleted,
         })
     }
 }

@@ -46,6 +46,34 @@ pub fn endpoints(local_host: &str, node: &str) -> String {
     format!("{local_host}#{node}#{{endpoints}}")
 }
 
+/// `<local_host>#<node>#{sessions}`: in lease mode, the session keys
+/// (full and bare JIDs) that node wrote, so that a survivor can delete them
+/// when the node dies, without `KEYS`/`SCAN`.
+pub fn sessions(local_host: &str, node: &str) -> String {
+    format!("{local_host}#{node}#{{sessions}}")
+}
+
+/// The value of a session key in lease mode: `<local_host>{<node>}`. Neither
+/// name may contain a brace ([`check_name`]), so the first `{` ends the host
+/// and the value cannot be mistaken for a plain local_host.
+pub fn lease_value(local_host: &str, node: &str) -> String {
+    format!("{local_host}{{{node}}}")
+}
+
+/// A mapping value: the owning local_host and, for a lease-mode value
+/// (`<local_host>{<node>}`), the node whose lease keeps it alive. A plain
+/// value (per_key mode, domains, MongooseIM) has no node.
+pub fn parse_owner(value: &str) -> (&str, Option<&str>) {
+    match value
+        .strip_suffix('}')
+        .and_then(|v| v.split_once('{'))
+        .filter(|(host, node)| !host.is_empty() && !node.is_empty())
+    {
+        Some((host, node)) => (host, Some(node)),
+        None => (value, None),
+    }
+}
+
 /// `<local_host>#{nodes}`: hash node → unix seconds of its last refresh.
 pub fn nodes(local_host: &str) -> String {
     format!("{local_host}#{{nodes}}")
@@ -95,6 +123,17 @@ mod tests {
         );
         assert_eq!(parse_endpoint_member("nohash"), None);
         assert_eq!(parse_endpoint_member("h#notaport"), None);
+    }
+
+    #[test]
+    fn lease_values_round_trip() {
+        let v = lease_value("dc1.example.com", "mongoose1@dc1");
+        assert_eq!(v, "dc1.example.com{mongoose1@dc1}");
+        assert_eq!(parse_owner(&v), ("dc1.example.com", Some("mongoose1@dc1")));
+        assert_eq!(parse_owner("dc1.example.com"), ("dc1.example.com", None));
+        assert_eq!(parse_owner("{n}"), ("{n}", None));
+        assert_eq!(parse_owner("h{}"), ("h{}", None));
+        assert_eq!(sessions("dc1", "n1"), "dc1#n1#{sessions}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod embedded;
 pub mod health;
 pub mod inspect;
 pub mod keys;
+pub mod lease;
 pub mod redis;
 pub mod redis_cluster;
 mod redis_tls;
@@ -80,6 +81,14 @@ pub enum Cmd {
     HDel { key: String, field: String },
     /// `HGETALL key`
     HGetAll { key: String },
+    /// `SSCAN key cursor COUNT count`: one batch of a set's members
+    /// (cursor `"0"` starts and ends). Replies [`Reply::Scan`]. Reads a big
+    /// set (a dead node's sessions) without one huge reply.
+    SScan {
+        key: String,
+        cursor: String,
+        count: u32,
+    },
     /// `TTL key`: seconds left; `Int(-1)` without expiry, `Int(-2)` when
     /// the key does not exist (operator reads: `gdctl where`).
     Ttl { key: String },
@@ -101,6 +110,7 @@ impl Cmd {
             | Cmd::HSet { key, .. }
             | Cmd::HDel { key, .. }
             | Cmd::HGetAll { key }
+            | Cmd::SScan { key, .. }
             | Cmd::Ttl { key } => key,
         }
     }
@@ -115,6 +125,11 @@ pub enum Reply {
     Str(String),
     List(Vec<String>),
     Pairs(Vec<(String, String)>),
+    /// A batch of `SSCAN`: the next cursor (`"0"` when done) and members.
+    Scan {
+        cursor: String,
+        members: Vec<String>,
+    },
     /// The server refused this one command (e.g. WRONGTYPE); the others ran.
     Error(String),
 }
@@ -298,6 +313,18 @@ impl NodeId {
     }
 }
 
+/// What [`Store::heartbeat_detail`] saw and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Nodes of this DC whose stamp was older than `expire_after`: pruned.
+    pub dead: Vec<String>,
+    /// Those whose field this call removed (the others were removed by a
+    /// concurrent survivor).
+    pub won: Vec<String>,
+    /// This node's field did not exist before the stamp.
+    pub stamp_new: bool,
+}
+
 /// Outcome of a compare-and-set refresh.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefreshCount {
@@ -312,7 +339,7 @@ pub fn ttl_secs(ttl: Duration) -> u64 {
     ttl.as_secs().max(1)
 }
 
-fn int_of(key: &str, r: &Reply) -> Result<i64, StoreError> {
+pub(crate) fn int_of(key: &str, r: &Reply) -> Result<i64, StoreError> {
     match r {
         Reply::Int(i) => Ok(*i),
         other => Err(StoreError::Protocol(format!(
@@ -517,6 +544,23 @@ impl Store {
         now_unix: u64,
         expire_after: Duration,
     ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .heartbeat_detail(me, now_unix, expire_after)
+            .await?
+            .dead)
+    }
+
+    /// [`Store::heartbeat`], telling also whether this node's field was new
+    /// (`HSET` answered 1: first stamp, or the node had been pruned as dead
+    /// or the store lost the hash) and which dead nodes this call removed
+    /// itself (`HDEL` answered 1: with concurrent survivors, exactly one
+    /// removes each dead node, and that one cleans up after it).
+    pub async fn heartbeat_detail(
+        &self,
+        me: &NodeId,
+        now_unix: u64,
+        expire_after: Duration,
+    ) -> Result<Heartbeat, StoreError> {
         let nodes_key = keys::nodes(&me.local_host);
         let cmds = [
             Cmd::HSet {
@@ -534,6 +578,7 @@ impl Store {
         ];
         let replies = self.exec(&cmds).await?;
         check_replies(&replies)?;
+        let stamp_new = matches!(replies.first(), Some(Reply::Int(1)));
         let dead: Vec<String> = match replies.last() {
             Some(Reply::Pairs(pairs)) => pairs
                 .iter()
@@ -558,11 +603,23 @@ impl Store {
                 field: n.clone(),
             })
             .collect();
+        let mut won = Vec::new();
         if !prune.is_empty() {
-            check_replies(&self.exec_batched(&prune).await?)?;
+            let replies = self.exec_batched(&prune).await?;
+            check_replies(&replies)?;
+            won = dead
+                .iter()
+                .zip(&replies)
+                .filter(|(_, r)| matches!(r, Reply::Int(1)))
+                .map(|(n, _)| n.clone())
+                .collect();
             tracing::info!(what = "dead_nodes_pruned", host = %me.local_host, nodes = ?dead);
         }
-        Ok(dead)
+        Ok(Heartbeat {
+            dead,
+            won,
+            stamp_new,
+        })
     }
 
     /// Every known local_host (the `hosts` set).

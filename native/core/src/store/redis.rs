@@ -654,6 +654,13 @@ pub(super) fn add_cmd(pipe: &mut redis::Pipeline, cmd: &Cmd) {
         Cmd::HGetAll { key } => {
             pipe.cmd("HGETALL").arg(key);
         }
+        Cmd::SScan { key, cursor, count } => {
+            pipe.cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(*count);
+        }
         Cmd::Ttl { key } => {
             pipe.cmd("TTL").arg(key);
         }
@@ -720,6 +727,21 @@ pub(super) fn reply(cmd: &Cmd, v: Value) -> Reply {
                     .filter_map(|(f, val)| Some((text(f)?, text(val)?)))
                     .collect(),
             ),
+            v => unexpected(cmd, &v),
+        },
+        Cmd::SScan { .. } => match v {
+            Value::Array(mut parts) if parts.len() == 2 => {
+                let members = match parts.pop() {
+                    Some(Value::Array(items) | Value::Set(items)) => {
+                        items.into_iter().filter_map(text).collect()
+                    }
+                    _ => return Reply::Error("SSCAN: members are not a list".into()),
+                };
+                match parts.pop().and_then(text) {
+                    Some(cursor) => Reply::Scan { cursor, members },
+                    None => Reply::Error("SSCAN: cursor is not a string".into()),
+                }
+            }
             v => unexpected(cmd, &v),
         },
         _ => match v {

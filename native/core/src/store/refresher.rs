@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::lease::SweepGuard;
 use super::{NodeId, RefreshCount, Store, StoreError, BATCH};
 
 const SESSION_SHARDS: usize = 64;
@@ -251,6 +252,19 @@ impl OwnedState {
         self.pending.lock().iter().map(|k| k.to_string()).collect()
     }
 
+    /// Every owned session key (full and bare JIDs).
+    fn session_keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..SESSION_SHARDS {
+            self.shard_keys(i, &mut out);
+        }
+        out
+    }
+
+    fn owns_domain(&self, domain: &str) -> bool {
+        self.domains.lock().contains_key(domain)
+    }
+
     fn pending_done(&self, keys: &[String]) {
         let mut pending = self.pending.lock();
         for k in keys {
@@ -331,6 +345,24 @@ pub struct Refresher {
     me: NodeId,
     expire_after: Duration,
     refresh_after: Duration,
+    /// Lease mode: session keys are written at login and deleted at
+    /// logout only; a pass refreshes the lease (docs/REDIS.md).
+    lease: Option<Arc<LeaseOwner>>,
+}
+
+/// What a node in lease mode remembers between passes.
+struct LeaseOwner {
+    /// TTL of session keys and of the `{sessions}` set.
+    safety_ttl: Duration,
+    /// When this refresher was built: leftovers of the node's previous life
+    /// are swept one period later, once the host has re-opened what is
+    /// still alive.
+    born: Instant,
+    reconciled: std::sync::atomic::AtomicBool,
+    /// Unix second of the last stamp written (0: none yet).
+    last_stamp: AtomicU64,
+    /// Passes still to re-write every owned session (after a lost lease).
+    rewrites_due: AtomicU64,
 }
 
 /// Stops the background tasks of [`Refresher::spawn`] when told or dropped.
@@ -379,7 +411,21 @@ impl Refresher {
             me,
             expire_after,
             refresh_after,
+            lease: None,
         }
+    }
+
+    /// Lease mode, session keys living `safety_ttl` (`redis.ownership =
+    /// "lease"`, `redis.lease_safety_ttl`).
+    pub fn with_lease(mut self, safety_ttl: Duration) -> Self {
+        self.lease = Some(Arc::new(LeaseOwner {
+            safety_ttl,
+            born: Instant::now(),
+            reconciled: false.into(),
+            last_stamp: AtomicU64::new(0),
+            rewrites_due: AtomicU64::new(0),
+        }));
+        self
     }
 
     pub fn state(&self) -> &Arc<OwnedState> {
@@ -407,10 +453,11 @@ impl Refresher {
         if keys.is_empty() {
             return Ok(());
         }
-        self.store
-            .delete_sessions(&keys, &self.me.local_host)
-            .await
-            .map(|_| ())
+        match self.lease {
+            Some(_) => self.store.delete_sessions_lease(&keys, &self.me).await,
+            None => self.store.delete_sessions(&keys, &self.me.local_host).await,
+        }
+        .map(|_| ())
     }
 
     /// A subdomain registered here; on failure its key is pending and the
@@ -448,11 +495,25 @@ impl Refresher {
             .await
     }
 
+    /// Plain `SET`s of session keys: with the local_host and `expire_after`,
+    /// or in lease mode with the node's value and the safety TTL.
+    async fn set_sessions(&self, store: &Store, keys: &[String]) -> Result<(), StoreError> {
+        match &self.lease {
+            Some(l) => {
+                store
+                    .open_sessions_lease(keys, &self.me, l.safety_ttl)
+                    .await
+            }
+            None => {
+                store
+                    .open_sessions(keys, &self.me.local_host, self.expire_after)
+                    .await
+            }
+        }
+    }
+
     async fn open_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
-        let res = self
-            .store
-            .open_sessions(&keys, &self.me.local_host, self.expire_after)
-            .await;
+        let res = self.set_sessions(&self.store, &keys).await;
         if let Err(e) = &res {
             tracing::warn!(what = "session_open_deferred", keys = keys.len(), error = %e);
             self.state.add_pending(&keys);
@@ -463,13 +524,27 @@ impl Refresher {
 
     /// Retries pending opens as plain `SET`s; returns how many succeeded.
     pub async fn retry_pending(&self) -> Result<u64, StoreError> {
-        let keys = self.state.pending_snapshot();
+        // Domains are plain `SET`s in either mode; sessions per the mode.
+        let (domains, keys): (Vec<String>, Vec<String>) = self
+            .state
+            .pending_snapshot()
+            .into_iter()
+            .partition(|k| self.state.owns_domain(k));
         let mut done = 0;
-        for chunk in keys.chunks(BATCH) {
+        if !domains.is_empty() {
             let written = self
                 .probe
-                .open_sessions(chunk, &self.me.local_host, self.expire_after)
+                .open_sessions(&domains, &self.me.local_host, self.expire_after)
                 .await;
+            if written.is_ok() {
+                self.state.pending_done(&domains);
+                done += domains.len() as u64;
+            }
+            self.pending_changed();
+            written?;
+        }
+        for chunk in keys.chunks(BATCH) {
+            let written = self.set_sessions(&self.probe, chunk).await;
             if written.is_ok() {
                 self.state.pending_done(chunk);
                 done += chunk.len() as u64;
@@ -484,10 +559,18 @@ impl Refresher {
     /// domains. Each part is attempted even if an earlier one failed.
     async fn refresh_meta(&self, stats: &mut RefreshStats) {
         let ttl = self.expire_after;
-        if let Err(e) = self.probe.heartbeat(&self.me, unix_now(), ttl).await {
-            stats.errors += 1;
-            stats.unrefreshed += 1;
-            tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
+        let now = unix_now();
+        match self.probe.heartbeat_detail(&self.me, now, ttl).await {
+            Ok(beat) => {
+                if let Some(l) = &self.lease {
+                    self.lease_beat(l, &beat, now, stats).await;
+                }
+            }
+            Err(e) => {
+                stats.errors += 1;
+                stats.unrefreshed += 1;
+                tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
+            }
         }
         let endpoints = self.state.endpoints();
         if let Err(e) = self
@@ -510,6 +593,108 @@ impl Refresher {
         }
     }
 
+    /// Lease mode, after the stamp: keep the `{sessions}` set alive, clean
+    /// up after the dead nodes this stamp pruned, and notice a lost lease
+    /// (the field was new although the node had stamped before, or the last
+    /// stamp is older than `expire_after`): its keys may have been swept by
+    /// a survivor, so every owned session is re-written (by CAS, never over
+    /// a newer login elsewhere) on this pass and the next one, the second
+    /// catching a sweep batch that was in flight.
+    async fn lease_beat(
+        &self,
+        l: &LeaseOwner,
+        beat: &super::Heartbeat,
+        now: u64,
+        stats: &mut RefreshStats,
+    ) {
+        let last = l.last_stamp.swap(now, Ordering::Relaxed);
+        let lost =
+            last != 0 && (beat.stamp_new || now.saturating_sub(last) > self.expire_after.as_secs());
+        if lost {
+            tracing::warn!(what = "lease_lost_rewriting_sessions", node = %self.me.node);
+            l.rewrites_due.store(2, Ordering::Relaxed);
+        }
+        let set = super::keys::sessions(&self.me.local_host, &self.me.node);
+        let expire = [super::Cmd::Expire {
+            key: set,
+            ttl_secs: super::ttl_secs(l.safety_ttl),
+        }];
+        if let Err(e) = self.probe.exec_batched(&expire).await {
+            stats.errors += 1;
+            stats.unrefreshed += 1;
+            tracing::warn!(what = "refresh_sessions_set_failed", error = %e);
+        }
+        for dead in &beat.won {
+            let swept = self
+                .probe
+                .sweep_sessions(&self.me.local_host, dead, SweepGuard::WhileAbsent, &|_| {
+                    false
+                })
+                .await;
+            match swept {
+                Ok(s) => tracing::info!(what = "dead_node_sessions_swept", node = %dead,
+                    scanned = s.scanned, deleted = s.deleted, aborted = s.aborted),
+                Err(e) => {
+                    stats.errors += 1;
+                    tracing::warn!(what = "dead_node_sweep_failed", node = %dead, error = %e);
+                }
+            }
+        }
+    }
+
+    /// Lease mode, once, a period after start: deletes the session keys of
+    /// this node's previous life (listed in its `{sessions}` set, holding
+    /// its value) that it does not hold now. Sessions the host re-opened
+    /// meanwhile were never absent from the store.
+    async fn reconcile(&self, l: &LeaseOwner, stats: &mut RefreshStats) {
+        if l.reconciled.load(Ordering::Relaxed) || l.born.elapsed() < self.refresh_after * 9 / 10 {
+            return;
+        }
+        let state = self.state.clone();
+        let keep = move |k: &str| state.owns_session_key(k);
+        let swept = self
+            .probe
+            .sweep_sessions(&self.me.local_host, &self.me.node, SweepGuard::Own, &keep)
+            .await;
+        match swept {
+            Ok(s) => {
+                l.reconciled.store(true, Ordering::Relaxed);
+                if s.deleted > 0 {
+                    tracing::info!(what = "stale_sessions_swept", deleted = s.deleted);
+                }
+            }
+            Err(e) => {
+                stats.errors += 1;
+                tracing::warn!(what = "stale_sessions_sweep_failed", error = %e);
+            }
+        }
+    }
+
+    /// Lease mode: re-writes every owned session if a lost lease asked for
+    /// it. Otherwise no session key is touched.
+    async fn lease_rewrite(&self, l: &LeaseOwner, stats: &mut RefreshStats) {
+        if l.rewrites_due.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let keys = self.state.session_keys();
+        match self
+            .probe
+            .rewrite_sessions_lease(&keys, &self.me, l.safety_ttl)
+            .await
+        {
+            Ok(c) => {
+                stats.add(c);
+                stats.batches += keys.len().div_ceil(BATCH) as u64;
+                l.rewrites_due.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.errors += 1;
+                stats.unrefreshed += keys.len() as u64;
+                tracing::warn!(what = "lease_rewrite_failed", error = %e);
+            }
+        }
+    }
+
     /// One full pass. `paced` spreads the session batches over three
     /// quarters of `refresh_after`; unpaced sends them back to back.
     pub async fn run_once(&self, paced: bool) -> RefreshStats {
@@ -525,6 +710,11 @@ impl Refresher {
             }
         }
         self.refresh_meta(&mut stats).await;
+        if let Some(l) = self.lease.clone() {
+            self.lease_rewrite(&l, &mut stats).await;
+            self.reconcile(&l, &mut stats).await;
+            return self.pass_done(started, stats);
+        }
 
         let expected = self.state.session_key_count().div_ceil(BATCH as u64).max(1);
         let gap = if paced {
@@ -555,6 +745,10 @@ impl Refresher {
             }
             stats.batches += 1;
         }
+        self.pass_done(started, stats)
+    }
+
+    fn pass_done(&self, started: Instant, mut stats: RefreshStats) -> RefreshStats {
         stats.elapsed = started.elapsed();
         if let Some(h) = self.store.health() {
             h.pass_done(stats.elapsed, stats.unrefreshed, stats.errors == 0);

@@ -38,13 +38,27 @@ pub fn probe_key(node: &NodeId) -> String {
 }
 
 /// Runs the check; the error is the operator's message (without `start: `).
-pub async fn run(backend: &dyn Backend, node: &NodeId, within: Duration) -> Result<(), String> {
+/// `lease`: the node runs in lease mode and needs `SSCAN` too (dead-node
+/// cleanup); per_key nodes are not asked for it, so their ACL stays as it was.
+pub async fn run(
+    backend: &dyn Backend,
+    node: &NodeId,
+    within: Duration,
+    lease: bool,
+) -> Result<(), String> {
     let started = Instant::now();
     backend.health_within(within).await.map_err(|e| match e {
         StoreError::Unavailable(why) => why,
         e => e.to_string(),
     })?;
-    let cmds = probe_commands(node);
+    let mut cmds = probe_commands(node);
+    if lease {
+        cmds.push(Cmd::SScan {
+            key: probe_key(node),
+            cursor: "0".to_owned(),
+            count: 10,
+        });
+    }
     let left = within.saturating_sub(started.elapsed());
     let target = backend.describe();
     let replies = match tokio::time::timeout(left, backend.exec_probe(&cmds)).await {
@@ -141,6 +155,7 @@ pub fn command_name(cmd: &Cmd) -> &'static str {
         Cmd::HSet { .. } => "hset",
         Cmd::HDel { .. } => "hdel",
         Cmd::HGetAll { .. } => "hgetall",
+        Cmd::SScan { .. } => "sscan",
         // Only gdctl reads TTLs; the runtime never sends it.
         Cmd::Ttl { .. } => "ttl",
     }
