@@ -63,8 +63,13 @@ handle(undeliverable, #{from := From, to := To, reason := Reason}, Payload) ->
               [global_distrib:local_host(rt()), From, To, Payload, Reason]).
 
 login(Jid) ->
-    ok = global_distrib:session_opened(rt(), Jid),
-    io:format("  ~s logs in at ~s~n", [Jid, global_distrib:local_host(rt())]).
+    %% {ok, pending}: the store did not confirm the write yet; the runtime
+    %% retries it and the session is local here meanwhile.
+    Written = case global_distrib:session_opened(rt(), Jid) of
+                  ok -> "";
+                  {ok, pending} -> " (store write pending)"
+              end,
+    io:format("  ~s logs in at ~s~s~n", [Jid, global_distrib:local_host(rt()), Written]).
 
 logout(Jid) ->
     ok = global_distrib:session_closed(rt(), Jid),

@@ -324,6 +324,7 @@ stop_dc() ->
 login(Jid) ->
     case global_distrib:session_opened(rt(), Jid) of
         ok -> ok;
+        {ok, pending} -> error({session_opened, Jid, store_write_pending});
         {error, Reason} -> error({session_opened, Jid, Reason})
     end.
 
