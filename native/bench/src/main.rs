@@ -507,46 +507,26 @@ fn b7(plan: &Plan, table: &mut Table) -> Result<(), BenchError> {
     let proxy = refresh::start_nutcracker(redis.port)?;
     let state = refresh::owned_sessions(plan.sessions);
     let n = plan.sessions;
+    // One unpaced full refresh per run, and its two rows.
+    let mut unpaced =
+        |via: &str, r: &gd_core::store::refresher::Refresher| -> Result<(), BenchError> {
+            let [wall, ops] = repeat(&format!("B7 via {via}"), plan.runs, || {
+                let (wall, ops) = refresh::unpaced(&rt, r)?;
+                Ok([wall, ops])
+            })?;
+            let what = format!("{n} sessions via {via}");
+            table.row("B7", &format!("{what}: full refresh"), wall, "s");
+            table.row("B7", &format!("{what}: Redis ops"), ops, "ops/s");
+            Ok(())
+        };
     for (via, port) in [("redis", redis.port), ("nutcracker", proxy.port)] {
-        let r = refresh::refresher(&state, port, plan.pace_period)?;
-        let [wall, ops] = repeat(&format!("B7 via {via}"), plan.runs, || {
-            let (wall, ops) = refresh::unpaced(&rt, &r)?;
-            Ok([wall, ops])
-        })?;
-        table.row(
-            "B7",
-            &format!("{n} sessions via {via}: full refresh"),
-            wall,
-            "s",
-        );
-        table.row(
-            "B7",
-            &format!("{n} sessions via {via}: Redis ops"),
-            ops,
-            "ops/s",
-        );
+        unpaced(via, &refresh::refresher(&state, port, plan.pace_period)?)?;
     }
     // The same refresh on a Redis Cluster of three masters: each batch is
     // cut by slot, so a pass is one pipeline per key instead of per 1000.
     let cluster = refresh::start_cluster()?;
     let r = refresh::cluster_refresher(&state, &cluster, plan.pace_period)?;
-    let [wall, ops] = repeat("B7 via Redis Cluster", plan.runs, || {
-        let (wall, ops) = refresh::unpaced(&rt, &r)?;
-        Ok([wall, ops])
-    })?;
-    let via = "Redis Cluster (3 masters)";
-    table.row(
-        "B7",
-        &format!("{n} sessions via {via}: full refresh"),
-        wall,
-        "s",
-    );
-    table.row(
-        "B7",
-        &format!("{n} sessions via {via}: Redis ops"),
-        ops,
-        "ops/s",
-    );
+    unpaced("Redis Cluster (3 masters)", &r)?;
     drop((r, cluster));
     let evals = plan.sessions.max(100_000);
     let [ceiling] = repeat("B7 EVAL ceiling", plan.runs, || {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use gd_core::config::{Config, RedisConfig};
 use gd_core::store::refresher::{OwnedState, RefreshStats, Refresher};
-use gd_core::store::{NodeId, RedisBackend, RedisClusterBackend, Store};
+use gd_core::store::{Backend, NodeId, RedisBackend, RedisClusterBackend, Store};
 
 use crate::dcs::{DC1, GLOBAL};
 use crate::BenchError;
@@ -213,12 +213,18 @@ pub fn cluster_refresher(
 ) -> Result<Refresher, BenchError> {
     let mut redis: RedisConfig = Config::minimal(GLOBAL, DC1)?.redis;
     redis.cluster = cluster.seeds();
-    let store = Store::new(Arc::new(RedisClusterBackend::with_timeout(
-        &redis,
-        Duration::from_secs(30),
-    )?));
+    let backend = RedisClusterBackend::with_timeout(&redis, Duration::from_secs(30))?;
+    bench_refresher(Arc::new(backend), state, refresh_after)
+}
+
+/// The node the B7 refreshers write as, on `backend`.
+fn bench_refresher(
+    backend: Arc<dyn Backend>,
+    state: &Arc<OwnedState>,
+    refresh_after: Duration,
+) -> Result<Refresher, BenchError> {
     Ok(Refresher::new(
-        store,
+        Store::new(backend),
         state.clone(),
         NodeId::new(DC1, "node1@bench")?,
         Duration::from_secs(3600),
@@ -244,17 +250,8 @@ pub fn refresher(
 ) -> Result<Refresher, BenchError> {
     let mut redis: RedisConfig = Config::minimal(GLOBAL, DC1)?.redis;
     redis.url = Some(format!("redis://127.0.0.1:{port}"));
-    let store = Store::new(Arc::new(RedisBackend::with_timeout(
-        &redis,
-        Duration::from_secs(30),
-    )?));
-    Ok(Refresher::new(
-        store,
-        state.clone(),
-        NodeId::new(DC1, "node1@bench")?,
-        Duration::from_secs(3600),
-        refresh_after,
-    ))
+    let backend = RedisBackend::with_timeout(&redis, Duration::from_secs(30))?;
+    bench_refresher(Arc::new(backend), state, refresh_after)
 }
 
 /// What Redis alone does with the refresh script: `redis-benchmark`

@@ -436,13 +436,20 @@ impl Delivery for CDelivery {
         self.push(lane, [Job::Deliver(d)]);
     }
 
+    /// One lock and one wake-up per lane for the whole batch.
     fn deliver_many(&self, batch: &mut Vec<Delivered>) {
         if self.lanes.len() == 1 {
             self.push(0, batch.drain(..).map(Job::Deliver));
             return;
         }
+        let mut per_lane: Vec<Vec<Job>> = (0..self.lanes.len()).map(|_| Vec::new()).collect();
         for d in batch.drain(..) {
-            self.deliver(d);
+            per_lane[self.lane_of(&d.envelope.from)].push(Job::Deliver(d));
+        }
+        for (lane, jobs) in per_lane.into_iter().enumerate() {
+            if !jobs.is_empty() {
+                self.push(lane, jobs);
+            }
         }
     }
 

@@ -86,6 +86,7 @@ pub unsafe extern "C" fn gd_runtime_store_health(
     boundary(|| {
         // SAFETY: the caller's contract (valid runtime, writable out).
         let (rt, out) = unsafe { (non_null(rt, "rt")?, out_ptr(out, "out")?) };
+        *out = std::ptr::null_mut();
         let _log = rt.enter_log();
         let live = rt.live()?;
         not_in_callback("gd_runtime_store_health")?;

@@ -318,17 +318,11 @@ pub(super) fn toml_syntax_error(text: &str, error: &toml::de::Error) -> ConfigEr
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::config::test_support::error;
+
     use serde_json::json;
 
     use super::*;
-
-    /// The error text of a failed read.
-    fn error<T>(result: Result<T>) -> String {
-        match result {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
 
     #[test]
     fn paths_join_keys_with_dots_and_indexes_with_brackets() {

@@ -601,6 +601,20 @@ fn quote(text: &str) -> String {
     Value::String(text.to_owned()).to_string()
 }
 
+/// Shared by the unit tests of the config modules.
+#[cfg(test)]
+mod test_support {
+    use super::Result;
+
+    /// The error text of a read that must fail.
+    pub(super) fn error<T>(result: Result<T>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -443,16 +443,11 @@ fn check_dc_name(f: &Field, name: String) -> Result<String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::config::test_support::error;
+
     use serde_json::json;
 
     use super::*;
-
-    fn error<T>(result: Result<T>) -> String {
-        match result {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
 
     /// `read_limits` over a `connections` section holding `options`.
     fn limits(options: Value) -> Result<IncomingLimits> {

@@ -536,16 +536,11 @@ fn percent_decode(text: &str) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::config::test_support::error;
+
     use serde_json::json;
 
     use super::*;
-
-    fn error<T>(result: Result<T>) -> String {
-        match result {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
 
     /// The parts of a URL as (host, port, username, password, database).
     fn url(text: &str) -> Result<(String, u16, String, String, u32), String> {

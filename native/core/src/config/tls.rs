@@ -239,6 +239,8 @@ fn read_ciphers(f: &Field) -> Result<Vec<String>> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::config::test_support::error;
+
     use serde_json::json;
 
     use super::*;
@@ -246,13 +248,6 @@ mod tests {
     /// A file that exists and can be read: the TLS readers check that much,
     /// not the PEM content.
     const READABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-
-    fn error<T>(result: Result<T>) -> String {
-        match result {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
 
     fn tls(value: Value) -> Result<Option<TlsConfig>> {
         read_tls(&Field::new("connections.tls", &value))

@@ -100,7 +100,7 @@ impl EmbeddedBackend {
     }
 
     fn run(&self, cmd: &Cmd, now: Instant) -> Reply {
-        let key = cmd_key(cmd);
+        let key = cmd.key();
         let mut shard = self.shard(key).lock();
         if shard.get(key).is_some_and(|e| !e.live(now)) {
             shard.remove(key);
@@ -124,25 +124,6 @@ fn sweep_shard(inner: &Inner, i: usize) -> usize {
     let before = shard.len();
     shard.retain(|_, e| e.live(now));
     before - shard.len()
-}
-
-fn cmd_key(cmd: &Cmd) -> &str {
-    match cmd {
-        Cmd::Get { key }
-        | Cmd::SetEx { key, .. }
-        | Cmd::RefreshIfOurs { key, .. }
-        | Cmd::DeleteIfOurs { key, .. }
-        | Cmd::Del { key }
-        | Cmd::Expire { key, .. }
-        | Cmd::SAdd { key, .. }
-        | Cmd::SRem { key, .. }
-        | Cmd::SMembers { key }
-        | Cmd::HSet { key, .. }
-        | Cmd::HDel { key, .. }
-        | Cmd::HGetAll { key }
-        | Cmd::SScan { key, .. }
-        | Cmd::Ttl { key } => key,
-    }
 }
 
 fn deadline(now: Instant, ttl_secs: u64) -> Option<Instant> {
