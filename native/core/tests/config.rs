@@ -1674,6 +1674,18 @@ fn incoming_limits_are_read_checked_and_written_back() {
         error(json!({"connections": {"delivery_threads": 65}})),
         "connections.delivery_threads: must be at most 64, got 65"
     );
+    assert_eq!(
+        error(json!({"connections": {"max_unconfirmed_delivery_bytes": 1023}})),
+        "connections.max_unconfirmed_delivery_bytes: must be at least 1024, got 1023"
+    );
+    assert_eq!(
+        error(json!({"connections": {"ack_timeout": 0}})),
+        "connections.ack_timeout: must be at least 1, got 0"
+    );
+    assert_eq!(
+        error(json!({"route_timeout_ms": 0})),
+        "route_timeout_ms: must be at least 1, got 0"
+    );
 }
 
 /// A datacenter's own name goes into every handshake, where the other DCs
