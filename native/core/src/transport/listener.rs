@@ -1364,3 +1364,50 @@ async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Ready) {
         RouteResult::Forwarded(_) | RouteResult::Stored => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(token: u128, touched: Instant) -> Arc<SessionSlot> {
+        Arc::new(SessionSlot {
+            token,
+            rejected: Mutex::new(std::collections::VecDeque::new()),
+            last: tokio::sync::Mutex::new(None),
+            taken: std::sync::atomic::AtomicU64::new(0),
+            touched: Mutex::new(touched),
+        })
+    }
+
+    /// A peer presenting one session id again and again (a hijacker, or a
+    /// sender whose tokens keep failing) holds at most MAX_SESSIONS_PER_ID
+    /// sessions under it: the least recently used one goes first, and
+    /// the other ids keep theirs.
+    #[test]
+    fn sessions_under_one_id_are_bounded_and_the_oldest_goes() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        let key: SessionKey = (Arc::from("dc2.example.com"), 7);
+        let other: SessionKey = (Arc::from("dc2.example.com"), 8);
+        s.insert(other.clone(), slot(99, t0));
+        for token in 1..=(MAX_SESSIONS_PER_ID as u128 + 2) {
+            s.insert(
+                key.clone(),
+                slot(token, t0 + Duration::from_millis(token as u64)),
+            );
+        }
+        assert_eq!(s.map[&key].len(), MAX_SESSIONS_PER_ID);
+        assert_eq!(s.count, MAX_SESSIONS_PER_ID + 1);
+        assert!(s.find(&key, 1).is_none() && s.find(&key, 2).is_none());
+        assert!(s.find(&key, MAX_SESSIONS_PER_ID as u128 + 2).is_some());
+        assert!(s.find(&other, 99).is_some());
+        assert!(s.find(&key, 12345).is_none(), "a wrong token finds nothing");
+    }
+
+    #[test]
+    fn tokens_compare_on_all_128_bits() {
+        assert!(same_token(5, 5));
+        assert!(!same_token(5, 5 | (1 << 100)));
+        assert!(!same_token(1 << 127, 0));
+    }
+}
