@@ -4,10 +4,8 @@
 //! stanza once a thread has warmed up, and nothing outlives the call.
 
 use std::cell::RefCell;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
-use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -259,9 +257,7 @@ impl CDelivery {
     }
 
     fn lane_of(&self, from: &gd_core::jid::Jid) -> usize {
-        let mut h = DefaultHasher::new();
-        sender_key(from, &self.global_host).hash(&mut h);
-        (h.finish() % self.lanes.len() as u64) as usize
+        gd_core::hashing::index_of(sender_key(from, &self.global_host), self.lanes.len())
     }
 
     fn push(&self, lane: usize, jobs: impl IntoIterator<Item = Job>) {

@@ -25,6 +25,42 @@ pub const MAX_PART_BYTES: usize = 1023;
 /// control characters.
 const USER_FORBIDDEN: &[char] = &['"', '&', '\'', '/', ':', '<', '>', '@'];
 
+/// What each byte may be in canonical ASCII text (the fast path of
+/// [`Jid::parse`]): one table read per byte instead of a chain of tests.
+const USER_OK: u8 = 1;
+const DOMAIN_OK: u8 = 2;
+const RESOURCE_OK: u8 = 4;
+static ASCII_CLASS: [u8; 256] = ascii_classes();
+
+const fn ascii_classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut class = 0;
+        if c.is_ascii_graphic() && !c.is_ascii_uppercase() {
+            let mut forbidden = false;
+            let mut k = 0;
+            while k < USER_FORBIDDEN.len() {
+                forbidden |= USER_FORBIDDEN[k] as u32 == c as u32;
+                k += 1;
+            }
+            if !forbidden {
+                class |= USER_OK;
+            }
+            if c != b'@' {
+                class |= DOMAIN_OK;
+            }
+        }
+        if c >= b' ' && c < 0x7f {
+            class |= RESOURCE_OK;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
 /// Which part of a JID an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -94,27 +130,18 @@ impl Jid {
         let user = &b[..at.unwrap_or(0)];
         let domain = &b[domain_start..end];
         let resource = b.get(end + 1..);
+        let all =
+            |part: &[u8], class: u8| part.iter().all(|&c| ASCII_CLASS[c as usize] & class != 0);
         let user_ok = at.is_none()
-            || (!user.is_empty()
-                && user.len() <= MAX_PART_BYTES
-                && user.iter().all(|&c| {
-                    c.is_ascii_graphic()
-                        && !c.is_ascii_uppercase()
-                        && !USER_FORBIDDEN.contains(&char::from(c))
-                }));
+            || (!user.is_empty() && user.len() <= MAX_PART_BYTES && all(user, USER_OK));
         let domain_ok = !domain.is_empty()
             && domain.len() <= MAX_PART_BYTES
             && domain.first() != Some(&b'.')
             && domain.last() != Some(&b'.')
-            && !domain.windows(2).any(|w| w == b"..")
-            && domain
-                .iter()
-                .all(|&c| c.is_ascii_graphic() && !c.is_ascii_uppercase() && c != b'@');
-        let resource_ok = resource.is_none_or(|r| {
-            !r.is_empty()
-                && r.len() <= MAX_PART_BYTES
-                && r.iter().all(|&c| (b' '..0x7f).contains(&c))
-        });
+            && all(domain, DOMAIN_OK)
+            && !domain.windows(2).any(|w| w == b"..");
+        let resource_ok = resource
+            .is_none_or(|r| !r.is_empty() && r.len() <= MAX_PART_BYTES && all(r, RESOURCE_OK));
         (user_ok && domain_ok && resource_ok).then(|| Jid {
             text: Arc::from(s),
             domain_start,

@@ -26,6 +26,7 @@ pub mod bounce;
 pub mod config;
 pub mod credits;
 pub mod envelope;
+pub mod hashing;
 pub mod jid;
 pub mod mapping;
 pub mod metrics;

@@ -58,6 +58,25 @@ enum Step {
     Lookup,
 }
 
+/// What [`Router::try_decide`] did with a stanza: took it (forwarded,
+/// stored), or decided without taking it.
+pub(crate) enum Decided {
+    Taken(RouteResult),
+    /// The host routes it itself.
+    Local(Envelope),
+    Undeliverable(Envelope, Reason),
+}
+
+impl Decided {
+    pub(crate) fn result(self) -> RouteResult {
+        match self {
+            Decided::Taken(r) => r,
+            Decided::Local(_) => RouteResult::Local,
+            Decided::Undeliverable(_, why) => RouteResult::Undeliverable(why),
+        }
+    }
+}
+
 /// What a flush could not hand over: the stanza, why, whether bounce may retry it.
 type Refused = (Envelope, Reason, bool);
 
@@ -116,31 +135,34 @@ impl Router {
     /// [`Router::route`]. Never blocks. A pair bounce holds takes this
     /// path too (the stanza is appended behind the held ones); what other
     /// pairs hold costs nothing but one atomic load and a shard probe.
-    pub fn try_route(&self, mut env: Envelope) -> Result<RouteResult, Envelope> {
+    pub fn try_route(&self, env: Envelope) -> Result<RouteResult, Envelope> {
+        self.try_decide(env).map(Decided::result)
+    }
+
+    /// [`Router::try_route`] that gives back the stanza it did not take (a
+    /// local or undeliverable one), so that the receive path hands it on
+    /// without a copy made just in case.
+    pub(crate) fn try_decide(&self, mut env: Envelope) -> Result<Decided, Envelope> {
         // The wire says up to 255; this DC allows no more than its own
         // budget, so two stale caches cannot bounce a stanza 255 times.
         env.meta.ttl = env.meta.ttl.min(self.message_ttl);
-        let r = match self.pre_lookup(&env) {
-            Step::Done(r) => Ok(r),
+        let d = match self.pre_lookup(&env) {
+            Step::Done(RouteResult::Local) => Ok(Decided::Local(env)),
+            Step::Done(r) => Ok(Decided::Taken(r)),
             Step::Target(t) => self.try_forward(t, env),
-            Step::Lookup => {
-                let env = match self.bounce.append_if_present(env) {
-                    Ok(_) => return Ok(self.inline(RouteResult::Stored)),
-                    Err(env) => env,
-                };
-                match self.mapping.lookup_cached(&env.to) {
-                    Some(Location::Local) => Ok(self.local(&env)),
+            Step::Lookup => match self.bounce.append_if_present(env) {
+                Ok(_) => Ok(Decided::Taken(RouteResult::Stored)),
+                Err(env) => match self.mapping.lookup_cached(&env.to) {
+                    Some(Location::Local) => Ok(self.local_kept(env)),
                     Some(Location::Remote(host)) => self.try_forward(host, env),
                     Some(Location::Unknown) | None => Err(env),
-                }
-            }
+                },
+            },
         };
-        r.map(|r| self.inline(r))
-    }
-
-    fn inline(&self, r: RouteResult) -> RouteResult {
-        self.routed_inline.inc();
-        r
+        if d.is_ok() {
+            self.routed_inline.inc();
+        }
+        d
     }
 
     /// route(): local / forwarded / stored / undeliverable.
@@ -219,6 +241,11 @@ impl Router {
     fn local(&self, env: &Envelope) -> RouteResult {
         self.delivered_with_ttl.record(u64::from(env.meta.ttl));
         RouteResult::Local
+    }
+
+    fn local_kept(&self, env: Envelope) -> Decided {
+        self.local(&env);
+        Decided::Local(env)
     }
 
     /// The router's background work until `stop`: flushes of held pairs
@@ -389,13 +416,13 @@ impl Router {
     }
 
     /// route()'s answer for a refused stanza: held by bounce, or given up.
-    fn after_refusal(&self, refused: EnqueueError) -> RouteResult {
+    fn after_refusal(&self, refused: EnqueueError) -> Decided {
         match self.refusal(refused) {
             (env, why, true) => match self.bounce.hold(env, why) {
-                Ok(()) => RouteResult::Stored,
-                Err((_, reason)) => RouteResult::Undeliverable(reason),
+                Ok(()) => Decided::Taken(RouteResult::Stored),
+                Err((env, reason)) => Decided::Undeliverable(env, reason),
             },
-            (_, why, false) => RouteResult::Undeliverable(why),
+            (env, why, false) => Decided::Undeliverable(env, why),
         }
     }
 
@@ -413,12 +440,12 @@ impl Router {
         self.delivery.deliver(Delivered::here(envelope, Some(why)));
     }
 
-    fn try_forward(&self, host: Arc<str>, env: Envelope) -> Result<RouteResult, Envelope> {
+    fn try_forward(&self, host: Arc<str>, env: Envelope) -> Result<Decided, Envelope> {
         if *host == *self.local_host {
-            return Ok(self.local(&env));
+            return Ok(self.local_kept(env));
         }
         match self.outgoing.try_enqueue(&host, self.spend_ttl(env)) {
-            Ok(()) => Ok(RouteResult::Forwarded(host)),
+            Ok(()) => Ok(Decided::Taken(RouteResult::Forwarded(host))),
             Err(EnqueueError::NotReady(env)) => Err(self.refund_ttl(env)),
             Err(refused) => Ok(self.after_refusal(refused)),
         }
@@ -430,7 +457,7 @@ impl Router {
         }
         match self.outgoing.enqueue(&host, self.spend_ttl(env)).await {
             Ok(()) => RouteResult::Forwarded(host),
-            Err(refused) => self.after_refusal(refused),
+            Err(refused) => self.after_refusal(refused).result(),
         }
     }
 

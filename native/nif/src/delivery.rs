@@ -29,8 +29,6 @@
 //! growing their mailboxes.
 
 use std::cell::RefCell;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gd_core::credits::Credits;
@@ -38,7 +36,7 @@ use gd_core::routing::{sender_key, Delivered, Delivery, Envelope, Reason};
 use gd_core::transport::frame::PayloadKind;
 use parking_lot::Mutex;
 use rustler::thread::is_scheduler_thread;
-use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NewBinary, OwnedBinary, OwnedEnv, Term};
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -75,6 +73,16 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     }
 }
 
+/// A binary of `s`, made in the process heap when it is small (JIDs, host
+/// names): rustler's `str` encoder allocates a reference-counted binary
+/// off-heap for every string, which costs an allocation, a free and the
+/// garbage collector's bookkeeping per JID on the hot paths.
+pub fn str_term<'a>(env: Env<'a>, s: &str) -> Term<'a> {
+    let mut b = NewBinary::new(env, s.len());
+    b.as_mut_slice().copy_from_slice(s.as_bytes());
+    b.into()
+}
+
 /// `#{from, to, kind, message_id, origin, ttl, from_host, transfer_time_us, reason}`.
 /// `reason`: why it is undeliverable; in a `deliver`, `undefined`, or why
 /// global routing gave the stanza (recipient found nowhere) back to local
@@ -88,18 +96,21 @@ pub fn meta_term<'a>(
 ) -> Term<'a> {
     let undef = atoms::undefined().encode(env);
     let pairs: Vec<(Term<'a>, Term<'a>)> = vec![
-        (atoms::from().encode(env), e.from.as_full_str().encode(env)),
-        (atoms::to().encode(env), e.to.as_full_str().encode(env)),
+        (
+            atoms::from().encode(env),
+            str_term(env, e.from.as_full_str()),
+        ),
+        (atoms::to().encode(env), str_term(env, e.to.as_full_str())),
         (atoms::kind().encode(env), kind_atom(e.kind).encode(env)),
         (
             atoms::message_id().encode(env),
             e.meta.message_id.encode(env),
         ),
-        (atoms::origin().encode(env), (*e.meta.origin).encode(env)),
+        (atoms::origin().encode(env), str_term(env, &e.meta.origin)),
         (atoms::ttl().encode(env), e.meta.ttl.encode(env)),
         (
             atoms::from_host().encode(env),
-            from_host.map_or(undef, |h| h.encode(env)),
+            from_host.map_or(undef, |h| str_term(env, h)),
         ),
         (
             atoms::transfer_time_us().encode(env),
@@ -491,9 +502,7 @@ impl ErlDelivery {
 
     /// The worker slot of a sender.
     fn slot(&self, from: &gd_core::jid::Jid) -> usize {
-        let mut h = DefaultHasher::new();
-        sender_key(from, &self.global_host).hash(&mut h);
-        (h.finish() % self.slots.slots.len().max(1) as u64) as usize
+        gd_core::hashing::index_of(sender_key(from, &self.global_host), self.slots.slots.len())
     }
 
     fn dispatch(&self, i: usize, msg: Msg) {

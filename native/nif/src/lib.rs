@@ -184,7 +184,7 @@ fn kind_arg(a: Atom) -> Option<PayloadKind> {
 fn route_result(env: Env<'_>, r: RouteResult) -> Term<'_> {
     match r {
         RouteResult::Local => atoms::local().encode(env),
-        RouteResult::Forwarded(h) => (atoms::forwarded(), &*h).encode(env),
+        RouteResult::Forwarded(h) => (atoms::forwarded(), delivery::str_term(env, &h)).encode(env),
         RouteResult::Stored => atoms::stored().encode(env),
         RouteResult::Undeliverable(reason) => {
             let a = Atom::from_str(env, reason.as_str()).unwrap_or(atoms::error());
@@ -196,7 +196,7 @@ fn route_result(env: Env<'_>, r: RouteResult) -> Term<'_> {
 fn location(env: Env<'_>, l: Location) -> Term<'_> {
     match l {
         Location::Local => atoms::local().encode(env),
-        Location::Remote(h) => (atoms::remote(), &*h).encode(env),
+        Location::Remote(h) => (atoms::remote(), delivery::str_term(env, &h)).encode(env),
         Location::Unknown => atoms::unknown().encode(env),
     }
 }

@@ -11,7 +11,6 @@
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,6 @@ type Shard = HashMap<String, Entry>;
 
 struct Inner {
     shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
     /// Dropping the sender (with the last `Inner`) wakes and ends the sweeper.
     _stop_sweeper: mpsc::Sender<()>,
 }
@@ -68,7 +66,6 @@ impl EmbeddedBackend {
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
             _stop_sweeper: tx,
         });
         let weak = Arc::downgrade(&inner);
@@ -95,7 +92,7 @@ impl EmbeddedBackend {
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let i = (self.inner.hasher.hash_one(key) as usize) % SHARDS;
+        let i = crate::hashing::index_of(key, SHARDS);
         &self.inner.shards[i]
     }
 

@@ -19,7 +19,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,14 +42,16 @@ const SEP: char = '\0';
 /// Marks an entry that is a whole key rather than a resource of the bare JID.
 const WHOLE: char = '\u{1}';
 
+/// One shard of the sessions: bare JID → its resources (see [`SEP`]).
+type SessionShard = HashMap<Box<str>, Box<str>, foldhash::fast::RandomState>;
+
 /// Sessions, domains and endpoints this node owns. Thread-safe.
 ///
 /// Sessions are stored per bare JID as one boxed string of resources, which
 /// keeps a typical session (one resource per bare JID) near 120 bytes: one
 /// hash-table slot, the bare JID and the resource, no per-session `String`.
 pub struct OwnedState {
-    sessions: Vec<Mutex<HashMap<Box<str>, Box<str>>>>,
-    hasher: RandomState,
+    sessions: Vec<Mutex<SessionShard>>,
     /// Number of distinct keys (full + bare) the sessions stand for.
     session_keys: AtomicU64,
     domains: Mutex<BTreeMap<String, bool>>,
@@ -83,9 +84,8 @@ impl OwnedState {
     pub fn new() -> Self {
         OwnedState {
             sessions: (0..SESSION_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(SessionShard::default()))
                 .collect(),
-            hasher: RandomState::new(),
             session_keys: AtomicU64::new(0),
             domains: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(Vec::new()),
@@ -93,8 +93,8 @@ impl OwnedState {
         }
     }
 
-    fn shard(&self, bare: &str) -> &Mutex<HashMap<Box<str>, Box<str>>> {
-        &self.sessions[(self.hasher.hash_one(bare) as usize) % SESSION_SHARDS]
+    fn shard(&self, bare: &str) -> &Mutex<SessionShard> {
+        &self.sessions[crate::hashing::index_of(bare, SESSION_SHARDS)]
     }
 
     /// Records a local session; returns the keys to write (full, bare).

@@ -28,9 +28,8 @@
 //! `max_incoming_buffer`. On a graceful stop every connection waits for the
 //! dispatch shards to hand over what it took, acknowledges it and closes.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,7 +46,7 @@ use crate::config::IncomingLimits;
 use crate::jid::Jid;
 use crate::mapping::coarse_now_ms;
 use crate::metrics::{names, Counter, Histogram, Metrics};
-use crate::routing::{Delivered, Envelope, Meta, RouteResult, Router};
+use crate::routing::{Decided, Delivered, Envelope, Meta, RouteResult, Router};
 use crate::transport::frame::{
     self, Ack, Decoded, Frame, HandshakeAck, Nack, NackReason, Oversized, PayloadKind, Prior,
     Rejected,
@@ -1137,9 +1136,7 @@ enum Take {
 }
 
 fn shard_of(key: &str, n: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % n.max(1) as u64) as usize
+    crate::hashing::index_of(key, n)
 }
 
 /// What the reader takes from a stanza frame before its payload: the
@@ -1343,25 +1340,32 @@ async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Ready) {
     // The wire's TTL is the sender's word: never above our own message_ttl,
     // in what we forward (route() clamps too) and in what the host is told.
     env.meta.ttl = env.meta.ttl.min(router.message_ttl);
-    let result = match router.try_route(env.clone()) {
-        Ok(r) => r,
+    let decided = match router.try_decide(env) {
+        Ok(d) => d,
         Err(env) => {
+            // A store read or a connection to wait for: rare enough that
+            // keeping a copy for the host costs nothing that matters.
             ready.flush(router);
-            router.route(env).await
+            let kept = env.clone();
+            match router.route(env).await {
+                RouteResult::Local => Decided::Local(kept),
+                RouteResult::Undeliverable(why) => Decided::Undeliverable(kept, why),
+                taken => Decided::Taken(taken),
+            }
         }
     };
-    match result {
-        RouteResult::Local => ready.push(Delivered {
-            envelope: env,
+    match decided {
+        Decided::Local(envelope) => ready.push(Delivered {
+            envelope,
             from_host: Some(inc.from_host),
             transfer_time_us: inc.transfer_time_us,
             unrouted: None,
         }),
-        RouteResult::Undeliverable(reason) => {
+        Decided::Undeliverable(env, reason) => {
             ready.flush(router);
             router.delivery.undeliverable(env, reason)
         }
-        RouteResult::Forwarded(_) | RouteResult::Stored => {}
+        Decided::Taken(_) => {}
     }
 }
 

@@ -11,9 +11,7 @@
 //! (re)established, its queue is given back to the router on a channel:
 //! nothing is dropped silently.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,17 +146,11 @@ pub struct Outgoing {
     store: Store,
     metrics: Arc<Metrics>,
     given_back: mpsc::UnboundedSender<GivenBack>,
-    hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>>>,
+    hosts: RwLock<HashMap<Arc<str>, Arc<RemoteHost>, foldhash::fast::RandomState>>,
     /// The only names that get a `RemoteHost` (docs/PROTOCOL.md, *Limits*).
     known: Arc<KnownHosts>,
     stop: watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
-}
-
-fn key_hash(key: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
 }
 
 impl Outgoing {
@@ -182,7 +174,7 @@ impl Outgoing {
             store,
             metrics,
             given_back,
-            hosts: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(HashMap::default()),
             known,
             stop,
             rt,
@@ -328,7 +320,7 @@ impl Outgoing {
             link.m.queue_full.inc();
             return Err(EnqueueError::QueueFull(env));
         }
-        let key = key_hash(sender_key(&env.from, &self.global_host));
+        let key = crate::hashing::key_hash(sender_key(&env.from, &self.global_host));
         let Some(conn) = h.pools.read().pick(key) else {
             return Err(EnqueueError::Unreachable(env));
         };

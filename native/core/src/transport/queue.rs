@@ -27,6 +27,10 @@ use tokio::time::Instant;
 use crate::envelope::Envelope;
 use crate::transport::frame::Prior;
 
+/// Room reserved for a batch: a 256 KiB write holds about 500 stanzas of
+/// half a kilobyte; a batch of small stanzas grows past it.
+const MAX_BATCH_GUESS: usize = 1024;
+
 /// A stanza in a connection queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
@@ -128,7 +132,8 @@ impl ConnQueue {
     /// (at least one when any is pending).
     pub(crate) fn take_batch(&mut self, budget: usize, cost: impl Fn(&Envelope) -> usize) -> Batch {
         let mut budget = budget;
-        let mut items = Vec::new();
+        // Sized up front: growing it would move every stanza a few times.
+        let mut items = Vec::with_capacity(self.pending.len().min(MAX_BATCH_GUESS));
         while budget > 0 {
             let Some(o) = self.pending.pop_front() else {
                 break;
@@ -136,10 +141,11 @@ impl ConnQueue {
             budget = budget.saturating_sub(cost(&o.env));
             items.push(o);
         }
+        let written = Vec::with_capacity(items.len());
         Batch {
             items,
             next_seq: self.next_seq,
-            written: Vec::new(),
+            written,
         }
     }
 
