@@ -35,7 +35,11 @@ impl Erl {
     /// also builds the NIF in release mode).
     pub fn prepare() -> Result<Erl, BenchError> {
         let root = repo_root();
-        let app_ebin = root.join("_build/default/lib/global_distrib/ebin");
+        // GD_BENCH_APP_EBIN points the Erlang rows at another build of the
+        // app (its priv/ beside it holds the NIF): an A/B of the NIF alone.
+        let app_ebin = std::env::var_os("GD_BENCH_APP_EBIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("_build/default/lib/global_distrib/ebin"));
         if !app_ebin.join("global_distrib.beam").exists() {
             return Err(BenchError::msg(format!(
                 "{} has no global_distrib.beam: run `rebar3 compile` first (make bench does)",
