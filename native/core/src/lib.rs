@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bounce;
+mod cache;
 pub mod config;
 pub mod credits;
 pub mod envelope;

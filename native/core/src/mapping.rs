@@ -23,8 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
-
+use crate::cache::ClockCache;
 use crate::config::CacheConfig;
 use crate::jid::Jid;
 use crate::metrics::{names, Counter, Histogram, Metrics};
@@ -69,31 +68,25 @@ impl Owner {
     }
 }
 
-/// Keys are `Box<str>`: moka already keeps each key behind its own `Arc`.
 /// A DC's (or node's) shared owner behind a thin pointer (see [`Cached`]).
 type SharedHost = Arc<Owner>;
 
 /// One cached answer: the DC (None: a cached miss) and when it expires.
-/// 16 bytes: a fat `Arc<str>` beside the expiry would make it 24 and move
-/// moka's entry into the next size class (+33 bytes per entry, measured).
+/// 16 bytes: a fat `Arc<str>` beside the expiry would make it 24, and every
+/// cache entry (key, value, flag: 40 bytes) 8 bytes larger.
 #[derive(Clone)]
 struct Cached {
     host: Option<SharedHost>,
     expires_ms: u64,
 }
 
-/// A moka cache whose entries expire on a lifetime kept in the entry
-/// itself rather than through moka's `time_to_live`: that policy costs a
-/// second queue node per entry (about 50 bytes, 15 % of an entry) and a
-/// clock reading per access, while a stale entry is simply a miss here and
-/// is overwritten by the next fetch. The bound stays moka's (`max_jids`),
-/// so stale entries never pass it.
-///
-/// The hasher is foldhash rather than SipHash: the keys are short strings
-/// hashed on every route(), and foldhash is seeded per process, so keys
-/// chosen by remote users still cannot be aimed at one bucket.
+/// A [`ClockCache`] whose entries expire on a lifetime kept in the entry:
+/// a stale entry is a miss, overwritten by the next fetch or taken by the
+/// clock hand, read or not, when its shard is full. The bound counts stale
+/// entries too, so they never pass it. The only clock a read takes is one
+/// [`coarse_now_ms`].
 struct TtlCache {
-    cache: Cache<Box<str>, Cached, foldhash::fast::RandomState>,
+    cache: ClockCache<Cached>,
     lifetime_ms: u64,
     capacity: u64,
 }
@@ -101,9 +94,7 @@ struct TtlCache {
 impl TtlCache {
     fn new(capacity: u64, lifetime: Duration) -> TtlCache {
         TtlCache {
-            cache: Cache::builder()
-                .max_capacity(capacity)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            cache: ClockCache::new(capacity),
             lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             capacity,
         }
@@ -124,9 +115,10 @@ impl TtlCache {
         if self.disabled() {
             return;
         }
-        let expires_ms = coarse_now_ms().saturating_add(self.lifetime_ms);
+        let now = coarse_now_ms();
+        let expires_ms = now.saturating_add(self.lifetime_ms);
         self.cache
-            .insert(Box::from(key), Cached { host, expires_ms });
+            .insert(key, Cached { host, expires_ms }, |e| e.expires_ms <= now);
     }
 
     /// Caches a fetched answer unless a fresh one was written meanwhile
@@ -140,12 +132,12 @@ impl TtlCache {
             host,
             expires_ms: now.saturating_add(self.lifetime_ms),
         };
-        self.cache
-            .entry(Box::from(key))
-            .and_upsert_with(|old| match old {
-                Some(e) if e.value().expires_ms > now => e.into_value(),
-                _ => fresh,
-            });
+        self.cache.upsert(
+            key,
+            fresh,
+            |old| old.expires_ms > now,
+            |e| e.expires_ms <= now,
+        );
     }
 
     fn invalidate(&self, key: &str) {
@@ -606,21 +598,18 @@ impl Mapping {
         }
     }
 
-    /// Runs the caches' pending maintenance (evictions, expirations), so
-    /// that the entry counts below are exact.
-    pub fn run_pending_tasks(&self) {
-        self.jids.cache.run_pending_tasks();
-        self.domains.cache.run_pending_tasks();
-    }
+    /// Nothing to do: the caches evict as they insert, and expired entries
+    /// are overwritten or evicted in place. Kept for callers that ran the
+    /// caches' maintenance before reading the counts below.
+    pub fn run_pending_tasks(&self) {}
 
-    /// Approximate number of cached JID entries, expired ones not yet
-    /// overwritten or evicted included (exact after
-    /// [`Mapping::run_pending_tasks`]).
+    /// Number of cached JID entries, expired ones not yet overwritten or
+    /// evicted included.
     pub fn cached_jids(&self) -> u64 {
-        self.jids.cache.entry_count()
+        self.jids.cache.len() as u64
     }
 
     pub fn cached_domains(&self) -> u64 {
-        self.domains.cache.entry_count()
+        self.domains.cache.len() as u64
     }
 }
