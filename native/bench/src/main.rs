@@ -18,6 +18,7 @@ mod sim;
 mod slow;
 mod stats;
 mod table;
+mod targets;
 mod transport;
 
 /// glibc malloc made the figures swing from run to run (payloads are freed

@@ -51,6 +51,14 @@ impl Table {
         self.notes.push(format!("{bench}: {text}"));
     }
 
+    /// The first row of `bench` whose metric passes `metric`.
+    pub fn find(&self, bench: &str, metric: impl Fn(&str) -> bool) -> Option<Stat> {
+        self.rows
+            .iter()
+            .find(|r| r.bench == bench && metric(&r.metric))
+            .map(|r| r.stat)
+    }
+
     /// `ours ÷ base` of the medians; the range pairs the extremes
     /// (worst ours ÷ best base .. best ours ÷ worst base).
     pub fn ratio(&mut self, bench: &'static str, metric: &str, ours: Stat, base: Stat) {
@@ -93,6 +101,26 @@ impl Table {
                 r.unit
             );
         }
+        let verdicts = crate::targets::judge(self);
+        let tw = verdicts
+            .iter()
+            .map(|v| v.what.chars().count())
+            .max()
+            .unwrap_or(6);
+        println!(
+            "{:<tw$}  {:>8}  {:>10}  {:>10}  state (worst: the worst of the runs)",
+            "target", "goal", "median", "worst"
+        );
+        for v in &verdicts {
+            let (median, worst) = match v.value {
+                Some(s) => (num(s.median), num(v.worst())),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:<tw$}  {:>8}  {:>10}  {:>10}  {}",
+                v.what, v.target, median, worst, v.state
+            );
+        }
         for n in &self.notes {
             println!("NOTE {n}");
         }
@@ -126,6 +154,19 @@ impl Table {
                 })
             })
             .collect();
+        let targets: Vec<serde_json::Value> = crate::targets::judge(self)
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "target": v.what,
+                    "goal": v.target,
+                    "median": v.value.and_then(|s| finite(s.median)),
+                    "worst": v.value.and_then(|_| finite(v.worst())),
+                    "every_run": v.every_run,
+                    "state": v.state,
+                })
+            })
+            .collect();
         let doc = serde_json::json!({
             "mode": if self.smoke { "smoke" } else { "full" },
             "runs": self.runs,
@@ -135,6 +176,7 @@ impl Table {
             "load_average_at_end": load_average(),
             "total_seconds": took.as_secs_f64(),
             "rows": rows,
+            "targets": targets,
             "notes": self.notes,
             "failures": failures,
         });
