@@ -97,6 +97,68 @@ pub enum JidError {
     EmptyLabel,
 }
 
+/// A JID in canonical form, borrowed: what the caches are asked with, made
+/// from a [`Jid`] or straight from text already canonical (a lookup from
+/// the host), without an allocation.
+#[derive(Clone, Copy, Debug)]
+pub struct JidRef<'a> {
+    text: &'a str,
+    domain_start: usize,
+    domain_end: usize,
+}
+
+impl<'a> JidRef<'a> {
+    /// `s` when it is canonical ASCII (one pass over the bytes). `None`
+    /// means "not sure", never "invalid": [`Jid::parse`] decides then.
+    pub fn canonical(s: &'a str) -> Option<JidRef<'a>> {
+        let b = s.as_bytes();
+        let end = b.iter().position(|&c| c == b'/').unwrap_or(b.len());
+        let at = b[..end].iter().position(|&c| c == b'@');
+        let domain_start = at.map_or(0, |i| i + 1);
+        let user = &b[..at.unwrap_or(0)];
+        let domain = &b[domain_start..end];
+        let resource = b.get(end + 1..);
+        let all =
+            |part: &[u8], class: u8| part.iter().all(|&c| ASCII_CLASS[c as usize] & class != 0);
+        let user_ok = at.is_none()
+            || (!user.is_empty() && user.len() <= MAX_PART_BYTES && all(user, USER_OK));
+        let domain_ok = !domain.is_empty()
+            && domain.len() <= MAX_PART_BYTES
+            && domain.first() != Some(&b'.')
+            && domain.last() != Some(&b'.')
+            && all(domain, DOMAIN_OK)
+            && !domain.windows(2).any(|w| w == b"..");
+        let resource_ok = resource
+            .is_none_or(|r| !r.is_empty() && r.len() <= MAX_PART_BYTES && all(r, RESOURCE_OK));
+        (user_ok && domain_ok && resource_ok).then_some(JidRef {
+            text: s,
+            domain_start,
+            domain_end: end,
+        })
+    }
+
+    pub fn user(&self) -> Option<&'a str> {
+        match self.domain_start {
+            0 => None,
+            start => self.text.get(..start - 1),
+        }
+    }
+
+    pub fn domain(&self) -> &'a str {
+        self.text
+            .get(self.domain_start..self.domain_end)
+            .unwrap_or_default()
+    }
+
+    pub fn as_full_str(&self) -> &'a str {
+        self.text
+    }
+
+    pub fn as_bare_str(&self) -> &'a str {
+        self.text.get(..self.domain_end).unwrap_or_default()
+    }
+}
+
 /// A normalised XMPP address. Equality and hashing are on the canonical form.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Jid {
@@ -123,30 +185,20 @@ impl Jid {
     /// JID with one allocation and one pass over the bytes. `None` means
     /// "not sure", never "invalid": the general path then decides.
     fn parse_canonical_ascii(s: &str) -> Option<Jid> {
-        let b = s.as_bytes();
-        let end = b.iter().position(|&c| c == b'/').unwrap_or(b.len());
-        let at = b[..end].iter().position(|&c| c == b'@');
-        let domain_start = at.map_or(0, |i| i + 1);
-        let user = &b[..at.unwrap_or(0)];
-        let domain = &b[domain_start..end];
-        let resource = b.get(end + 1..);
-        let all =
-            |part: &[u8], class: u8| part.iter().all(|&c| ASCII_CLASS[c as usize] & class != 0);
-        let user_ok = at.is_none()
-            || (!user.is_empty() && user.len() <= MAX_PART_BYTES && all(user, USER_OK));
-        let domain_ok = !domain.is_empty()
-            && domain.len() <= MAX_PART_BYTES
-            && domain.first() != Some(&b'.')
-            && domain.last() != Some(&b'.')
-            && all(domain, DOMAIN_OK)
-            && !domain.windows(2).any(|w| w == b"..");
-        let resource_ok = resource
-            .is_none_or(|r| !r.is_empty() && r.len() <= MAX_PART_BYTES && all(r, RESOURCE_OK));
-        (user_ok && domain_ok && resource_ok).then(|| Jid {
+        JidRef::canonical(s).map(|r| Jid {
             text: Arc::from(s),
-            domain_start,
-            domain_end: end,
+            domain_start: r.domain_start,
+            domain_end: r.domain_end,
         })
+    }
+
+    /// This JID, borrowed.
+    pub fn view(&self) -> JidRef<'_> {
+        JidRef {
+            text: &self.text,
+            domain_start: self.domain_start,
+            domain_end: self.domain_end,
+        }
     }
 
     fn parse_general(s: &str) -> Result<Jid, JidError> {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ClockCache;
 use crate::config::CacheConfig;
-use crate::jid::Jid;
+use crate::jid::{Jid, JidRef};
 use crate::metrics::{names, Counter, Histogram, Metrics};
 use crate::store::keys;
 use crate::store::lease::{LeaseState, Leases};
@@ -377,6 +377,11 @@ impl Mapping {
     ///
     /// [`lookup`]: Mapping::lookup
     pub fn lookup_cached(&self, to: &Jid) -> Option<Location> {
+        self.lookup_cached_view(to.view())
+    }
+
+    /// [`Mapping::lookup_cached`] for a borrowed JID (see [`JidRef`]).
+    pub fn lookup_cached_view(&self, to: JidRef<'_>) -> Option<Location> {
         let location = match self.plan(to) {
             Plan::Local => Location::Local,
             // `?`: not in the cache, only the store can tell. A cached
@@ -411,7 +416,7 @@ impl Mapping {
     }
 
     async fn lookup_inner(&self, to: &Jid, asked: &mut bool) -> Result<Location, StoreError> {
-        match self.plan(to) {
+        match self.plan(to.view()) {
             Plan::Local => Ok(Location::Local),
             Plan::Domain(d) => {
                 let owner = self.fetch(&self.domains, d, asked).await?;
@@ -434,7 +439,7 @@ impl Mapping {
         }
     }
 
-    fn plan<'a>(&self, to: &'a Jid) -> Plan<'a> {
+    fn plan<'a>(&self, to: JidRef<'a>) -> Plan<'a> {
         let domain = to.domain();
         let is_local = domain == &*self.local_host;
         let is_global = domain == &*self.global_host;
@@ -557,7 +562,7 @@ impl Mapping {
     /// local_host.
     pub(crate) fn caches_origin_of(&self, sender: &Jid) -> bool {
         matches!(
-            (sender.user(), self.plan(sender)),
+            (sender.user(), self.plan(sender.view())),
             (None, Plan::Domain(_)) | (Some(_), Plan::Jid { .. })
         )
     }
@@ -576,7 +581,7 @@ impl Mapping {
         }
         let origin = self.hosts.get(origin_host);
         let known = |cache: &TtlCache, key: &str| matches!(cache.get(key), Some(Some(_)));
-        match self.plan(sender) {
+        match self.plan(sender.view()) {
             Plan::Domain(d) => {
                 if known(&self.domains, d) {
                     return false;

@@ -3,7 +3,7 @@
 //! input string makes parsing panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gd_core::jid::{Jid, JidError, Part, MAX_PART_BYTES};
+use gd_core::jid::{Jid, JidError, JidRef, Part, MAX_PART_BYTES};
 use proptest::prelude::*;
 
 fn jid(s: &str) -> Jid {
@@ -253,5 +253,20 @@ proptest! {
         prop_assert_eq!(Jid::parse(&j.to_string()).unwrap(), j.clone());
         prop_assert_eq!(j.resource(), resource.as_deref());
         prop_assert_eq!(j.domain(), domain.trim_end_matches('.').to_ascii_lowercase());
+    }
+
+    /// A borrowed canonical JID (the host's lookups) is what parsing the
+    /// same text gives, and only text that parses unchanged is taken as
+    /// canonical.
+    #[test]
+    fn canonical_view_agrees_with_parse(s in "[a-zA-Z0-9@/. \u{0}-\u{1f}éÄ\"&:<>]{0,40}") {
+        if let Some(v) = JidRef::canonical(&s) {
+            let j = Jid::parse(&s).unwrap();
+            prop_assert_eq!(j.as_full_str(), s.as_str());
+            prop_assert_eq!(v.as_full_str(), j.as_full_str());
+            prop_assert_eq!(v.as_bare_str(), j.as_bare_str());
+            prop_assert_eq!(v.user(), j.user());
+            prop_assert_eq!(v.domain(), j.domain());
+        }
     }
 }

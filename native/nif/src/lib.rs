@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gd_core::config::Config;
-use gd_core::jid::Jid;
+use gd_core::jid::{Jid, JidRef};
 use gd_core::mapping::Location;
 use gd_core::metrics::MetricValue;
 use gd_core::routing::RouteResult;
@@ -596,6 +596,14 @@ fn route_any<'a>(
 /// else `{wait, Ref}` (then `{Ref, Location | {error, {store, Msg}}}`).
 #[rustler::nif]
 fn lookup<'a>(env: Env<'a>, rt: ResourceArc<RtRes>, jid: Binary) -> NifResult<Term<'a>> {
+    // Canonical text (what the server holds) is asked as it is, with no
+    // copy into a `Jid`; anything else is normalised first.
+    let canonical = std::str::from_utf8(jid.as_slice())
+        .ok()
+        .and_then(JidRef::canonical);
+    if let Some(l) = canonical.and_then(|j| rt.rt.mapping().lookup_cached_view(j)) {
+        return Ok(location(env, l));
+    }
     let j = jid_or_return!(env, jid);
     if let Some(l) = rt.rt.mapping().lookup_cached(&j) {
         return Ok(location(env, l));
