@@ -160,11 +160,16 @@ fn leaf(
     })
 }
 
+/// Tokio worker threads of each runtime (the core's default).
+pub const WORKERS: usize = 2;
+
 /// How the two DCs talk.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
     pub tls: bool,
     pub connections: u32,
+    /// Worker threads of each of the two runtimes.
+    pub workers: usize,
 }
 
 /// DC1 sends, DC2 receives; the recipient is logged in at DC2 and DC1 has
@@ -197,6 +202,7 @@ impl Pair {
         let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
         let opts = StartOptions {
             backend: Some(backend),
+            worker_threads: link.workers,
             ..StartOptions::default()
         };
         // One sink for both: DC1 delivers nothing, but what it gives up on

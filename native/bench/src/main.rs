@@ -232,7 +232,11 @@ fn b1_b3(plan: &Plan, certs: &Certs, table: &mut Table, ours: &mut Ours) -> Resu
                     continue;
                 }
             }
-            let link = Link { tls, connections };
+            let link = Link {
+                tls,
+                connections,
+                workers: dcs::WORKERS,
+            };
             let [rate, cpu] = repeat(&format!("B1 {link:?}"), plan.runs, || {
                 let t = transport::throughput(certs, link, plan.stanzas)?;
                 Ok([t.per_sec, t.cpu_s_per_million])
@@ -315,12 +319,26 @@ fn b10(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> 
 
 fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     let [p50, p99, p999, max] = repeat("B2", plan.runs, || {
-        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs)?;
+        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs, dcs::WORKERS)?;
         Ok([l.p50, l.p99, l.p999, l.max])
     })?;
     let what = format!("TLS {}k/s", plan.latency_rate / 1000);
     for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
         table.row("B2", &format!("{what}: {name}"), s, "µs");
+    }
+    // The tail analysis (docs/PERFORMANCE.md): the same with one worker
+    // thread per runtime, so that the two DCs' threads fit the 2 cores.
+    let [p50, p99, p999, max] = repeat("B2, 1 worker thread", plan.runs, || {
+        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs, 1)?;
+        Ok([l.p50, l.p99, l.p999, l.max])
+    })?;
+    for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
+        table.row(
+            "B2",
+            &format!("{what}, 1 worker thread per runtime: {name}"),
+            s,
+            "µs",
+        );
     }
     let [p50, p99, p999, max] = repeat("B3 raw latency", plan.runs, || {
         let l = raw::raw_latency(certs, plan.latency_rate, plan.latency_secs)?;
@@ -470,6 +488,7 @@ fn b6(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
     let link = Link {
         tls: false,
         connections: 1,
+        workers: dcs::WORKERS,
     };
     let pair = Pair::start(link, certs, sink)?;
     let [lookup] = repeat("B6a lookup_cached", plan.runs, || {

@@ -131,6 +131,7 @@ pub fn slow_host(certs: &Certs, secs: f64) -> Result<SlowRun, BenchError> {
     let link = Link {
         tls: true,
         connections: 1,
+        workers: crate::dcs::WORKERS,
     };
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::new());
     let opts = StartOptions {

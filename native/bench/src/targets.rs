@@ -67,7 +67,9 @@ const TARGETS: &[Target] = &[
     },
     Target {
         what: "B2 p99 TLS (µs), every run",
-        source: Source::Row("B2", |m| m.starts_with("TLS ") && m.ends_with(": p99")),
+        source: Source::Row("B2", |m| {
+            m.starts_with("TLS ") && m.ends_with(": p99") && !m.contains("worker")
+        }),
         cmp: Cmp::AtMost,
         limit: 1000.0,
         every_run: true,
@@ -75,7 +77,9 @@ const TARGETS: &[Target] = &[
     Target {
         what: "B2 p99 ÷ raw TLS p99, every run",
         source: Source::Ratio(
-            ("B2", |m| m.starts_with("TLS ") && m.ends_with(": p99")),
+            ("B2", |m| {
+                m.starts_with("TLS ") && m.ends_with(": p99") && !m.contains("worker")
+            }),
             ("B3", |m| m.starts_with("raw TLS ") && m.ends_with(": p99")),
         ),
         cmp: Cmp::AtMost,

@@ -78,12 +78,13 @@ impl Latency {
 /// B2: `rate` stanzas/s for `secs` over TLS. Each payload carries the time
 /// the stanza was *due* (not when the sender got round to it), so a sender
 /// falling behind shows up as latency instead of hiding it.
-pub fn latency(certs: &Certs, rate: u64, secs: f64) -> Result<Latency, BenchError> {
+pub fn latency(certs: &Certs, rate: u64, secs: f64, workers: usize) -> Result<Latency, BenchError> {
     let epoch = Instant::now();
     let sink = Sink::new(epoch, true);
     let link = Link {
         tls: true,
         connections: 1,
+        workers,
     };
     let pair = Pair::start(link, certs, sink.clone())?;
     let n = (rate as f64 * secs) as u64;
