@@ -60,7 +60,9 @@ pub struct Envelope {
     /// The session (and its token, for a version-2 one) and seq it was
     /// written under before its connection was given up; travels so that
     /// the receiver can drop a second copy.
-    pub prior: Option<Prior>,
+    /// Boxed: rare (only after a connection was given up), and a stanza is
+    /// moved by value along the routing path.
+    pub prior: Option<Box<Prior>>,
 }
 
 impl Envelope {

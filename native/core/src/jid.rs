@@ -165,13 +165,26 @@ pub struct Jid {
     /// Canonical text: `[user "@"] domain ["/" resource]`.
     text: Arc<str>,
     /// Where the domain starts: 0 when there is no user (users are never
-    /// empty, so a non-zero start means "has a user").
-    domain_start: usize,
+    /// empty, so a non-zero start means "has a user"). `u32` rather than
+    /// `usize` (parts are at most [`MAX_PART_BYTES`]): a stanza carries two
+    /// JIDs and is moved by value along the routing path.
+    domain_start: u32,
     /// Where the domain ends: `text.len()` when there is no resource.
-    domain_end: usize,
+    domain_end: u32,
 }
 
 impl Jid {
+    /// A JID of checked canonical text (every part at most
+    /// [`MAX_PART_BYTES`], so the positions fit a `u32`).
+    fn of_parts(text: Arc<str>, domain_start: usize, domain_end: usize) -> Jid {
+        debug_assert!(text.len() <= 3 * MAX_PART_BYTES + 2);
+        Jid {
+            text,
+            domain_start: domain_start as u32,
+            domain_end: domain_end as u32,
+        }
+    }
+
     /// Parses and normalises a JID. Never panics, whatever the input.
     pub fn parse(s: &str) -> Result<Jid, JidError> {
         if let Some(jid) = Jid::parse_canonical_ascii(s) {
@@ -185,19 +198,15 @@ impl Jid {
     /// JID with one allocation and one pass over the bytes. `None` means
     /// "not sure", never "invalid": the general path then decides.
     fn parse_canonical_ascii(s: &str) -> Option<Jid> {
-        JidRef::canonical(s).map(|r| Jid {
-            text: Arc::from(s),
-            domain_start: r.domain_start,
-            domain_end: r.domain_end,
-        })
+        JidRef::canonical(s).map(|r| Jid::of_parts(Arc::from(s), r.domain_start, r.domain_end))
     }
 
     /// This JID, borrowed.
     pub fn view(&self) -> JidRef<'_> {
         JidRef {
             text: &self.text,
-            domain_start: self.domain_start,
-            domain_end: self.domain_end,
+            domain_start: self.domain_start as usize,
+            domain_end: self.domain_end as usize,
         }
     }
 
@@ -239,32 +248,23 @@ impl Jid {
             text.push('/');
             text.push_str(r);
         }
-        Ok(Jid {
-            text: Arc::from(text),
-            domain_start,
-            domain_end,
-        })
+        Ok(Jid::of_parts(Arc::from(text), domain_start, domain_end))
     }
 
     pub fn user(&self) -> Option<&str> {
-        match self.domain_start {
-            0 => None,
-            start => self.text.get(..start - 1),
-        }
+        self.view().user()
     }
 
     pub fn domain(&self) -> &str {
-        self.text
-            .get(self.domain_start..self.domain_end)
-            .unwrap_or_default()
+        self.view().domain()
     }
 
     pub fn resource(&self) -> Option<&str> {
-        self.text.get(self.domain_end + 1..)
+        self.text.get(self.domain_end as usize + 1..)
     }
 
     pub fn is_bare(&self) -> bool {
-        self.domain_end == self.text.len()
+        self.domain_end as usize == self.text.len()
     }
 
     /// The same address without its resource.
@@ -287,7 +287,7 @@ impl Jid {
     /// The canonical bare form (`user@domain`), the session-table key of a
     /// user.
     pub fn as_bare_str(&self) -> &str {
-        self.text.get(..self.domain_end).unwrap_or_default()
+        self.view().as_bare_str()
     }
 
     pub fn to_full_string(&self) -> String {

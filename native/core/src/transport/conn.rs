@@ -535,7 +535,7 @@ fn fill_batch(
             target: env.meta.target.as_deref(),
             // A version-1 receiver knows sessions by id alone (and would
             // refuse the token form of `prior`).
-            prior: env.prior.map(|p| {
+            prior: env.prior.as_deref().map(|&p| {
                 if version >= 2 {
                     p
                 } else {

@@ -292,11 +292,11 @@ impl ConnQueue {
         std::mem::take(&mut self.unacked)
             .into_iter()
             .map(|mut o| {
-                o.env.prior = Some(Prior {
+                o.env.prior = Some(Box::new(Prior {
                     session: old_session,
                     seq: o.seq,
                     token: old_token,
-                });
+                }));
                 o.env
             })
             .collect()
@@ -379,7 +379,7 @@ mod tests {
         let rest = q.give_up(77, 5);
         assert_eq!(rest.len(), 1);
         assert_eq!(
-            rest[0].prior,
+            rest[0].prior.as_deref().copied(),
             Some(Prior {
                 session: 77,
                 seq: 1,
@@ -578,7 +578,7 @@ mod tests {
                             let back = q.give_up(m.session, 0);
                             let got: Vec<(u32, Option<(u64, u64)>)> = back
                                 .iter()
-                                .map(|e| (id(e), e.prior.map(|p| (p.session, p.seq))))
+                                .map(|e| (id(e), e.prior.as_ref().map(|p| (p.session, p.seq))))
                                 .collect();
                             let want: Vec<(u32, Option<(u64, u64)>)> = m
                                 .live
