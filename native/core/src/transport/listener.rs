@@ -1328,37 +1328,69 @@ async fn dispatch(
                     credits.room_for(1, len).await;
                 }
             }
-            dispatch_one(inc, &router, &mut ready).await;
+            if let Some(w) = dispatch_now(inc, &router, &mut ready) {
+                dispatch_waiting(w, &router, &mut ready).await;
+            }
         }
         ready.flush(&router);
         dispatching.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 
-async fn dispatch_one(inc: Incoming, router: &Router, ready: &mut Ready) {
+/// Routes one received stanza without waiting when it can (nearly always);
+/// hands back what has to wait, for [`dispatch_waiting`]. Kept apart from
+/// the waiting path so that the common case builds no future: the one of
+/// `route()` is large, and moving it into place per stanza was a visible
+/// share of the receiver's copies.
+fn dispatch_now(inc: Incoming, router: &Router, ready: &mut Ready) -> Option<Waiting> {
     let mut env = inc.envelope;
     // The wire's TTL is the sender's word: never above our own message_ttl,
     // in what we forward (route() clamps too) and in what the host is told.
     env.meta.ttl = env.meta.ttl.min(router.message_ttl);
-    let decided = match router.try_decide(env) {
-        Ok(d) => d,
-        Err(env) => {
-            // A store read or a connection to wait for: rare enough that
-            // keeping a copy for the host costs nothing that matters.
-            ready.flush(router);
-            let kept = env.clone();
-            match router.route(env).await {
-                RouteResult::Local => Decided::Local(kept),
-                RouteResult::Undeliverable(why) => Decided::Undeliverable(kept, why),
-                taken => Decided::Taken(taken),
-            }
+    match router.try_decide(env) {
+        Ok(d) => {
+            decided(d, inc.from_host, inc.transfer_time_us, router, ready);
+            None
         }
+        Err(envelope) => Some(Waiting {
+            envelope,
+            from_host: inc.from_host,
+            transfer_time_us: inc.transfer_time_us,
+        }),
+    }
+}
+
+/// A received stanza whose route has to wait (a store read, a connection).
+struct Waiting {
+    envelope: Envelope,
+    from_host: Arc<str>,
+    transfer_time_us: u64,
+}
+
+async fn dispatch_waiting(w: Waiting, router: &Router, ready: &mut Ready) {
+    // Rare enough that keeping a copy for the host costs nothing that matters.
+    ready.flush(router);
+    let kept = w.envelope.clone();
+    let d = match router.route(w.envelope).await {
+        RouteResult::Local => Decided::Local(kept),
+        RouteResult::Undeliverable(why) => Decided::Undeliverable(kept, why),
+        taken => Decided::Taken(taken),
     };
-    match decided {
+    decided(d, w.from_host, w.transfer_time_us, router, ready);
+}
+
+fn decided(
+    d: Decided,
+    from_host: Arc<str>,
+    transfer_time_us: u64,
+    router: &Router,
+    ready: &mut Ready,
+) {
+    match d {
         Decided::Local(envelope) => ready.push(Delivered {
             envelope,
-            from_host: Some(inc.from_host),
-            transfer_time_us: inc.transfer_time_us,
+            from_host: Some(from_host),
+            transfer_time_us,
             unrouted: None,
         }),
         Decided::Undeliverable(env, reason) => {
