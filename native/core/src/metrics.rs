@@ -269,13 +269,24 @@ impl std::fmt::Debug for Histogram {
 }
 
 impl Histogram {
+    /// Histograms are recorded on every stanza from several threads at
+    /// once: a read-modify-write that changes nothing (adding 0, a value
+    /// that is not a new minimum or maximum) still takes the cache line
+    /// from the other cores, so those are skipped after a plain load. A
+    /// race only means a redundant `fetch_min`/`fetch_max`, never a lost one.
     pub fn record(&self, v: u64) {
         if let Some(b) = self.buckets.get(bucket_of(v)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum.fetch_add(v, Ordering::Relaxed);
-        self.min.fetch_min(v, Ordering::Relaxed);
-        self.max.fetch_max(v, Ordering::Relaxed);
+        if v != 0 {
+            self.sum.fetch_add(v, Ordering::Relaxed);
+        }
+        if v < self.min.load(Ordering::Relaxed) {
+            self.min.fetch_min(v, Ordering::Relaxed);
+        }
+        if v > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(v, Ordering::Relaxed);
+        }
     }
 
     /// Count, min, max, mean and quantiles; all zero when empty. Concurrent
