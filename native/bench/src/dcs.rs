@@ -40,17 +40,18 @@ pub struct Sink {
     pub latencies: Option<Samples>,
 }
 
-/// Latency samples (ns); a std mutex is cheap enough at 20k stanzas/s.
+/// Latency samples: (due → delivered, writer's stamp → reader's decode),
+/// both in ns; a std mutex is cheap enough at 20k stanzas/s.
 #[derive(Default)]
-pub struct Samples(Mutex<Vec<u64>>);
+pub struct Samples(Mutex<Vec<(u64, u64)>>);
 
 impl Samples {
-    pub fn push(&self, v: u64) {
+    pub fn push(&self, latency_ns: u64, wire_ns: u64) {
         if let Ok(mut g) = self.0.lock() {
-            g.push(v);
+            g.push((latency_ns, wire_ns));
         }
     }
-    pub fn take(&self) -> Vec<u64> {
+    pub fn take(&self) -> Vec<(u64, u64)> {
         self.0
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
@@ -80,7 +81,10 @@ impl Delivery for Sink {
                 b.copy_from_slice(stamp);
                 let sent = u64::from_le_bytes(b);
                 let now = self.epoch.elapsed().as_nanos() as u64;
-                samples.push(now.saturating_sub(sent));
+                // The frame's time on the wire: from the writer's stamp to
+                // the reader's decode (µs, one clock: one process).
+                let wire = d.transfer_time_us.saturating_mul(1000);
+                samples.push(now.saturating_sub(sent), wire);
             }
         }
         self.delivered.fetch_add(1, Ordering::Release);

@@ -318,18 +318,45 @@ fn b10(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> 
 }
 
 fn b2(plan: &Plan, certs: &Certs, table: &mut Table) -> Result<(), BenchError> {
-    let [p50, p99, p999, max] = repeat("B2", plan.runs, || {
-        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs, dcs::WORKERS)?;
-        Ok([l.p50, l.p99, l.p999, l.max])
+    let f = repeat("B2", plan.runs, || {
+        let rate = plan.latency_rate;
+        let (l, t) = transport::latency(certs, rate, plan.latency_secs, dcs::WORKERS)?;
+        Ok([
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            t.latency,
+            t.wire,
+            t.sender_queue_p99,
+            t.wire_p99,
+            t.dispatch_queue_p99,
+        ])
     })?;
+    let [p50, p99, p999, max, tail, wire, q_out, q_wire, q_in] = f;
     let what = format!("TLS {}k/s", plan.latency_rate / 1000);
     for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {
         table.row("B2", &format!("{what}: {name}"), s, "µs");
     }
+    table.row("B2", "slowest 1 %: mean latency", tail, "µs");
+    table.row(
+        "B2",
+        "slowest 1 %: of which writer's stamp → reader's decode",
+        wire,
+        "µs",
+    );
+    table.row("B2", "stage p99: sender's connection queue", q_out, "µs");
+    table.row(
+        "B2",
+        "stage p99: written → read (transfer_time)",
+        q_wire,
+        "µs",
+    );
+    table.row("B2", "stage p99: receiver's dispatch queue", q_in, "µs");
     // The tail analysis (docs/PERFORMANCE.md): the same with one worker
     // thread per runtime, so that the two DCs' threads fit the 2 cores.
     let [p50, p99, p999, max] = repeat("B2, 1 worker thread", plan.runs, || {
-        let l = transport::latency(certs, plan.latency_rate, plan.latency_secs, 1)?;
+        let (l, _) = transport::latency(certs, plan.latency_rate, plan.latency_secs, 1)?;
         Ok([l.p50, l.p99, l.p999, l.max])
     })?;
     for (name, s) in [("p50", p50), ("p99", p99), ("p99.9", p999), ("max", max)] {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::dcs::{wait_for, Certs, Link, Pair, Sink, PAYLOAD_LEN, SENDERS};
+use crate::dcs::{wait_for, Certs, Link, Pair, Sink, DC1, DC2, PAYLOAD_LEN, SENDERS};
 use crate::stats::{cpu_time, percentile};
 use crate::BenchError;
 
@@ -75,10 +75,67 @@ impl Latency {
     }
 }
 
+/// Where the slowest stanzas spent their time: of the stanzas at or above
+/// the p99 latency, the mean latency and the mean part of it between the
+/// writer's stamp and the reader's decode (TLS write, socket, TLS read),
+/// in µs. The rest is the sender's side before the write (route, queue,
+/// waking the writer) and the receiver's after the read (dispatch,
+/// delivery).
+pub struct Tail {
+    pub latency: f64,
+    pub wire: f64,
+    /// p99 of each stage by the runtimes' own histograms (µs): DC1's
+    /// connection queue (enqueued → written), the wire (written → read),
+    /// DC2's dispatch queue (read → routed).
+    pub sender_queue_p99: f64,
+    pub wire_p99: f64,
+    pub dispatch_queue_p99: f64,
+}
+
+impl Tail {
+    pub fn of(samples: &[(u64, u64)]) -> Tail {
+        let mut latencies: Vec<u64> = samples.iter().map(|s| s.0).collect();
+        latencies.sort_unstable();
+        let p99 = percentile(&latencies, 99.0);
+        let slow: Vec<&(u64, u64)> = samples.iter().filter(|s| s.0 >= p99).collect();
+        let n = slow.len().max(1) as f64;
+        // The wire part cannot exceed the whole (the two clocks' readings
+        // are µs apart at most).
+        let wire: u64 = slow.iter().map(|s| s.1.min(s.0)).sum();
+        let total: u64 = slow.iter().map(|s| s.0).sum();
+        Tail {
+            latency: total as f64 / n / 1000.0,
+            wire: wire as f64 / n / 1000.0,
+            sender_queue_p99: f64::NAN,
+            wire_p99: f64::NAN,
+            dispatch_queue_p99: f64::NAN,
+        }
+    }
+
+    /// The stage p99s from the two runtimes' metrics.
+    fn with_stages(mut self, pair: &Pair) -> Tail {
+        use gd_core::metrics::names;
+        let sent = pair.dc1.metrics().snapshot();
+        let got = pair.dc2.metrics().snapshot();
+        let p99 = |s: &gd_core::metrics::Snapshot, name: &str| {
+            s.histogram(name).map_or(f64::NAN, |h| h.p99 as f64)
+        };
+        self.sender_queue_p99 = p99(&sent, &names::outgoing_queue_time(DC2));
+        self.wire_p99 = p99(&got, &names::incoming_transfer_time(DC1));
+        self.dispatch_queue_p99 = p99(&got, names::INCOMING_QUEUE_TIME);
+        self
+    }
+}
+
 /// B2: `rate` stanzas/s for `secs` over TLS. Each payload carries the time
 /// the stanza was *due* (not when the sender got round to it), so a sender
 /// falling behind shows up as latency instead of hiding it.
-pub fn latency(certs: &Certs, rate: u64, secs: f64, workers: usize) -> Result<Latency, BenchError> {
+pub fn latency(
+    certs: &Certs,
+    rate: u64,
+    secs: f64,
+    workers: usize,
+) -> Result<(Latency, Tail), BenchError> {
     let epoch = Instant::now();
     let sink = Sink::new(epoch, true);
     let link = Link {
@@ -108,13 +165,17 @@ pub fn latency(certs: &Certs, rate: u64, secs: f64, workers: usize) -> Result<La
             "B2: {n} stanzas sent, not all arrived: {why}"
         )));
     }
-    pair.stop();
     let samples = sink
         .latencies
         .as_ref()
         .map(|s| s.take())
         .unwrap_or_default();
-    Ok(Latency::of(samples))
+    let tail = Tail::of(&samples).with_stages(&pair);
+    pair.stop();
+    Ok((
+        Latency::of(samples.into_iter().map(|s| s.0).collect()),
+        tail,
+    ))
 }
 
 /// Cuts the calling thread's timer slack to 1 µs: with the default 50 µs
