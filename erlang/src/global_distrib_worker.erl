@@ -1,7 +1,8 @@
 %% @doc A delivery worker: receives `{global_distrib, deliver | undeliverable,
 %% Meta, Payload}', or `{global_distrib, deliver_batch, [{Meta, Payload}]}'
 %% for several stanzas of one network read, sent by the NIF from runtime
-%% threads, and hands each to the host's callback, one stanza at a time in
+%% threads (`Meta' a tuple there, see meta/1), and hands each to the host's
+%% callback with the metadata map, one stanza at a time in
 %% arrival order (so one sender's stanzas, which always hash to the same
 %% worker, keep their order).
 -module(global_distrib_worker).
@@ -52,14 +53,14 @@ handle_cast(_Msg, State) ->
 handle_info({global_distrib, Event, Meta, Payload}, #state{callback = Cb} = State0)
   when Event =:= deliver; Event =:= undeliverable ->
     State = with_nif(State0),
-    safe_call(Cb, Event, Meta, Payload),
+    safe_call(Cb, Event, meta(Meta), Payload),
     confirm(State),
     {noreply, State};
 handle_info({global_distrib, deliver_batch, Stanzas}, #state{callback = Cb} = State0)
   when is_list(Stanzas) ->
     State = with_nif(State0),
     lists:foreach(fun({Meta, Payload}) ->
-                          safe_call(Cb, deliver, Meta, Payload),
+                          safe_call(Cb, deliver, meta(Meta), Payload),
                           confirm(State)
                   end, Stanzas),
     {noreply, State};
@@ -67,6 +68,14 @@ handle_info(Other, State) ->
     logger:warning(#{what => global_distrib_worker_unexpected_message,
                      index => State#state.index, message => Other}),
     {noreply, State}.
+
+%% The metadata the NIF sends (a tuple, cheaper to build there) as the map
+%% callbacks get: the keys are a literal, shared by every map built here.
+-spec meta(tuple()) -> global_distrib:meta().
+meta({From, To, Kind, IdHigh, IdLow, Origin, Ttl, FromHost, TransferTimeUs, Reason}) ->
+    #{from => From, to => To, kind => Kind, message_id => (IdHigh bsl 64) bor IdLow,
+      origin => Origin, ttl => Ttl, from_host => FromHost,
+      transfer_time_us => TransferTimeUs, reason => Reason}.
 
 %% The NIF keeps each stanza sent here until it is confirmed, so that a
 %% restarted successor gets what this worker did not run.
