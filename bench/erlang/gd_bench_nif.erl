@@ -113,7 +113,7 @@ main(Args) ->
 options([Mode, RedisUrl, Ca, Dc1Cert, Dc1Key, Dc2Cert, Dc2Key]) when Mode =:= "full";
                                                                     Mode =:= "smoke" ->
     Sizes = case Mode of
-                "full" -> #{total => 200000, latency_secs => 5, b6_batches => 1000};
+                "full" -> #{total => 600000, latency_secs => 5, b6_batches => 1000};
                 "smoke" -> #{total => 5000, latency_secs => 1, b6_batches => 100}
             end,
     Sizes#{redis_url => RedisUrl, ca => Ca,
