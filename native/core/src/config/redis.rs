@@ -247,27 +247,33 @@ fn read_redis_tls(f: &Field) -> Result<RedisTlsConfig> {
         },
         VerifyMode::default,
     )?;
-    let tls = RedisTlsConfig {
-        cacertfile: s
-            .get("cacertfile")?
-            .map(|f| f.readable_file())
-            .transpose()?,
-        certfile: s.get("certfile")?.map(|f| f.readable_file()).transpose()?,
-        keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
-        server_name: s.get("server_name")?.map(|f| tls_name(&f)).transpose()?,
-        sni: s.opt("sni", Field::boolean, || true)?,
-        verify,
-    };
-    check_redis_tls(&s.path, &tls)?;
-    Ok(tls)
+    let server_name = s.get("server_name")?.map(|f| tls_name(&f)).transpose()?;
+    let sni = s.opt("sni", Field::boolean, || true)?;
+    redis_tls_with_files(&s, server_name, sni, verify)
 }
 
-fn check_redis_tls(path: &str, tls: &RedisTlsConfig) -> Result<()> {
+/// The settings of TLS to Redis with the files of `s` (`cacertfile`,
+/// `certfile`, `keyfile`), whichever way the rest was written.
+fn redis_tls_with_files(
+    s: &Section,
+    server_name: Option<String>,
+    sni: bool,
+    verify: VerifyMode,
+) -> Result<RedisTlsConfig> {
+    let file = |key: &str| s.get(key)?.map(|f| f.readable_file()).transpose();
+    let tls = RedisTlsConfig {
+        cacertfile: file("cacertfile")?,
+        certfile: file("certfile")?,
+        keyfile: file("keyfile")?,
+        server_name,
+        sni,
+        verify,
+    };
     if tls.keyfile.is_some() && tls.certfile.is_none() {
         let message = "given without certfile: a client key goes with its certificate";
-        return Err(ConfigError::new(format!("{path}.keyfile"), message));
+        return Err(ConfigError::new(format!("{}.keyfile", s.path), message));
     }
-    Ok(())
+    Ok(tls)
 }
 
 /// A name rustls can send as SNI and check the certificate against.
@@ -428,19 +434,7 @@ fn read_pool_tls(f: &Field) -> Result<RedisTlsConfig> {
         }
         None => (true, None),
     };
-    let tls = RedisTlsConfig {
-        cacertfile: s
-            .get("cacertfile")?
-            .map(|f| f.readable_file())
-            .transpose()?,
-        certfile: s.get("certfile")?.map(|f| f.readable_file()).transpose()?,
-        keyfile: s.get("keyfile")?.map(|f| f.readable_file()).transpose()?,
-        server_name,
-        sni,
-        verify,
-    };
-    check_redis_tls(&s.path, &tls)?;
-    Ok(tls)
+    redis_tls_with_files(&s, server_name, sni, verify)
 }
 
 struct RedisUrl {
