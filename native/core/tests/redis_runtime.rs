@@ -122,6 +122,44 @@ fn dcs_talk_through_nutcracker_with_two_redis_servers() {
         .is_none());
 }
 
+/// A peer reads a DC's endpoints as soon as it sees the DC in `hosts`;
+/// found empty, it would not look again for
+/// `endpoint_refresh_interval_when_empty` and hold the DC's stanzas in
+/// bounce meanwhile. So a starting DC writes its endpoints before the
+/// heartbeat that puts it into `hosts`: what Redis executes, seen through
+/// `MONITOR`, is in that order.
+#[test]
+fn a_starting_dc_writes_its_endpoints_before_joining_hosts() {
+    let redis = RedisServer::start();
+    let mut monitor = redis.client();
+    assert_eq!(
+        monitor.cmd(&["MONITOR"]).unwrap(),
+        support::redis::Resp::Simple("OK".into())
+    );
+    let _dc1 = dc::start_on_redis(1, &redis.url());
+    let endpoints = format!("\"SADD\" \"{}#node1@localhost#{{endpoints}}\"", host(1));
+    let stamp = format!("\"HSET\" \"{}#{{nodes}}\" \"node1@localhost\"", host(1));
+    let joined = format!("\"SADD\" \"hosts\" \"{}\"", host(1));
+    let mut seen = Vec::new();
+    loop {
+        let line = match monitor.next_reply() {
+            Ok(support::redis::Resp::Simple(l)) => l,
+            other => panic!("MONITOR ended before {joined}: {other:?}; saw {seen:#?}"),
+        };
+        let done = line.contains(&joined);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let at = |what: &str| seen.iter().position(|l| l.contains(what));
+    let (e, s, j) = (at(&endpoints), at(&stamp), at(&joined));
+    assert!(
+        matches!((e, s, j), (Some(e), Some(s), Some(j)) if e < s && s < j),
+        "endpoints {e:?}, stamp {s:?}, hosts {j:?}: {seen:#?}"
+    );
+}
+
 #[test]
 fn a_dead_node_is_pruned_from_the_nodes_hash_on_refresh() {
     let redis = RedisServer::start();

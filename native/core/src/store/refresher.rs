@@ -6,8 +6,8 @@
 //! remembers what that is; [`Refresher`] writes through it (session
 //! open/close, domain register/unregister) and runs the periodic passes.
 //!
-//! A pass writes the node's meta first (nodes-hash stamp with dead-node
-//! pruning, `hosts` member, endpoints, domains), then refreshes sessions with
+//! A pass writes the node's meta first (endpoints, nodes-hash stamp with
+//! dead-node pruning, `hosts` member, domains), then refreshes sessions with
 //! compare-and-set in pipelined batches paced over most of the period, so the
 //! store sees a steady trickle instead of one burst. Opens that failed
 //! because the store was down are "pending" and retried every second as plain
@@ -555,11 +555,31 @@ impl Refresher {
         Ok(done)
     }
 
-    /// Writes the node's meta: heartbeat (and dead-node pruning), endpoints,
+    /// Writes the node's meta: endpoints, heartbeat (and dead-node pruning),
     /// domains. Each part is attempted even if an earlier one failed.
+    ///
+    /// The endpoints go first: the heartbeat puts this DC into `hosts`, and
+    /// a peer that reads `hosts` at once (every `hosts_refresh_interval`)
+    /// reads the new DC's endpoints next. Read before they exist, it would
+    /// find none and not look again for
+    /// `endpoint_refresh_interval_when_empty`, holding every stanza for the
+    /// new DC in bounce meanwhile. The endpoints are awaited before the
+    /// heartbeat is sent, so the order holds behind a proxy and on a
+    /// cluster too (where the heartbeat's own stamp and `hosts` member,
+    /// one batch on two slots, may land in either order).
     async fn refresh_meta(&self, stats: &mut RefreshStats) {
         let ttl = self.expire_after;
         let now = unix_now();
+        let endpoints = self.state.endpoints();
+        if let Err(e) = self
+            .probe
+            .publish_endpoints(&self.me, &endpoints, ttl)
+            .await
+        {
+            stats.errors += 1;
+            stats.unrefreshed += 1;
+            tracing::warn!(what = "refresh_endpoints_failed", error = %e);
+        }
         match self.probe.heartbeat_detail(&self.me, now, ttl).await {
             Ok(beat) => {
                 if let Some(l) = &self.lease {
@@ -571,16 +591,6 @@ impl Refresher {
                 stats.unrefreshed += 1;
                 tracing::warn!(what = "refresh_heartbeat_failed", error = %e);
             }
-        }
-        let endpoints = self.state.endpoints();
-        if let Err(e) = self
-            .probe
-            .publish_endpoints(&self.me, &endpoints, ttl)
-            .await
-        {
-            stats.errors += 1;
-            stats.unrefreshed += 1;
-            tracing::warn!(what = "refresh_endpoints_failed", error = %e);
         }
         let domains = self.state.domains();
         match self.probe.refresh_domains(&self.me, &domains, ttl).await {

@@ -65,6 +65,12 @@ impl RawClient {
         self.read()
     }
 
+    /// The next reply without sending anything: what a `MONITOR` or
+    /// `SUBSCRIBE` connection receives.
+    pub fn next_reply(&mut self) -> std::io::Result<Resp> {
+        self.read()
+    }
+
     fn line(&mut self) -> std::io::Result<String> {
         let mut l = String::new();
         if self.reader.read_line(&mut l)? == 0 {
