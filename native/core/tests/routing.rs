@@ -489,3 +489,51 @@ fn a_wire_ttl_above_message_ttl_is_clamped_by_the_receiver() {
         1
     );
 }
+
+/// A DC known without endpoints (dc1 read them before dc2's node published
+/// any) is read again when a stanza needs it, not only after
+/// `endpoint_refresh_interval_when_empty` (an hour here): the stanza
+/// bounce holds meanwhile reaches bob at dc2 on a retry instead of running
+/// out of retries into dc1's local routing.
+#[test]
+fn a_dc_found_without_endpoints_is_read_again_when_a_stanza_needs_it() {
+    use gd_core::store::Cmd;
+    let store = shared();
+    let mut c1 = dc::config(1);
+    c1.connections.endpoint_refresh_interval = 3600;
+    c1.connections.endpoint_refresh_interval_when_empty = 3600;
+    c1.bounce.max_retries = 20;
+    let dc1 = dc::start(c1, store.clone());
+    // dc2 as its first heartbeat leaves it on a cluster: in `hosts`, with
+    // bob's session key, but no node and no endpoints yet.
+    let early = [
+        Cmd::SAdd {
+            key: "hosts".to_owned(),
+            members: vec![host(2)],
+        },
+        Cmd::SetEx {
+            key: "bob@example.com/b".to_owned(),
+            value: host(2),
+            ttl_secs: 60,
+        },
+    ];
+    dc1.rt.block_on(store.exec(&early)).unwrap();
+    // Answered only after dc1's first read of dc2's endpoints (empty).
+    assert_eq!(
+        dc1.send("alice@example.com/a", "bob@example.com/b", "early"),
+        RouteResult::Stored
+    );
+    assert!(dc1.rt.outgoing().endpoints_of(&host(2)).is_empty());
+
+    let dc2 = dc::start(dc::config(2), store);
+    dc2.login("bob@example.com/b");
+    assert!(
+        wait_for(WAIT, || dc2.inbox.bodies_to("bob@example.com/b")
+            == ["early"]),
+        "dc2 got {:?}; dc1 routed locally {:?}",
+        dc2.inbox.all_bodies(),
+        dc1.inbox.all_bodies()
+    );
+    assert!(dc1.inbox.all_bodies().is_empty());
+    assert!(!dc1.rt.outgoing().endpoints_of(&host(2)).is_empty());
+}

@@ -27,7 +27,7 @@ use crate::store::Store;
 use crate::transport::conn::{
     fmt_ep, frame_len_bound, give_up_after, run_conn, Conn, ConnCtx, HostLink, HostMetrics,
 };
-use crate::transport::known_hosts::KnownHosts;
+use crate::transport::known_hosts::{KnownHosts, REREAD_AFTER};
 use crate::transport::tls::TlsSetup;
 
 pub(crate) use crate::transport::conn::{frame_name, read_frame, GivenBack};
@@ -128,11 +128,18 @@ pub(crate) struct RemoteHost {
     /// What its connection tasks share (queue count, metrics).
     link: Arc<HostLink>,
     ready: watch::Sender<bool>,
+    /// When a stanza last made [`Outgoing::enqueue`] read the endpoints
+    /// again; held across the read so that concurrent callers share it.
+    reread: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl RemoteHost {
     fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    fn has_endpoints(&self) -> bool {
+        !self.pools.read().endpoints.is_empty()
     }
 }
 
@@ -273,6 +280,7 @@ impl Outgoing {
                 },
             }),
             ready: watch::channel(false).0,
+            reread: tokio::sync::Mutex::new(None),
         });
         hosts.insert(name, host.clone());
         drop(hosts);
@@ -308,7 +316,32 @@ impl Outgoing {
         if !h.is_ready() {
             return Err(EnqueueError::Unreachable(env));
         }
+        if !h.has_endpoints() {
+            self.reread_endpoints(&h).await;
+        }
         self.push(&h, env)
+    }
+
+    /// A DC known without endpoints: read before its nodes published them
+    /// (a DC that just joined; on a cluster its `hosts` member may land
+    /// first), or while they were all away. The refresher would look again
+    /// only after `endpoint_refresh_interval_when_empty`, longer than
+    /// bounce's retries last by default, and the stanzas would end in local
+    /// routing while their recipient is online there. So a stanza that
+    /// needs the DC (a route that waits, a bounce flush) reads them now, at
+    /// most once per [`REREAD_AFTER`] per DC.
+    async fn reread_endpoints(&self, h: &RemoteHost) {
+        let mut last = h.reread.lock().await;
+        if h.has_endpoints() || last.is_some_and(|t| t.elapsed() < REREAD_AFTER) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_endpoints(&h.name).await {
+            Ok(eps) => self.rebalance(h, eps),
+            Err(e) => {
+                tracing::warn!(what = "gd_endpoints_refresh_failed", host = %h.name, error = %e)
+            }
+        }
     }
 
     fn push(&self, h: &Arc<RemoteHost>, env: Envelope) -> Result<(), EnqueueError> {
