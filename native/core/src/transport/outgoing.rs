@@ -336,12 +336,7 @@ impl Outgoing {
             return;
         }
         *last = Some(Instant::now());
-        match self.fetch_endpoints(&h.name).await {
-            Ok(eps) => self.rebalance(h, eps),
-            Err(e) => {
-                tracing::warn!(what = "gd_endpoints_refresh_failed", host = %h.name, error = %e)
-            }
-        }
+        self.reload_endpoints(h).await;
     }
 
     fn push(&self, h: &Arc<RemoteHost>, env: Envelope) -> Result<(), EnqueueError> {
@@ -398,12 +393,7 @@ impl Outgoing {
     async fn refresh_endpoints_loop(self: Arc<Self>, host: Arc<RemoteHost>) {
         let mut stop = self.stop.clone();
         loop {
-            match self.fetch_endpoints(&host.name).await {
-                Ok(eps) => self.rebalance(&host, eps),
-                Err(e) => {
-                    tracing::warn!(what = "gd_endpoints_refresh_failed", host = %host.name, error = %e)
-                }
-            }
+            self.reload_endpoints(&host).await;
             host.ready.send_replace(true);
             let empty = host.pools.read().endpoints.is_empty();
             let secs = if empty {
@@ -426,23 +416,29 @@ impl Outgoing {
     pub(crate) async fn rebalance_all(&self) -> usize {
         let hosts: Vec<_> = self.hosts.read().values().cloned().collect();
         let reads = hosts.iter().map(|h| async move {
-            let eps = self.fetch_endpoints(&h.name).await;
-            (h, eps)
+            let read = self.reload_endpoints(h).await;
+            if read {
+                h.ready.send_replace(true);
+            }
+            read
         });
-        let mut read = 0;
-        for (h, eps) in futures::future::join_all(reads).await {
-            match eps {
-                Ok(eps) => {
-                    self.rebalance(h, eps);
-                    h.ready.send_replace(true);
-                    read += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(what = "gd_endpoints_refresh_failed", host = %h.name, error = %e)
-                }
+        let done = futures::future::join_all(reads).await;
+        done.into_iter().filter(|&read| read).count()
+    }
+
+    /// Reads the endpoints of `h` and rebalances its pools; false (logged)
+    /// when the store could not answer.
+    async fn reload_endpoints(&self, h: &RemoteHost) -> bool {
+        match self.fetch_endpoints(&h.name).await {
+            Ok(eps) => {
+                self.rebalance(h, eps);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(what = "gd_endpoints_refresh_failed", host = %h.name, error = %e);
+                false
             }
         }
-        read
     }
 
     /// New endpoint → new pool; vanished endpoint → pool disabled (no new
